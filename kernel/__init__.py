@@ -1,0 +1,28 @@
+"""tornado_dsm.kernel: the machine — trap, node memory, HAT, atomics.
+
+Everything here touches the real OS; nothing here knows about Regions or FCMs.
+"""
+
+from ._lib import PAGE
+from ._errors import (
+    DSMInternalError,
+    MemoryLayoutError,
+    NodeLost,
+    ObjectDestroyed,
+    PPCTimeout,
+    SegmentationFault,
+)
+from ._hat import HAT, HATStatistics, PROT_NONE, PROT_READ, PROT_WRITE
+from ._memory import DEFAULT_BASE, DEFAULT_SIZE, NodeMemory
+from ._pager import KernelPager, PagerStatistics
+from ._trap import READ, WRITE, MODE_FLOOR, MODE_PYTHON, FaultRefused
+from . import _atomic as atomic
+from . import _trap as trap
+
+__all__ = [
+    "PAGE", "DSMInternalError", "MemoryLayoutError", "NodeLost", "ObjectDestroyed",
+    "PPCTimeout", "SegmentationFault", "HAT", "HATStatistics", "PROT_NONE", "PROT_READ",
+    "PROT_WRITE", "DEFAULT_BASE", "DEFAULT_SIZE", "NodeMemory", "KernelPager",
+    "PagerStatistics", "READ", "WRITE", "MODE_FLOOR", "MODE_PYTHON", "FaultRefused",
+    "atomic", "trap",
+]

@@ -1,0 +1,76 @@
+"""cffi (API mode) build of tornado_dsm.kernel._core from the C files beside it.
+
+Run by setuptools through setup.py's ``cffi_modules``; ``pip install .`` and
+``pip install -e .`` both build it.
+"""
+
+import pathlib
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+CDEF = """
+#define PROT_NONE ...
+#define PROT_READ ...
+#define PROT_WRITE ...
+#define MAP_SHARED ...
+#define MAP_PRIVATE ...
+#define MAP_ANONYMOUS ...
+#define MAP_FIXED ...
+#define MAP_FIXED_NOREPLACE ...
+#define MAP_NORESERVE ...
+#define FALLOC_FL_KEEP_SIZE ...
+#define FALLOC_FL_PUNCH_HOLE ...
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int munmap(void *addr, size_t length);
+int mprotect(void *addr, size_t len, int prot);
+int fallocate(int fd, int mode, long offset, long len);
+
+extern "Python" int td_py_fault(int window, uintptr_t addr, int access);
+int td_trap_install(void);
+int td_trap_uninstall(void);
+int td_trap_is_current(void);
+int td_trap_bind_python(void);
+int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, int mode, int node);
+void td_window_unregister(int slot);
+void td_window_set_mode(int slot, int mode);
+void td_trap_set_portable(int on);
+int td_trap_restore_scratch(void);
+uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *ns);
+
+uint32_t td_load32(uintptr_t a);
+uint64_t td_load64(uintptr_t a);
+void td_store32(uintptr_t a, uint32_t v);
+void td_store64(uintptr_t a, uint64_t v);
+uint32_t td_xchg32(uintptr_t a, uint32_t v);
+uint64_t td_xchg64(uintptr_t a, uint64_t v);
+uint32_t td_fadd32(uintptr_t a, uint32_t v);
+uint64_t td_fadd64(uintptr_t a, uint64_t v);
+uint32_t td_cas32(uintptr_t a, uint32_t expected, uint32_t desired);
+uint64_t td_cas64(uintptr_t a, uint64_t expected, uint64_t desired);
+uint32_t td_tas32(uintptr_t a);
+uint64_t td_tas64(uintptr_t a);
+void td_fadd_loop64(uintptr_t a, uint64_t n);
+"""
+
+PRELUDE = """
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <time.h>
+#include "_trap.c"
+#include "_atomic.c"
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "tornado_dsm.kernel._core",
+    PRELUDE,
+    include_dirs=[str(HERE)],
+    depends=[str(HERE / "_trap.c"), str(HERE / "_atomic.c")],
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

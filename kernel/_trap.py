@@ -1,0 +1,171 @@
+"""The trap, Python side: installation, windows and the fault callback.
+
+A *window* is a range of pages whose SIGSEGVs the trap handles.  Each window
+has a fault handler: a callable ``handler(address, access)`` run in the
+faulting thread, where access is READ or WRITE.  It resolves the fault (maps
+the page, usually through a HAT) and returns, or refuses it by raising
+`FaultRefused(reason)`.  A refused fault becomes a `SegmentationFault` raised
+in the faulting thread once it is back in Python (see _trap.c, step 5).  Any
+other exception from a handler is a bug: it is printed and the fault is
+refused with that reason, so the process goes on.
+
+The kernel-only pager (_pager.py) is one such handler; the Process object of
+the VM layer replaces it on the same hook.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+
+from ._errors import DSMInternalError, record_refused_fault
+from ._lib import PAGE, ffi, lib
+
+READ = 1
+WRITE = 2
+ACCESS_NAMES = {READ: "read", WRITE: "write"}
+
+MODE_PYTHON = 0
+MODE_FLOOR = 1  # resolved in C: the benchmark's floor
+
+FaultHandler = Callable[[int, int], None]
+
+
+class FaultRefused(Exception):
+    """Raised by a fault handler that will not resolve a fault."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# slot -> (handler, node).  Read by the callback without a lock: assignment of
+# a list item is atomic under the GIL and slots are set before registration.
+_handlers: list[tuple[FaultHandler, int] | None] = [None] * 32
+_ranges: dict[int, tuple[int, int]] = {}  # slot -> (base, end)
+_install_lock = threading.Lock()
+
+
+@ffi.def_extern(error=1)
+def td_py_fault(window: int, addr: int, access: int) -> int:
+    """C -> Python: resolve one fault; 0 resolved, 1 refused."""
+    entry = _handlers[window]
+    if entry is None:
+        record_refused_fault(addr, ACCESS_NAMES[access], -1, "window has no fault handler")
+        return 1
+    handler, node = entry
+    try:
+        handler(addr, access)
+        return 0
+    except FaultRefused as exc:
+        record_refused_fault(addr, ACCESS_NAMES[access], node, exc.reason)
+    except BaseException as exc:  # a bug in a handler must not kill the process
+        traceback.print_exc(file=sys.stderr)
+        record_refused_fault(addr, ACCESS_NAMES[access], node, f"fault handler raised {exc!r}")
+    return 1
+
+
+def install() -> None:
+    """Install the SIGSEGV handler, or take it back if another replaced it.
+
+    Idempotent.  Faults outside every window go to the previous handler.
+    """
+    with _install_lock:
+        if lib.td_trap_bind_python() != 0:
+            raise DSMInternalError("trap.install", "cannot bind the SegmentationFault class")
+        rc = lib.td_trap_install()
+        if rc != 0:
+            raise OSError(-rc, "sigaction(SIGSEGV) failed")
+
+
+def uninstall() -> None:
+    """Give SIGSEGV back to the handler that had it before `install`."""
+    with _install_lock:
+        rc = lib.td_trap_uninstall()
+        if rc != 0:
+            raise OSError(-rc, "sigaction(SIGSEGV) failed")
+
+
+def is_installed() -> bool:
+    """True if the trap's handler is the one SIGSEGV reaches now."""
+    return bool(lib.td_trap_is_current())
+
+
+def register_window(base: int, npages: int, prot_array, memfd: int, node: int,
+                    handler: FaultHandler, mode: int = MODE_PYTHON) -> int:
+    """Register [base, base + npages pages) with its handler; returns the slot.
+
+    ``prot_array`` is the HAT's uint8 per-page protection array; the C side
+    reads it (portable decode, scratch restore) and must outlive the window.
+    """
+    install()
+    ptr = ffi.cast("uint8_t *", ffi.from_buffer(prot_array))
+    with _install_lock:
+        slot = lib.td_window_register(base, npages, ptr, memfd, mode, node)
+        if slot < 0:
+            raise MemoryError("too many tornado_dsm windows in this process (at most 32)")
+        _handlers[slot] = (handler, node)
+        _ranges[slot] = (base, base + npages * PAGE)
+    return slot
+
+
+def unregister_window(slot: int) -> None:
+    """Stop handling faults in a window (they chain to the previous handler)."""
+    lib.td_window_unregister(slot)
+    _handlers[slot] = None
+    _ranges.pop(slot, None)
+
+
+def in_window(address: int, size: int = 1) -> bool:
+    """True if [address, address + size) lies inside one registered window."""
+    return any(b <= address and address + size <= e for b, e in list(_ranges.values()))
+
+
+def set_handler(slot: int, handler: FaultHandler) -> None:
+    """Replace a window's fault handler (the Process object takes over here)."""
+    entry = _handlers[slot]
+    if entry is None:
+        raise ValueError(f"window slot {slot} is not registered")
+    _handlers[slot] = (handler, entry[1])
+
+
+def set_mode(slot: int, mode: int) -> None:
+    """MODE_PYTHON (the handler runs) or MODE_FLOOR (C grants read-write)."""
+    if mode not in (MODE_PYTHON, MODE_FLOOR):
+        raise ValueError(f"mode must be MODE_PYTHON (0) or MODE_FLOOR (1), not {mode!r}")
+    lib.td_window_set_mode(slot, mode)
+
+
+def set_portable_decode(on: bool) -> None:
+    """Decode read/write the portable way (grant read first, a write faults again)."""
+    lib.td_trap_set_portable(1 if on else 0)
+
+
+def restore_scratch() -> int:
+    """Put real frames back under this thread's scratch pages; returns how many."""
+    n = lib.td_trap_restore_scratch()
+    if n < 0:
+        raise OSError(-n, "cannot restore the mapping under a refused fault")
+    return n
+
+
+def check() -> None:
+    """Deliver this thread's pending SegmentationFault now, if there is one.
+
+    A refused fault is raised at the thread's next eval-breaker check: the
+    next call or loop iteration after the faulting bytecode.  Calling check()
+    right after an access pins the exception to that statement.
+    """
+    # Entering this function's frame is itself the check (CPython's RESUME).
+
+
+def touch(address: int, count: int, stride: int, write: int = 0, latencies=None) -> int:
+    """Touch ``count`` bytes ``stride`` apart from C with the GIL released.
+
+    write=0 reads, write=v stores the byte v.  ``latencies`` (uint64 numpy
+    array of length count, optional) receives each touch's time in ns.
+    """
+    ns = ffi.NULL if latencies is None else ffi.cast("uint64_t *", ffi.from_buffer(latencies))
+    return lib.td_touch(address, count, stride, write, ns)

@@ -1,0 +1,1 @@
+"""tornado_dsm.objects: the clustered objects that make up virtual memory."""

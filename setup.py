@@ -1,0 +1,4 @@
+# Only the cffi extension is declared here; everything else is in pyproject.toml.
+from setuptools import setup
+
+setup(cffi_modules=["kernel/_build.py:ffibuilder"])
