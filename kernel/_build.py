@@ -37,6 +37,8 @@ void td_window_unregister(int slot);
 void td_window_set_mode(int slot, int mode);
 void td_trap_set_portable(int on);
 int td_trap_restore_scratch(void);
+int td_hat_protect(int slot, size_t first, size_t count, int prot);
+void td_hat_counters(int slot, uint64_t *out);
 uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *ns);
 
 uint32_t td_load32(uintptr_t a);

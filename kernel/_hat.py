@@ -11,23 +11,18 @@ reads too (portable decode, scratch restore).
 from __future__ import annotations
 
 import errno
-import threading
+import os
 
 import attrs
 import numpy as np
 
 from ._errors import MemoryLayoutError
-from ._lib import PAGE, ffi, lib
+from ._lib import ffi, lib
 
 PROT_NONE = 0
 PROT_READ = 1
 PROT_WRITE = 2  # read-write: x86 has no write-only pages
 PROT_NAMES = {PROT_NONE: "none", PROT_READ: "read", PROT_WRITE: "read-write"}
-_OS_PROT = {
-    PROT_NONE: lib.PROT_NONE,
-    PROT_READ: lib.PROT_READ,
-    PROT_WRITE: lib.PROT_READ | lib.PROT_WRITE,
-}
 
 
 @attrs.frozen
@@ -47,21 +42,30 @@ class HATStatistics:
 
 
 class HAT:
-    """Protections of ``npages`` pages starting at ``base``."""
+    """Protections of ``npages`` pages starting at ``base``.
+
+    The window must be registered with the trap (`bind`) before use: the
+    protect-and-record step runs in C under the window's HAT lock, so the
+    array always matches the page tables even when threads race on a page.
+    """
 
     def __init__(self, base: int, npages: int) -> None:
         self.base = base
         self.npages = npages
         self.prot = np.zeros(npages, dtype=np.uint8)
-        self._lock = threading.Lock()
-        self._calls = 0
-        self._changed = 0
+        self.slot = -1
+
+    def bind(self, slot: int) -> None:
+        """Attach to the trap window registered with this HAT's prot array."""
+        self.slot = slot
 
     def protect(self, first: int, count: int, prot: int) -> None:
         """Set pages [first, first + count) to ``prot`` with one mprotect."""
-        self._check_run(first, count, prot)
-        with self._lock:
-            self._locked_mprotect(first, count, prot)
+        if not (0 <= first and 0 < count and first + count <= self.npages and 0 <= prot <= 2):
+            self._bad_run(first, count, prot)
+        rc = _protect(self.slot, first, count, prot)
+        if rc:
+            _raise_protect_error(-rc, first, count)
 
     def protect_pages(self, pages, prot: int) -> None:
         """Set every page in ``pages`` (any order, repeats allowed) to ``prot``,
@@ -69,13 +73,19 @@ class HAT:
         pages = np.unique(np.asarray(pages, dtype=np.int64))
         if pages.size == 0:
             return
-        self._check_run(int(pages[0]), int(pages[-1] - pages[0] + 1), prot)
         breaks = np.flatnonzero(np.diff(pages) != 1) + 1
         starts = np.concatenate(([0], breaks))
         ends = np.concatenate((breaks, [pages.size]))
-        with self._lock:
-            for s, e in zip(starts.tolist(), ends.tolist()):
-                self._locked_mprotect(int(pages[s]), e - s, prot)
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            self.protect(int(pages[s]), e - s, prot)
+
+    def map_page_unchecked(self, page: int, prot: int) -> None:
+        """Fault-path form of protect(page, 1, prot) without the argument checks:
+        the caller guarantees 0 <= page < npages and prot in 0..2 (the trap
+        only reports addresses inside the window)."""
+        rc = _protect(self.slot, page, 1, prot)
+        if rc:
+            _raise_protect_error(-rc, page, 1)
 
     def map(self, first: int, count: int = 1, prot: int = PROT_READ) -> None:
         """Map a run readable (PROT_READ) or writable (PROT_WRITE)."""
@@ -90,38 +100,36 @@ class HAT:
     def statistics(self) -> HATStatistics:
         """A snapshot of the HAT's state and counters."""
         counts = np.bincount(self.prot, minlength=3)
+        out = ffi.new("uint64_t[2]")
+        lib.td_hat_counters(self.slot, out)
         return HATStatistics(
             pages_none=int(counts[PROT_NONE]),
             pages_read=int(counts[PROT_READ]),
             pages_write=int(counts[PROT_WRITE]),
-            mprotect_calls=self._calls,
-            pages_changed=self._changed,
+            mprotect_calls=int(out[0]),
+            pages_changed=int(out[1]),
         )
 
-    def _check_run(self, first: int, count: int, prot: int) -> None:
-        if prot not in _OS_PROT:
+    def _bad_run(self, first: int, count: int, prot: int) -> None:
+        if prot not in PROT_NAMES:
             raise ValueError(f"protection must be PROT_NONE, PROT_READ or PROT_WRITE (0-2), not {prot!r}")
-        if count < 1 or first < 0 or first + count > self.npages:
-            raise ValueError(
-                f"page run [{first}, {first + count}) is outside the window's pages [0, {self.npages})"
-            )
+        raise ValueError(
+            f"page run [{first}, {first + count}) is not inside the window's pages [0, {self.npages})"
+        )
 
-    def _locked_mprotect(self, first: int, count: int, prot: int) -> None:
-        """mprotect one run and record it; the caller holds self._lock."""
-        addr = ffi.cast("void *", self.base + first * PAGE)
-        if lib.mprotect(addr, count * PAGE, _OS_PROT[prot]) != 0:
-            err = ffi.errno
-            if err == errno.ENOMEM:
-                raise MemoryLayoutError(
-                    errno.ENOMEM,
-                    "mprotect: the process has too many memory mappings; raise the "
-                    "limit with `sysctl -w vm.max_map_count=262144` (now "
-                    f"{_max_map_count()}), or map pages in longer runs",
-                )
-            raise OSError(err, f"mprotect of pages [{first}, {first + count}) failed")
-        self.prot[first:first + count] = prot
-        self._calls += 1
-        self._changed += count
+
+_protect = lib.td_hat_protect
+
+
+def _raise_protect_error(err: int, first: int, count: int) -> None:
+    if err == errno.ENOMEM:
+        raise MemoryLayoutError(
+            errno.ENOMEM,
+            "mprotect: the process has too many memory mappings; raise the limit with "
+            f"`sysctl -w vm.max_map_count=262144` (now {_max_map_count()}), or map pages "
+            "in longer runs",
+        )
+    raise OSError(err, f"mprotect of pages [{first}, {first + count}) failed: {os.strerror(err)}")
 
 
 def _max_map_count() -> str:

@@ -53,6 +53,7 @@ class NodeMemory:
             self.kernel_view = np.frombuffer(ffi.buffer(self._kernel, size), dtype=np.uint8)
             self.slot = _trap.register_window(base, self.npages, self.hat.prot, self.memfd,
                                               node, handler or _no_handler, mode)
+            self.hat.bind(self.slot)
         except BaseException:
             self._unmap()
             raise

@@ -15,6 +15,8 @@ import numpy as np
 
 from ._hat import PROT_NONE, PROT_READ, PROT_WRITE
 from ._lib import PAGE
+
+PAGE_SHIFT = PAGE.bit_length() - 1
 from ._trap import READ, FaultRefused
 
 
@@ -22,10 +24,10 @@ from ._trap import READ, FaultRefused
 class PagerStatistics:
     """Faults the pager saw, by outcome."""
 
-    read_faults: int
-    write_faults: int
-    zero_fills: int
-    refused: int
+    read_faults: int   # read faults seen (refused ones included)
+    write_faults: int  # write faults seen (refused ones included)
+    zero_fills: int    # first touches of a page
+    refused: int       # faults turned into SegmentationFault
 
 
 class KernelPager:
@@ -34,8 +36,13 @@ class KernelPager:
     def __init__(self, memory, allow_all: bool = True) -> None:
         self.memory = memory
         self.allowed = np.full(memory.npages, PROT_WRITE if allow_all else PROT_NONE, dtype=np.uint8)
-        self.touched = np.zeros(memory.npages, dtype=bool)
-        self._counts = np.zeros(4, dtype=np.int64)  # read, write, zero fill, refused
+        self.touched = np.zeros(memory.npages, dtype=np.uint8)
+        # The fault path indexes single pages: memoryviews of the same arrays
+        # are ~3x faster than numpy scalar indexing there.
+        self._allowed, self._touched = memoryview(self.allowed), memoryview(self.touched)
+        self._prot = memoryview(memory.hat.prot)
+        self._base, self._map_page = memory.base, memory.hat.map_page_unchecked
+        self._reads = self._writes = self._zero_fills = self._refused = 0
 
     def allow(self, first: int, count: int, prot: int) -> None:
         """What pages [first, first + count) may be mapped as; lowering it unmaps them."""
@@ -47,23 +54,25 @@ class KernelPager:
 
     def __call__(self, address: int, access: int) -> None:
         """The fault handler (see kernel._trap)."""
-        page = (address - self.memory.base) // PAGE
-        allowed = self.allowed[page]
-        if allowed == PROT_NONE:
-            self._counts[3] += 1
-            raise FaultRefused("no mapping at this address")
-        if access != READ and allowed == PROT_READ:
-            self._counts[3] += 1
-            raise FaultRefused("write to a read-only page")
-        self._counts[0 if access == READ else 1] += 1
-        if not self.touched[page]:
-            self.touched[page] = True
-            self._counts[2] += 1
-        want = PROT_READ if access == READ else PROT_WRITE
-        if self.memory.hat.prot[page] < want:  # another thread may have won the race
-            self.memory.hat.map(page, 1, want)
+        page = (address - self._base) >> PAGE_SHIFT
+        allowed = self._allowed[page]
+        if access == READ:
+            self._reads += 1
+            want = PROT_READ
+        else:
+            self._writes += 1
+            want = PROT_WRITE
+        if allowed < want:
+            self._refused += 1
+            raise FaultRefused("no mapping at this address" if allowed == PROT_NONE
+                               else "write to a read-only page")
+        if not self._touched[page]:
+            self._touched[page] = 1
+            self._zero_fills += 1
+        if self._prot[page] < want:  # another thread may have resolved it already
+            self._map_page(page, want)
 
     def statistics(self) -> PagerStatistics:
         """Counts of faults by outcome."""
-        r, w, z, x = (int(v) for v in self._counts)
-        return PagerStatistics(read_faults=r, write_faults=w, zero_fills=z, refused=x)
+        return PagerStatistics(read_faults=self._reads, write_faults=self._writes,
+                               zero_fills=self._zero_fills, refused=self._refused)

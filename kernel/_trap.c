@@ -33,6 +33,7 @@
  */
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,6 +53,7 @@
 #define TD_PROT_WRITE 2 /* read-write */
 
 static int td_py_fault(int window, uintptr_t addr, int access);
+int td_hat_protect(int slot, size_t first, size_t count, int prot);
 
 typedef struct {
     volatile int active;
@@ -61,6 +63,9 @@ typedef struct {
     int memfd;              /* the node's frames: page v at offset v*PAGE */
     int mode;
     int node;
+    pthread_mutex_t hat_lock; /* orders mprotect + prot[] updates of the HAT */
+    uint64_t hat_calls;       /* mprotect calls made by td_hat_protect */
+    uint64_t hat_pages;       /* pages those calls changed */
 } td_window;
 
 static td_window td_windows[TD_MAX_WINDOWS];
@@ -195,9 +200,8 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         return;
     }
     if (w->mode == TD_MODE_FLOOR) {
-        if (mprotect((void *)page_addr, td_page, PROT_READ | PROT_WRITE) != 0)
+        if (td_hat_protect(wi, page, 1, TD_PROT_WRITE) != 0)
             td_fatal("floor mprotect failed", addr, sig, info, ctx);
-        w->prot[page] = TD_PROT_WRITE;
         errno = saved_errno;
         return;
     }
@@ -290,6 +294,8 @@ int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, 
             w->memfd = memfd;
             w->mode = mode;
             w->node = node;
+            pthread_mutex_init(&w->hat_lock, NULL);
+            w->hat_calls = w->hat_pages = 0;
             __atomic_store_n(&w->active, 1, __ATOMIC_SEQ_CST);
             return i;
         }
@@ -310,6 +316,37 @@ void td_window_set_mode(int slot, int mode)
 }
 
 void td_trap_set_portable(int on) { td_portable_decode = on; }
+
+/* The HAT's one primitive: set pages [first, first+count) of a window to
+ * prot (TD_PROT_*) with one mprotect, and record it in the prot array, both
+ * under the window's HAT lock so the array always matches the page tables.
+ * The caller (HAT.protect) has checked the run.  Returns 0 or -errno. */
+int td_hat_protect(int slot, size_t first, size_t count, int prot)
+{
+    static const int os_prot[3] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE};
+    td_window *w = &td_windows[slot];
+    int rc = 0;
+    pthread_mutex_lock(&w->hat_lock);
+    if (mprotect((void *)(w->base + first * td_page), count * td_page, os_prot[prot]) != 0) {
+        rc = -errno;
+    } else {
+        memset((void *)(w->prot + first), prot, count);
+        w->hat_calls++;
+        w->hat_pages += count;
+    }
+    pthread_mutex_unlock(&w->hat_lock);
+    return rc;
+}
+
+/* Counters of td_hat_protect for a window: out[0] calls, out[1] pages. */
+void td_hat_counters(int slot, uint64_t *out)
+{
+    td_window *w = &td_windows[slot];
+    pthread_mutex_lock(&w->hat_lock);
+    out[0] = w->hat_calls;
+    out[1] = w->hat_pages;
+    pthread_mutex_unlock(&w->hat_lock);
+}
 
 /* Put back the real frame (with the HAT's protection) under every scratch
  * page of this thread.  Called when the SegmentationFault is raised.
