@@ -1,0 +1,29 @@
+"""Shared fixtures.  Each section belongs to the module named in its heading."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tornado_dsm.kernel import DEFAULT_BASE, KernelPager, NodeMemory
+
+# ---- kernel: windows -----------------------------------------------------------
+
+# Every window a test creates gets its own 4 GiB slot above the default base,
+# so a test that leaks a window cannot make the next one collide.
+_next_slot = itertools.count(1)
+
+
+def fresh_base() -> int:
+    """A window base no other test in this process has used."""
+    return DEFAULT_BASE + next(_next_slot) * (1 << 32)
+
+
+@pytest.fixture
+def memory():
+    """A 64-page window on node 0 with a kernel-only pager allowing everything."""
+    with NodeMemory(base=fresh_base(), size=64 * 4096, node=0) as mem:
+        mem.pager = KernelPager(mem)
+        mem.set_handler(mem.pager)
+        yield mem
