@@ -40,6 +40,7 @@ int td_trap_restore_scratch(void);
 int td_hat_protect(int slot, size_t first, size_t count, int prot);
 void td_hat_counters(int slot, uint64_t *out);
 uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *ns);
+int64_t td_touch_foreign(uintptr_t addr, int write);
 
 uint32_t td_load32(uintptr_t a);
 uint64_t td_load64(uintptr_t a);

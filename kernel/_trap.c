@@ -76,6 +76,10 @@ static size_t td_page = 4096;
 static PyObject *td_async_class; /* tornado_dsm.kernel._errors._AsyncSegmentationFault */
 
 static __thread int td_depth;          /* > 0 while this thread runs the handler */
+/* 1: the thread had a Python thread state at its first fault; 2: it had none
+ * (a C thread).  Decided before the first callback, because cffi keeps the
+ * thread state it creates for a C thread alive afterwards. */
+static __thread int td_thread_kind;
 static __thread uintptr_t td_nested_at; /* the fault being handled */
 static __thread uintptr_t *td_scratch;  /* pages mapped to scratch, not yet raised */
 static __thread size_t td_nscratch, td_capscratch;
@@ -161,7 +165,7 @@ static int td_push_scratch(uintptr_t page_addr)
 /* Refused fault: let the instruction finish on scratch, raise in this thread. */
 static void td_refuse(uintptr_t page_addr, int sig, siginfo_t *info, void *ctx)
 {
-    if (PyGILState_GetThisThreadState() == NULL || td_async_class == NULL)
+    if (td_thread_kind != 1 || td_async_class == NULL)
         td_fatal("unresolvable fault in a thread that has no Python state "
                  "(it can never raise SegmentationFault)", page_addr, sig, info, ctx);
     void *p = mmap((void *)page_addr, td_page, PROT_READ | PROT_WRITE,
@@ -184,9 +188,13 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         errno = saved_errno;
         return;
     }
-    if (td_depth > 0)
-        td_fatal("page fault inside the tornado_dsm fault handler "
-                 "(the handler touched the application view)", addr, sig, info, ctx);
+    if (td_depth > 0) {
+        char what[160];
+        snprintf(what, sizeof what, "page fault inside the tornado_dsm fault handler (the "
+                 "handler touched the application view) while handling the fault at %#lx; "
+                 "nested fault", (unsigned long)td_nested_at);
+        td_fatal(what, addr, sig, info, ctx);
+    }
     td_window *w = &td_windows[wi];
     size_t page = (addr - w->base) / td_page;
     uintptr_t page_addr = w->base + page * td_page;
@@ -205,6 +213,8 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         errno = saved_errno;
         return;
     }
+    if (td_thread_kind == 0)
+        td_thread_kind = PyGILState_GetThisThreadState() != NULL ? 1 : 2;
     td_depth++;
     td_nested_at = addr;
     int refused = td_py_fault(wi, addr, access);
@@ -396,4 +406,30 @@ uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *
         }
     }
     return sum;
+}
+
+typedef struct {
+    uintptr_t addr;
+    int write;
+    uint64_t result;
+} td_foreign_arg;
+
+static void *td_foreign_main(void *p)
+{
+    td_foreign_arg *a = p;
+    a->result = td_touch(a->addr, 1, 1, a->write, NULL);
+    return NULL;
+}
+
+/* Touch one byte from a new pthread that has never run Python (like a BLAS
+ * or OpenMP worker), and join it.  Returns the byte read, or -1 if the
+ * thread could not start. */
+int64_t td_touch_foreign(uintptr_t addr, int write)
+{
+    pthread_t t;
+    td_foreign_arg a = {addr, write, 0};
+    if (pthread_create(&t, NULL, td_foreign_main, &a) != 0)
+        return -1;
+    pthread_join(t, NULL);
+    return (int64_t)a.result;
 }

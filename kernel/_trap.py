@@ -169,3 +169,12 @@ def touch(address: int, count: int, stride: int, write: int = 0, latencies=None)
     """
     ns = ffi.NULL if latencies is None else ffi.cast("uint64_t *", ffi.from_buffer(latencies))
     return lib.td_touch(address, count, stride, write, ns)
+
+
+def touch_from_foreign_thread(address: int, write: int = 0) -> int:
+    """Touch one byte from a new C thread that has no Python thread state
+    (as a BLAS/OpenMP worker would) and wait for it; returns the byte read."""
+    result = lib.td_touch_foreign(address, write)
+    if result < 0:
+        raise OSError("pthread_create failed")
+    return result

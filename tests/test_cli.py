@@ -1,0 +1,59 @@
+"""The tornado-dsm command and the fault benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tornado_dsm import __version__
+from tornado_dsm._cli import main
+
+
+class TestMain:
+    def test_version(self, capsys):
+        """--version prints the package version."""
+        with pytest.raises(SystemExit) as info:
+            main(["--version"])
+        assert info.value.code == 0 and __version__ in capsys.readouterr().out
+
+    def test_no_command_prints_help(self, capsys):
+        """No subcommand prints the help and exits 2."""
+        assert main([]) == 2
+        assert "bench" in capsys.readouterr().out
+
+    def test_console_script(self):
+        """The installed console script runs."""
+        r = subprocess.run(["tornado-dsm", "--help"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "usage: tornado-dsm" in r.stdout
+
+
+class TestBenchFaults:
+    def test_json_shape(self, tmp_path, capsys):
+        """bench faults writes the shared JSON shape with a ratio for every non-floor path."""
+        out = tmp_path / "faults.json"
+        assert main(["bench", "faults", "--pages", "64", "--rounds", "1", "--json", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        assert doc["bench"] == "faults"
+        names = [r["name"] for r in doc["results"]]
+        assert len(names) == 4 and sum("floor" in n for n in names) == 2
+        for r in doc["results"]:
+            assert r["median_us"] > 0 and r["p90_us"] >= r["median_us"] and r["samples"] == 64
+            assert (r["ratio_to_floor"] is None) == r["name"].startswith("floor")
+        assert "kernel pager" in capsys.readouterr().out
+
+    def test_bad_arguments(self):
+        """Non-positive sizes are refused with a message naming them."""
+        with pytest.raises(SystemExit, match="--pages"):
+            main(["bench", "faults", "--pages", "0"])
+
+
+class TestMissingCore:
+    def test_import_error_explains(self):
+        """Without the compiled core, importing tornado_dsm says what to install and how to rebuild."""
+        code = ("import sys; sys.modules['tornado_dsm.kernel._core'] = None\n"
+                "try:\n    import tornado_dsm\nexcept ImportError as e:\n    print(e)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "C compiler" in r.stdout and "pip install -e ." in r.stdout
