@@ -1,0 +1,182 @@
+"""FCM: the pages of one memory object as cached on one node (its rep).
+
+Design essay
+------------
+Per-page state is a handful of numpy arrays (never a Python object per page):
+
+    access     NIL / READ / WRITE   what this node may do with its copy
+    version    uint32               the version of the copy installed here
+    inval      uint32               highest version an invalidation announced here
+    requesting uint8                a local thread has a request outstanding
+    dirty      uint8                written here since the last write-back
+
+Versions are how a grant and an invalidation that cross in the network are
+ordered without holding locks across nodes.  The manager (a PageDirectory
+for IVY, or the owner chain for the dynamic manager) serializes the requests
+of a page and gives each write grant the next version.  Two races follow and
+are closed here:
+
+* A read copy of version v is still travelling to us when the write grant
+  v+1 elsewhere invalidates us: the invalidation raises ``inval`` to v+1,
+  and installing a copy older than ``inval`` is refused; the fault retries.
+* We were granted ownership (version v) but have not installed it yet when
+  the manager already asks us, as owner, for a copy: owner-side handlers wait
+  until ``version >= v`` (a request for a page in transition waits for it).
+  They never wait for a request that has not been granted, so no cycle of
+  nodes can form.
+
+Locking: one Condition per rep, held only for local state and HAT changes,
+never across a remote call; remote requests run with the page marked
+``requesting`` so that other local threads faulting on the same page wait
+for the one request instead of sending their own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import attrs
+import numpy as np
+
+from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError
+
+NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
+
+
+ZERO_FILL = b""  # a grant's data meaning "the page is zeros" (first touch of anonymous memory)
+
+
+@attrs.frozen
+class Grant:
+    """A manager's answer to a request: install ``data`` (None: keep the
+    frame, ZERO_FILL: zeros) at ``version`` with ``access``; ``dirty``
+    travels with ownership."""
+
+    version: int
+    access: int
+    data: bytes | None = None
+    dirty: bool = False
+
+
+class FCMPages:
+    """Per-page coherence state of one memory object on one node.
+
+    ``memory`` is the node's NodeMemory; the object's page i lives at virtual
+    page ``vpage + i`` (identity placement: frame i is at that page's file
+    offset).  ``request(page, want, have_version)`` is the protocol's
+    requester half: it talks to the manager and returns a Grant.
+    """
+
+    def __init__(self, memory, vpage: int, npages: int, request) -> None:
+        if vpage < 0 or vpage + npages > memory.npages:
+            raise ValueError(f"pages [{vpage}, {vpage + npages}) are outside the window's {memory.npages} pages")
+        self.memory, self.vpage, self.npages = memory, vpage, npages
+        self.request = request
+        self.access = np.zeros(npages, dtype=np.uint8)
+        self.version = np.zeros(npages, dtype=np.uint32)
+        self.inval = np.zeros(npages, dtype=np.uint32)
+        self.requesting = np.zeros(npages, dtype=np.uint8)
+        self.dirty = np.zeros(npages, dtype=np.uint8)
+        self.cond = threading.Condition()
+        self.stale_grants = 0
+
+    # -- requester side (the faulting thread) ---------------------------------
+
+    def get_page(self, page: int, want: int) -> bool:
+        """Make ``page`` accessible here with at least ``want``; map it in the HAT.
+
+        Returns True if it needed a request to the manager (a coherence fault),
+        False if the copy was already here (an in-core fault).
+        """
+        remote = False
+        while True:
+            with self.cond:
+                while self.requesting[page]:
+                    self.cond.wait()
+                if self.access[page] >= want:
+                    self._locked_map(page)
+                    return remote
+                self.requesting[page] = 1
+                have = int(self.version[page]) if self.access[page] >= READ else -1
+            remote = True
+            try:
+                grant = self.request(page, want, have)
+            finally:
+                with self.cond:
+                    self.requesting[page] = 0
+                    self.cond.notify_all()
+            if self._install(page, grant):
+                return remote
+
+    def _install(self, page: int, grant: Grant) -> bool:
+        """Install a grant unless an invalidation overtook it; True if installed."""
+        with self.cond:
+            if grant.version < self.inval[page]:
+                self.stale_grants += 1
+                return False
+            frame = self.memory.frame(self.vpage + page)
+            if grant.data == ZERO_FILL:
+                frame.fill(0)
+            elif grant.data is not None:
+                frame[:] = np.frombuffer(grant.data, dtype=np.uint8)
+            elif self.access[page] == NIL and grant.version != self.version[page]:
+                raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
+            self.access[page] = grant.access
+            self.version[page] = grant.version
+            self.dirty[page] = grant.dirty or grant.access == WRITE
+            self._locked_map(page)
+            self.cond.notify_all()
+            return True
+
+    def _locked_map(self, page: int) -> None:
+        """Map the page in the HAT with this node's access (cond held)."""
+        v = self.vpage + page
+        if self.memory.hat.prot[v] != self.access[page]:
+            self.memory.hat.protect(v, 1, int(self.access[page]))
+
+    # -- owner / holder side (worker threads answering other nodes) -----------
+
+    def send_copy(self, page: int, expect_version: int) -> bytes:
+        """As owner: downgrade to READ and return the page's bytes."""
+        with self.cond:
+            self._locked_wait_version(page, expect_version)
+            if self.access[page] == WRITE:
+                self.access[page] = READ
+                self._locked_map(page)  # revoke write first: no store races the copy
+            return self.memory.frame(self.vpage + page).tobytes()
+
+    def give_page(self, page: int, expect_version: int, new_version: int, need_data: bool):
+        """As owner: give the page up (ownership moves); returns (bytes or None, dirty)."""
+        with self.cond:
+            self._locked_wait_version(page, expect_version)
+            self.access[page] = NIL
+            self._locked_map(page)
+            self.inval[page] = max(int(self.inval[page]), new_version)
+            data = self.memory.frame(self.vpage + page).tobytes() if need_data else None
+            dirty = bool(self.dirty[page])
+            self.dirty[page] = 0
+            return data, dirty
+
+    def invalidate(self, page: int, new_version: int) -> None:
+        """Drop our read copy: a write of ``new_version`` is being granted elsewhere."""
+        with self.cond:
+            self.inval[page] = max(int(self.inval[page]), new_version)
+            if self.version[page] < new_version and self.access[page] != NIL:
+                self.access[page] = NIL
+                self._locked_map(page)
+
+    def _locked_wait_version(self, page: int, expect_version: int) -> None:
+        while self.version[page] < expect_version:
+            self.cond.wait()
+
+    # -- in-core fault support and inspection ----------------------------------
+
+    def drop_mappings(self) -> None:
+        """Unmap every page in the HAT but keep the cached copies (Tornado's
+        in-core fault test: the next fault is resolved without coherence)."""
+        with self.cond:
+            self.memory.hat.protect(self.vpage, self.npages, PROT_NONE)
+
+    def resident(self) -> int:
+        """Pages this node holds a copy of."""
+        return int(np.count_nonzero(self.access))

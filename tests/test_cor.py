@@ -1,0 +1,65 @@
+"""Backing stores: anonymous zero fill and real files with pread/pwrite/fsync."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tornado_dsm.kernel import PAGE
+from tornado_dsm.objects._cor import AnonymousCOR, FileCOR
+
+
+class TestAnonymousCOR:
+    def test_zero_fill(self):
+        """Anonymous pages are zeros (None: nothing to copy) and counted."""
+        cor = AnonymousCOR(4)
+        assert cor.read_page(3) is None and cor.statistics().pages_zero_filled == 1
+
+    def test_bad_page(self):
+        """A page outside the store is a ValueError naming the range."""
+        with pytest.raises(ValueError, match=r"\[0, 4\)"):
+            AnonymousCOR(4).read_page(4)
+
+
+class TestFileCOR:
+    def test_read_write_back_roundtrip(self, tmp_path):
+        """Pages read with pread come back to the file with pwrite; a partial last page keeps its length."""
+        path = tmp_path / "data.bin"
+        original = np.arange(PAGE + 100, dtype=np.uint8).tobytes()
+        path.write_bytes(original)
+        cor = FileCOR(str(path), 0, len(original))
+        assert cor.npages == 2
+        assert cor.read_page(0) == original[:PAGE]
+        last = cor.read_page(1)
+        assert len(last) == PAGE and last[:100] == original[PAGE:] and last[100:] == bytes(PAGE - 100)
+        cor.write_back(1, np.full(PAGE, 9, dtype=np.uint8))
+        cor.close()
+        data = path.read_bytes()
+        assert len(data) == len(original) and data[PAGE:] == bytes([9]) * 100
+        assert cor.statistics() == type(cor.statistics())(2, 0, 1, 1)
+
+    def test_short_file(self, tmp_path):
+        """A file shorter than the mapping is refused with both sizes named."""
+        path = tmp_path / "short.bin"
+        path.write_bytes(bytes(100))
+        with pytest.raises(ValueError, match="has 100 bytes, shorter than the mapping"):
+            FileCOR(str(path), 0, PAGE)
+
+    def test_read_only(self, tmp_path):
+        """A read-only mapping refuses write-back."""
+        path = tmp_path / "ro.bin"
+        path.write_bytes(bytes(PAGE))
+        cor = FileCOR(str(path), 0, PAGE, mode="r")
+        with pytest.raises(PermissionError, match="read-only"):
+            cor.write_back(0, bytes(PAGE))
+        cor.close()
+
+    @pytest.mark.parametrize("kwargs,match", [(dict(mode="w"), "mode"), (dict(offset=3), "offset"),
+                                              (dict(length=0), "length")])
+    def test_bad_arguments(self, tmp_path, kwargs, match):
+        """Bad mode, offset or length name the accepted values."""
+        path = tmp_path / "f.bin"
+        path.write_bytes(bytes(PAGE))
+        args = dict(offset=0, length=PAGE, mode="r+") | kwargs
+        with pytest.raises(ValueError, match=match):
+            FileCOR(str(path), args["offset"], args["length"], args["mode"])

@@ -1,0 +1,197 @@
+"""The IVY/migrate protocol logic of FCMPages + PageDirectory, in one process.
+
+A unit test of the protocol state machine: each "node" here is an FCMPages
+on its own real window (real faults, real HAT), and the directory reaches
+them by direct calls.  The cross-process protocol is tested through the
+Cluster API (test_cluster*.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tornado_dsm.kernel import PAGE, READ, NodeMemory, trap
+from tornado_dsm.objects._directory import PageDirectory
+from tornado_dsm.objects._fcm import WRITE, FCMPages
+from tornado_dsm.objects._invariants import check_page
+
+from conftest import fresh_base
+
+NODES, PAGES = 3, 4
+
+
+class Harness:
+    """NODES windows, one FCMPages each, one PageDirectory."""
+
+    def __init__(self, protocol: str = "ivy") -> None:
+        self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
+        self.directory = PageDirectory(PAGES, self._call, lambda page: None, protocol)
+        self.protocol = protocol
+        self.fcms = []
+        for n, mem in enumerate(self.mems):
+            fcm = FCMPages(mem, 0, PAGES, self._requester(n))
+            mem.set_handler(self._handler(fcm, mem))
+            self.fcms.append(fcm)
+        self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
+
+    def _call(self, node, method, *args):
+        return getattr(self.fcms[node], method)(*args)
+
+    def _requester(self, node):
+        return lambda page, want, have: self.directory.request(page, node, want, have)
+
+    @staticmethod
+    def _handler(fcm, mem):
+        def handle(address, access):
+            fcm.get_page((address - mem.base) // PAGE, 1 if access == READ else 2)
+        return handle
+
+    def check(self) -> None:
+        for p in range(PAGES):
+            owner, readers = self.directory.holders(p)
+            access = np.array([f.access[p] for f in self.fcms])
+            check_page(p, access, owner, int(self.directory.copyset[p]), self.protocol)
+
+    def close(self) -> None:
+        for m in self.mems:
+            m.close()
+
+
+@pytest.fixture(params=["ivy", "migrate"])
+def harness(request):
+    h = Harness(request.param)
+    yield h
+    h.close()
+
+
+class TestMessages:
+    def test_read_from_third_owner(self):
+        """A read fault whose owner is another node fetches a copy and joins the copyset."""
+        h = Harness()
+        try:
+            h.arrays[1][0] = 5
+            assert h.arrays[2][0] == 5
+            assert h.directory.holders(0) == (1, [2])
+            assert h.fcms[1].access[0] == READ  # the owner was downgraded
+            h.check()
+        finally:
+            h.close()
+
+    def test_write_invalidates_readers(self):
+        """A write invalidates every reader before it is granted."""
+        h = Harness()
+        try:
+            h.arrays[0][0] = 1
+            assert h.arrays[1][0] == 1 and h.arrays[2][0] == 1
+            h.arrays[2][1] = 9
+            assert [f.access[0] for f in h.fcms] == [0, 0, WRITE]
+            assert h.directory.invalidations == 1  # node 1; node 0 was the owner
+            assert h.arrays[0][1] == 9
+            h.check()
+        finally:
+            h.close()
+
+
+class TestCrossingMessages:
+    def test_copy_overtaken_by_invalidation_is_refused(self):
+        """A read copy older than an invalidation that reached the node first is not installed."""
+        h = Harness()
+        try:
+            h.arrays[0][0] = 3                                  # node 0 owns page 0
+            grant = h.directory.request(0, 2, READ, -1)         # node 2's copy, still "in flight"
+            h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
+            assert not h.fcms[2]._install(0, grant)
+            assert h.fcms[2].stale_grants == 1 and h.fcms[2].access[0] == 0
+            assert h.arrays[2][0] == 4                          # the retry sees the new value
+            h.check()
+        finally:
+            h.close()
+
+    def test_owner_answers_only_after_installing(self):
+        """A copy requested from a node whose ownership grant is not installed yet waits for it."""
+        h = Harness()
+        try:
+            h.arrays[0][0] = 7
+            grant = h.directory.request(0, 1, WRITE, -1)        # node 1 now owns page 0, not installed
+            seen = []
+            reader = threading.Thread(target=lambda: seen.append(int(h.arrays[2][0])))
+            reader.start()
+            reader.join(timeout=0.3)
+            assert reader.is_alive() and not seen               # blocked on node 1's transition
+            assert h.fcms[1]._install(0, grant)
+            reader.join(timeout=30)
+            assert seen == [7]
+            h.check()
+        finally:
+            h.close()
+
+
+class TestConcurrentCounters:
+    def test_atomic_increments_exact(self, harness):
+        """Threads of every node doing atomic increments on one word: the total is exact."""
+        from tornado_dsm.kernel import atomic
+
+        start = threading.Barrier(NODES * 2)
+
+        def work(n):
+            start.wait(timeout=30)
+            for _ in range(300):
+                atomic.fetch_add(harness.mems[n].base + 8, 1)
+
+        threads = [threading.Thread(target=work, args=(n % NODES,)) for n in range(NODES * 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        values = [int(a[1]) for a in harness.arrays]
+        assert values[0] == NODES * 2 * 300 and len(set(values)) == 1
+        harness.check()
+
+
+class ProtocolMachine(RuleBasedStateMachine):
+    """Random reads and writes from random nodes against a sequential model."""
+
+    protocol = "ivy"
+
+    def __init__(self):
+        super().__init__()
+        self.h = Harness(self.protocol)
+        self.model = np.zeros(PAGES * PAGE // 8, dtype=np.int64)
+
+    @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1))
+    def read(self, node, word):
+        assert self.h.arrays[node][word] == self.model[word]
+
+    @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1),
+          value=st.integers(-(2**63), 2**63 - 1))
+    def write(self, node, word, value):
+        self.h.arrays[node][word] = value
+        self.model[word] = value
+
+    @rule(node=st.integers(0, NODES - 1))
+    def drop_mappings(self, node):
+        self.h.fcms[node].drop_mappings()
+
+    @invariant()
+    def coherent(self):
+        self.h.check()
+
+    def teardown(self):
+        self.h.close()
+
+
+class MigrateMachine(ProtocolMachine):
+    protocol = "migrate"
+
+
+_settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
+ProtocolMachine.TestCase.settings = _settings
+MigrateMachine.TestCase.settings = _settings
+TestIvyMachine = ProtocolMachine.TestCase
+TestMigrateMachine = MigrateMachine.TestCase
