@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory, trap
 from tornado_dsm.objects._directory import PageDirectory
+from tornado_dsm.objects._dynamic import DynamicManager
 from tornado_dsm.objects._fcm import WRITE, FCMPages
 from tornado_dsm.objects._invariants import check_page
 
@@ -27,20 +28,26 @@ NODES, PAGES = 3, 4
 
 
 class Harness:
-    """NODES windows, one FCMPages each, one PageDirectory."""
+    """NODES windows, one FCMPages each, and a manager: one PageDirectory
+    ("centralized") or a DynamicManager per node ("dynamic")."""
 
-    def __init__(self, protocol: str = "ivy") -> None:
+    def __init__(self, protocol: str = "ivy", manager: str = "centralized") -> None:
         self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
+        self.protocol, self.manager = protocol, manager
         self.directory = PageDirectory(PAGES, self._call, lambda page: None, protocol)
-        self.protocol = protocol
-        self.fcms = []
+        self.fcms, self.dyns = [], []
         for n, mem in enumerate(self.mems):
             fcm = FCMPages(mem, 0, PAGES, self._requester(n))
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
+            if manager == "dynamic":
+                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, lambda page: None))
+                fcm.request = self.dyns[n].request
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
 
     def _call(self, node, method, *args):
+        if method in ("serve",) or (self.dyns and method == "invalidate"):
+            return getattr(self.dyns[node], method)(*args)
         return getattr(self.fcms[node], method)(*args)
 
     def _requester(self, node):
@@ -52,20 +59,30 @@ class Harness:
             fcm.get_page((address - mem.base) // PAGE, 1 if access == READ else 2)
         return handle
 
+    def holders(self, page):
+        """(owner, copyset) from the directory or the dynamic owner."""
+        if not self.dyns:
+            return int(self.directory.owner[page]), int(self.directory.copyset[page])
+        owners = [n for n in range(NODES) if self.dyns[n].owner[page]]
+        assert len(owners) == 1, f"page {page} has owners {owners}"
+        return owners[0], int(self.dyns[owners[0]].copyset[page])
+
     def check(self) -> None:
         for p in range(PAGES):
-            owner, readers = self.directory.holders(p)
+            owner, copyset = self.holders(p)
             access = np.array([f.access[p] for f in self.fcms])
-            check_page(p, access, owner, int(self.directory.copyset[p]), self.protocol)
+            if self.dyns and not access.any():
+                owner = -1  # the home owns it without a copy until the first touch
+            check_page(p, access, owner, copyset, self.protocol)
 
     def close(self) -> None:
         for m in self.mems:
             m.close()
 
 
-@pytest.fixture(params=["ivy", "migrate"])
+@pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic")])
 def harness(request):
-    h = Harness(request.param)
+    h = Harness(*request.param)
     yield h
     h.close()
 
@@ -77,7 +94,7 @@ class TestMessages:
         try:
             h.arrays[1][0] = 5
             assert h.arrays[2][0] == 5
-            assert h.directory.holders(0) == (1, [2])
+            assert h.holders(0) == (1, 1 << 2)
             assert h.fcms[1].access[0] == READ  # the owner was downgraded
             h.check()
         finally:
@@ -157,11 +174,11 @@ class TestConcurrentCounters:
 class ProtocolMachine(RuleBasedStateMachine):
     """Random reads and writes from random nodes against a sequential model."""
 
-    protocol = "ivy"
+    protocol, manager = "ivy", "centralized"
 
     def __init__(self):
         super().__init__()
-        self.h = Harness(self.protocol)
+        self.h = Harness(self.protocol, self.manager)
         self.model = np.zeros(PAGES * PAGE // 8, dtype=np.int64)
 
     @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1))
@@ -190,8 +207,14 @@ class MigrateMachine(ProtocolMachine):
     protocol = "migrate"
 
 
+class DynamicMachine(ProtocolMachine):
+    manager = "dynamic"
+
+
 _settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
 ProtocolMachine.TestCase.settings = _settings
 MigrateMachine.TestCase.settings = _settings
+DynamicMachine.TestCase.settings = _settings
+TestDynamicMachine = DynamicMachine.TestCase
 TestIvyMachine = ProtocolMachine.TestCase
 TestMigrateMachine = MigrateMachine.TestCase

@@ -1,0 +1,141 @@
+"""IVY's dynamic distributed manager: no directory, probable owners and forwarding.
+
+Every node keeps, per page, a hint ``prob_owner`` and, if it owns the page,
+the copyset.  A fault is sent to the hint; a node that does not own the page
+forwards it along its own hint (for a write it then points its hint at the
+requester, who is about to own the page); the owner answers.  The reply
+carries the owner, so the requester's hint becomes exact.
+
+Initially the FCM's home node owns every page without a copy; the first
+toucher anywhere becomes the owner (first-touch placement).
+
+Serialization: the owner serves one request of a page at a time
+(``serving``), holding it across the invalidations it sends.  A request that
+reaches a node with its own request for that page outstanding waits for it
+(IVY: a request for a page in transition waits at the next owner), so a
+request never chases an ownership that is still in flight.  Forwarding holds
+nothing.  A hop limit turns a broken hint chain into a loud internal error
+instead of endless forwarding.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tornado_dsm.kernel import DSMInternalError
+
+from ._fcm import NIL, READ, WRITE, ZERO_FILL, Grant
+
+MAX_NODES = 64
+
+_fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tornado_dsm-dyninval")
+
+
+class DynamicManager:
+    """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
+
+    ``call(node, method, *args)`` reaches this FCM's manager on another node;
+    ``fill(page)`` gives first-touch contents (None for zeros).
+    """
+
+    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill) -> None:
+        self.pages, self.node, self.nnodes, self.call, self.fill = pages, node, nnodes, call, fill
+        n = pages.npages
+        self.owner = np.full(n, node == home, dtype=np.uint8)
+        self.prob_owner = np.full(n, home, dtype=np.int16)
+        self.copyset = np.zeros(n, dtype=np.uint64)
+        self.serving = np.zeros(n, dtype=np.uint8)
+        self.forwards = 0
+        self.invalidations = 0
+
+    # -- requester side ----------------------------------------------------------
+
+    def request(self, page: int, want: int, have_version: int) -> Grant:
+        """FCMPages' requester hook: ask the probable owner (maybe ourselves)."""
+        target = int(self.prob_owner[page])
+        if target == self.node:
+            grant, owner = self.serve(page, self.node, want, have_version, 0)
+        else:
+            grant, owner = self.call(target, "serve", page, self.node, want, have_version, 0)
+        with self.pages.cond:
+            self.prob_owner[page] = owner
+            if owner == self.node:
+                self.owner[page] = 1
+        return grant
+
+    # -- every node: serve or forward ---------------------------------------------
+
+    def serve(self, page: int, requester: int, want: int, have_version: int, hops: int):
+        """Answer a request as owner, or forward it; returns (Grant, owner node)."""
+        if hops > 4 * self.nnodes:
+            raise DSMInternalError("DynamicManager.serve", f"page {page}: request of node {requester} forwarded {hops} times")
+        cond = self.pages.cond
+        with cond:
+            while self.serving[page] or (requester != self.node and self.pages.requesting[page]):
+                cond.wait()
+            if not self.owner[page]:
+                target = int(self.prob_owner[page])
+                if want == WRITE:
+                    self.prob_owner[page] = requester
+                self.forwards += 1
+            else:
+                self.serving[page] = 1
+                target = None
+        if target is not None:
+            return self.call(target, "serve", page, requester, want, have_version, hops + 1)
+        try:
+            return self._serve_owned(page, requester, want, have_version)
+        finally:
+            with cond:
+                self.serving[page] = 0
+                cond.notify_all()
+
+    def _serve_owned(self, page: int, requester: int, want: int, have_version: int):
+        pages = self.pages
+        version = int(pages.version[page])
+        first_touch = version == 0 and pages.access[page] == NIL
+        if want == READ and not first_touch:
+            if requester == self.node:
+                raise DSMInternalError("DynamicManager._serve_owned", f"owner {self.node} of page {page} asks for a copy")
+            data = pages.send_copy(page, version)
+            with pages.cond:
+                self.copyset[page] |= np.uint64(1 << requester)
+            return Grant(version, READ, data), self.node
+        new = version + 1
+        self._invalidate(page, requester, new)
+        if first_touch:
+            data = self.fill(page)
+            data, dirty = (ZERO_FILL if data is None else data), False
+        elif requester == self.node:
+            return Grant(new, WRITE, None), self.node
+        else:
+            data, dirty = pages.give_page(page, version, new, have_version != version)
+        self._hand_over(page, requester)
+        return Grant(new, want, data, dirty), requester
+
+    def _hand_over(self, page: int, requester: int) -> None:
+        """Ownership leaves this node (unless the requester is this node)."""
+        with self.pages.cond:
+            self.copyset[page] = 0
+            if requester != self.node:
+                self.owner[page] = 0
+                self.prob_owner[page] = requester
+
+    def _invalidate(self, page: int, requester: int, new_version: int) -> None:
+        """Invalidate every reader in our copyset but the requester, in parallel."""
+        mask = int(self.copyset[page]) & ~(1 << requester) & ~(1 << self.node)
+        readers = [n for n in range(MAX_NODES) if mask >> n & 1]
+        futures = [_fanout.submit(self.call, n, "invalidate", page, new_version, requester) for n in readers]
+        for f in futures:
+            f.result()
+        with self.pages.cond:
+            self.copyset[page] = 0
+        self.invalidations += len(readers)
+
+    def invalidate(self, page: int, new_version: int, new_owner: int) -> None:
+        """Drop our read copy; the page's next owner is ``new_owner`` (a better hint)."""
+        self.pages.invalidate(page, new_version)
+        with self.pages.cond:
+            self.prob_owner[page] = new_owner
