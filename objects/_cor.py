@@ -3,7 +3,8 @@
 Two kinds, sibling classes with one interface:
 
 * `AnonymousCOR` — memory that starts as zeros.  First touch anywhere is a
-  zero fill; nothing is ever written back.
+  zero fill.  A page evicted by its owner is written to a swap memfd (sparse,
+  created on the first write-back) and read back from it on the next touch.
 * `FileCOR` — a real file.  First touch of a page anywhere in the cluster
   reads it with ``pread``; ``write_back`` writes dirty pages with ``pwrite``
   and ``flush`` makes them durable with ``fsync``, so a file-backed region
@@ -37,7 +38,7 @@ class CORStatistics:
 
 
 class AnonymousCOR:
-    """Zero-filled memory of ``npages`` pages."""
+    """Zero-filled memory of ``npages`` pages, with swap for evicted pages."""
 
     kind = "anonymous"
 
@@ -45,31 +46,51 @@ class AnonymousCOR:
         if npages < 1:
             raise ValueError(f"a COR needs at least one page, not {npages}")
         self.npages = npages
-        self._zero_fills = 0
+        self.swapped = np.zeros(npages, dtype=np.uint8)
+        self.swap_fd: int | None = None
+        self._reads = self._zero_fills = self._writes = 0
 
     def read_page(self, page: int) -> bytes | None:
-        """Contents of a page on first touch: None means zeros (nothing to copy)."""
+        """Contents of a page no node holds: None means zeros (nothing to copy)."""
         self._check(page)
-        self._zero_fills += 1
-        return None
+        if not self.swapped[page]:
+            self._zero_fills += 1
+            return None
+        self._reads += 1
+        return os.pread(self.swap_fd, PAGE, page * PAGE)
 
     def write_back(self, page: int, data) -> None:
-        """Anonymous memory has nowhere to go: dropping a page loses nothing needed."""
+        """Keep an evicted page in swap until it is touched again."""
         self._check(page)
+        if self.swap_fd is None:
+            self.swap_fd = os.memfd_create("tornado_dsm-swap", os.MFD_CLOEXEC)
+        _pwrite_all(self.swap_fd, data, page * PAGE, PAGE)
+        self.swapped[page] = 1
+        self._writes += 1
 
     def flush(self) -> None:
-        """Nothing to make durable."""
+        """Swap is not durable: nothing to do."""
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Drop the swap.  Idempotent."""
+        if self.swap_fd is not None:
+            os.close(self.swap_fd)
+            self.swap_fd = None
 
     def statistics(self) -> CORStatistics:
-        """Counts of I/O (only zero fills here)."""
-        return CORStatistics(0, self._zero_fills, 0, 0)
+        """Pages read back from swap, zero-filled and swapped out."""
+        return CORStatistics(self._reads, self._zero_fills, self._writes, 0)
 
     def _check(self, page: int) -> None:
         if not 0 <= page < self.npages:
             raise ValueError(f"page {page} is outside the backing store's pages [0, {self.npages})")
+
+
+def _pwrite_all(fd: int, data, offset: int, n: int) -> None:
+    view = memoryview(data).cast("B")[:n]
+    written = os.pwrite(fd, view, offset)
+    if written != n:
+        raise OSError(f"short write at offset {offset}: {written} of {n} bytes")
 
 
 class FileCOR(AnonymousCOR):
@@ -115,11 +136,7 @@ class FileCOR(AnonymousCOR):
         self._check(page)
         if self.mode != "r+":
             raise PermissionError(f"{self.path!r} is mapped read-only: page {page} cannot be written back")
-        n = self._bytes_in(page)
-        view = memoryview(np.asarray(data, dtype=np.uint8)).cast("B")[:n]
-        written = os.pwrite(self.fd, view, self.offset + page * PAGE)
-        if written != n:
-            raise OSError(f"short write of page {page} to {self.path!r}: {written} of {n} bytes")
+        _pwrite_all(self.fd, data, self.offset + page * PAGE, self._bytes_in(page))
         self._writes += 1
 
     def flush(self) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from tornado_dsm.kernel import DSMInternalError
 
-from ._fcm import READ, WRITE, ZERO_FILL, Grant
+from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant
 
 PROTOCOLS = ("ivy", "migrate")
 MAX_NODES = 64  # the copyset is a uint64 bitmask
@@ -45,13 +45,14 @@ class PageDirectory:
 
     ``call(node, method, *args)`` reaches the FCM rep of this memory object on
     a node (send_copy, give_page, invalidate); ``fill(page)`` returns the
-    first-touch contents from the COR (None for zeros).
+    first-touch contents from the COR (None for zeros); ``spill(page, data)``
+    writes an evicted owned page back to the COR.
     """
 
-    def __init__(self, npages: int, call, fill, protocol: str = "ivy") -> None:
+    def __init__(self, npages: int, call, fill, spill=None, protocol: str = "ivy") -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        self.npages, self.call, self.fill, self.protocol = npages, call, fill, protocol
+        self.npages, self.call, self.fill, self.spill, self.protocol = npages, call, fill, spill, protocol
         self.owner = np.full(npages, -1, dtype=np.int16)
         self.copyset = np.zeros(npages, dtype=np.uint64)
         self.version = np.zeros(npages, dtype=np.uint32)
@@ -88,7 +89,7 @@ class PageDirectory:
         if owner < 0:  # first touch anywhere: the requester becomes the owner
             self.owner[page] = node
             self.version[page] = version + 1
-            return Grant(version + 1, READ, self._first_touch(page))
+            return Grant(version + 1, READ, self._first_touch(page), owner=True)
         if owner == node:
             raise DSMInternalError("PageDirectory._locked_read", f"owner {node} of page {page} asks for a copy")
         data = self.call(owner, "send_copy", page, version)
@@ -111,7 +112,21 @@ class PageDirectory:
         self.owner[page] = node
         self.copyset[page] = 0
         self.version[page] = new
-        return Grant(new, WRITE, data, dirty)
+        return Grant(new, WRITE, data, dirty, owner=True)
+
+    def evict(self, page: int, node: int, version: int, data: bytes, dirty: bool):
+        """The owner ``node`` gives ``page`` (at ``version``) back to the backing
+        store; readers keep their copies.  RELEASED, or None if ownership
+        moved meanwhile."""
+        self._acquire(page)
+        try:
+            if self.owner[page] != node or self.version[page] != version:
+                return None
+            self.spill(page, data, dirty)
+            self.owner[page] = -1
+            return RELEASED
+        finally:
+            self._release(page)
 
     def _locked_invalidate(self, page: int, node: int, owner: int, new_version: int) -> None:
         """Invalidate every reader but the requester and the owner, in parallel."""

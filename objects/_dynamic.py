@@ -26,7 +26,7 @@ import numpy as np
 
 from tornado_dsm.kernel import DSMInternalError
 
-from ._fcm import NIL, READ, WRITE, ZERO_FILL, Grant
+from ._fcm import KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, Grant
 
 MAX_NODES = 64
 
@@ -37,13 +37,17 @@ class DynamicManager:
     """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 
     ``call(node, method, *args)`` reaches this FCM's manager on another node;
-    ``fill(page)`` gives first-touch contents (None for zeros).
+    ``fill(page)`` gives first-touch contents (None for zeros) and
+    ``spill(page, data, dirty)`` writes an evicted page back to the COR.
     """
 
-    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill) -> None:
-        self.pages, self.node, self.nnodes, self.call, self.fill = pages, node, nnodes, call, fill
+    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill, spill=None) -> None:
+        self.pages, self.node, self.nnodes, self.home = pages, node, nnodes, home
+        self.call, self.fill, self.spill = call, fill, spill
         n = pages.npages
-        self.owner = np.full(n, node == home, dtype=np.uint8)
+        self.owner = pages.owned  # one ownership array, shared with the FCM pages
+        self.owner[:] = node == home
+        pages.release_owned = self.release_owned
         self.prob_owner = np.full(n, home, dtype=np.int16)
         self.copyset = np.zeros(n, dtype=np.uint64)
         self.serving = np.zeros(n, dtype=np.uint8)
@@ -61,8 +65,6 @@ class DynamicManager:
             grant, owner = self.call(target, "serve", page, self.node, want, have_version, 0)
         with self.pages.cond:
             self.prob_owner[page] = owner
-            if owner == self.node:
-                self.owner[page] = 1
         return grant
 
     # -- every node: serve or forward ---------------------------------------------
@@ -95,25 +97,25 @@ class DynamicManager:
     def _serve_owned(self, page: int, requester: int, want: int, have_version: int):
         pages = self.pages
         version = int(pages.version[page])
-        first_touch = version == 0 and pages.access[page] == NIL
+        first_touch = pages.access[page] == NIL  # owned without a copy: the COR has it
         if want == READ and not first_touch:
             if requester == self.node:
                 raise DSMInternalError("DynamicManager._serve_owned", f"owner {self.node} of page {page} asks for a copy")
             data = pages.send_copy(page, version)
             with pages.cond:
                 self.copyset[page] |= np.uint64(1 << requester)
-            return Grant(version, READ, data), self.node
+            return Grant(version, READ, data, owner=False), self.node
         new = version + 1
         self._invalidate(page, requester, new)
         if first_touch:
             data = self.fill(page)
             data, dirty = (ZERO_FILL if data is None else data), False
         elif requester == self.node:
-            return Grant(new, WRITE, None), self.node
+            return Grant(new, WRITE, None, owner=True), self.node
         else:
             data, dirty = pages.give_page(page, version, new, have_version != version)
         self._hand_over(page, requester)
-        return Grant(new, want, data, dirty), requester
+        return Grant(new, want, data, dirty, owner=True), requester
 
     def _hand_over(self, page: int, requester: int) -> None:
         """Ownership leaves this node (unless the requester is this node)."""
@@ -133,6 +135,38 @@ class DynamicManager:
         with self.pages.cond:
             self.copyset[page] = 0
         self.invalidations += len(readers)
+
+    def release_owned(self, page: int, version: int, data: bytes, dirty: bool):
+        """FCM eviction hook: write an owned page back and give ownership
+        (without a copy) to the home node; readers keep their copies."""
+        cond = self.pages.cond
+        with cond:
+            while self.serving[page]:
+                cond.wait()
+            if not self.owner[page] or self.pages.version[page] != version:
+                return None
+            self.serving[page] = 1
+        try:
+            self.spill(page, data, dirty)
+            if self.home == self.node:
+                return KEPT
+            self.call(self.home, "take_back", page, version, int(self.copyset[page]))
+            with cond:
+                self.copyset[page], self.prob_owner[page] = 0, self.home
+            return RELEASED
+        finally:
+            with cond:
+                self.serving[page] = 0
+                cond.notify_all()
+
+    def take_back(self, page: int, version: int, copyset: int) -> None:
+        """At the home: own ``page`` again, without a copy unless we hold a read copy."""
+        with self.pages.cond:
+            self.owner[page] = 1
+            self.prob_owner[page] = self.node
+            self.copyset[page] = np.uint64(copyset & ~(1 << self.node))
+            self.pages.version[page] = max(int(self.pages.version[page]), version)
+            self.pages.cond.notify_all()
 
     def invalidate(self, page: int, new_version: int, new_owner: int) -> None:
         """Drop our read copy; the page's next owner is ``new_owner`` (a better hint)."""

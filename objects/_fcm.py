@@ -7,8 +7,9 @@ Per-page state is a handful of numpy arrays (never a Python object per page):
     access     NIL / READ / WRITE   what this node may do with its copy
     version    uint32               the version of the copy installed here
     inval      uint32               highest version an invalidation announced here
-    requesting uint8                a local thread has a request outstanding
+    requesting uint8                a local thread (or an eviction) is changing the page
     dirty      uint8                written here since the last write-back
+    owned      uint8                this node owns the page (IVY ownership)
 
 Versions are how a grant and an invalidation that cross in the network are
 ordered without holding locks across nodes.  The manager (a PageDirectory
@@ -43,19 +44,25 @@ from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, DSMIntern
 NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
 
 
+# What a manager's release_owned hook reports for an evicted owned page:
+RELEASED = "released"  # ownership left this node with the data
+KEPT = "kept"          # still the owner, without a copy (the backing store has it)
+# (None: ownership had already moved; nothing to do)
+
 ZERO_FILL = b""  # a grant's data meaning "the page is zeros" (first touch of anonymous memory)
 
 
 @attrs.frozen
 class Grant:
     """A manager's answer to a request: install ``data`` (None: keep the
-    frame, ZERO_FILL: zeros) at ``version`` with ``access``; ``dirty``
-    travels with ownership."""
+    frame, ZERO_FILL: zeros) at ``version`` with ``access``; ``owner`` says
+    whether ownership comes with it and ``dirty`` travels with ownership."""
 
     version: int
     access: int
     data: bytes | None = None
     dirty: bool = False
+    owner: bool = False
 
 
 class FCMPages:
@@ -67,7 +74,7 @@ class FCMPages:
     requester half: it talks to the manager and returns a Grant.
     """
 
-    def __init__(self, memory, vpage: int, npages: int, request) -> None:
+    def __init__(self, memory, vpage: int, npages: int, request, frames=None) -> None:
         if vpage < 0 or vpage + npages > memory.npages:
             raise ValueError(f"pages [{vpage}, {vpage + npages}) are outside the window's {memory.npages} pages")
         self.memory, self.vpage, self.npages = memory, vpage, npages
@@ -77,8 +84,13 @@ class FCMPages:
         self.inval = np.zeros(npages, dtype=np.uint32)
         self.requesting = np.zeros(npages, dtype=np.uint8)
         self.dirty = np.zeros(npages, dtype=np.uint8)
+        self.owned = np.zeros(npages, dtype=np.uint8)
         self.cond = threading.Condition()
         self.stale_grants = 0
+        self.frames = frames  # the node's DSM frame account (None: no capacity limit)
+        self.release_owned = None  # manager hook: (page, version, data, dirty) -> RELEASED | KEPT | None
+        if frames is not None:
+            frames.register(self)
 
     # -- requester side (the faulting thread) ---------------------------------
 
@@ -99,6 +111,8 @@ class FCMPages:
                 self.requesting[page] = 1
                 have = int(self.version[page]) if self.access[page] >= READ else -1
             remote = True
+            if have < 0 and self.frames is not None:
+                self.frames.make_room(self, page)
             try:
                 grant = self.request(page, want, have)
             finally:
@@ -123,6 +137,7 @@ class FCMPages:
                 raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
             self.access[page] = grant.access
             self.version[page] = grant.version
+            self.owned[page] = grant.owner
             self.dirty[page] = grant.dirty or grant.access == WRITE
             self._locked_map(page)
             self.cond.notify_all()
@@ -154,7 +169,8 @@ class FCMPages:
             self.inval[page] = max(int(self.inval[page]), new_version)
             data = self.memory.frame(self.vpage + page).tobytes() if need_data else None
             dirty = bool(self.dirty[page])
-            self.dirty[page] = 0
+            self.dirty[page] = self.owned[page] = 0
+            self._locked_free_frame(page)
             return data, dirty
 
     def invalidate(self, page: int, new_version: int) -> None:
@@ -164,10 +180,50 @@ class FCMPages:
             if self.version[page] < new_version and self.access[page] != NIL:
                 self.access[page] = NIL
                 self._locked_map(page)
+                self._locked_free_frame(page)
 
     def _locked_wait_version(self, page: int, expect_version: int) -> None:
         while self.version[page] < expect_version:
             self.cond.wait()
+
+    def _locked_free_frame(self, page: int) -> None:
+        """Give the frame of a page we no longer hold back to the node."""
+        v = self.vpage + page
+        self.memory.release(v, 1)
+
+    # -- eviction (the DSM object asks when the node is over capacity) ----------
+
+    def evict(self, page: int) -> bool:
+        """Give up our copy of ``page``: a read copy is dropped here; an owned
+        page goes back to the backing store through the manager.  Returns
+        False if the page is busy or not held."""
+        with self.cond:
+            if self.requesting[page] or self.access[page] == NIL:
+                return False
+            if not self.owned[page]:
+                self.access[page] = NIL
+                self._locked_map(page)
+                self._locked_free_frame(page)
+                return True
+            self.requesting[page] = 1
+            self.access[page] = READ  # stop writes: the bytes sent back are final
+            self._locked_map(page)
+            version, dirty = int(self.version[page]), bool(self.dirty[page])
+            data = self.memory.frame(self.vpage + page).tobytes()
+        outcome = None
+        try:
+            outcome = self.release_owned(page, version, data, dirty)
+        finally:
+            with self.cond:
+                self.requesting[page] = 0
+                if outcome and self.version[page] == version:
+                    self.access[page] = NIL
+                    self.dirty[page] = 0
+                    self.owned[page] = outcome == KEPT
+                    self._locked_map(page)
+                    self._locked_free_frame(page)
+                self.cond.notify_all()
+        return True
 
     # -- in-core fault support and inspection ----------------------------------
 

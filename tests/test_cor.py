@@ -15,6 +15,14 @@ class TestAnonymousCOR:
         cor = AnonymousCOR(4)
         assert cor.read_page(3) is None and cor.statistics().pages_zero_filled == 1
 
+    def test_swap_roundtrip(self):
+        """An evicted page comes back from swap; untouched pages stay zeros."""
+        cor = AnonymousCOR(4)
+        cor.write_back(2, np.full(PAGE, 5, dtype=np.uint8))
+        assert cor.read_page(2) == bytes([5]) * PAGE and cor.read_page(1) is None
+        assert cor.statistics() == type(cor.statistics())(1, 1, 1, 0)
+        cor.close()
+
     def test_bad_page(self):
         """A page outside the store is a ValueError naming the range."""
         with pytest.raises(ValueError, match=r"\[0, 4\)"):

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory, trap
+from tornado_dsm.objects._cor import AnonymousCOR
 from tornado_dsm.objects._directory import PageDirectory
+from tornado_dsm.objects._frames import FrameAccount
 from tornado_dsm.objects._dynamic import DynamicManager
 from tornado_dsm.objects._fcm import WRITE, FCMPages
 from tornado_dsm.objects._invariants import check_page
@@ -31,24 +33,32 @@ class Harness:
     """NODES windows, one FCMPages each, and a manager: one PageDirectory
     ("centralized") or a DynamicManager per node ("dynamic")."""
 
-    def __init__(self, protocol: str = "ivy", manager: str = "centralized") -> None:
+    def __init__(self, protocol: str = "ivy", manager: str = "centralized", capacity=None) -> None:
         self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
         self.protocol, self.manager = protocol, manager
-        self.directory = PageDirectory(PAGES, self._call, lambda page: None, protocol)
+        self.cor = AnonymousCOR(PAGES)
+        fill, spill = self.cor.read_page, lambda page, data, dirty: self.cor.write_back(page, data)
+        self.directory = PageDirectory(PAGES, self._call, fill, spill, protocol=protocol)
         self.fcms, self.dyns = [], []
+        self.frames = [FrameAccount(mem, capacity) for mem in self.mems]
         for n, mem in enumerate(self.mems):
-            fcm = FCMPages(mem, 0, PAGES, self._requester(n))
+            fcm = FCMPages(mem, 0, PAGES, self._requester(n), self.frames[n])
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
             if manager == "dynamic":
-                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, lambda page: None))
+                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, fill, spill))
                 fcm.request = self.dyns[n].request
+            else:
+                fcm.release_owned = self._evicter(n)
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
 
     def _call(self, node, method, *args):
-        if method in ("serve",) or (self.dyns and method == "invalidate"):
+        if method in ("serve", "take_back") or (self.dyns and method == "invalidate"):
             return getattr(self.dyns[node], method)(*args)
         return getattr(self.fcms[node], method)(*args)
+
+    def _evicter(self, node):
+        return lambda page, version, data, dirty: self.directory.evict(page, node, version, data, dirty)
 
     def _requester(self, node):
         return lambda page, want, have: self.directory.request(page, node, want, have)
@@ -71,13 +81,14 @@ class Harness:
         for p in range(PAGES):
             owner, copyset = self.holders(p)
             access = np.array([f.access[p] for f in self.fcms])
-            if self.dyns and not access.any():
-                owner = -1  # the home owns it without a copy until the first touch
+            if self.dyns and access[owner] == 0:
+                owner = -1  # owned without a copy: the backing store has it
             check_page(p, access, owner, copyset, self.protocol)
 
     def close(self) -> None:
         for m in self.mems:
             m.close()
+        self.cor.close()
 
 
 @pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic")])
@@ -149,6 +160,39 @@ class TestCrossingMessages:
             h.close()
 
 
+class TestEviction:
+    @pytest.mark.parametrize("manager", ["centralized", "dynamic"])
+    def test_owned_pages_survive_eviction(self, manager):
+        """Over capacity, owned pages go to the backing store and come back intact."""
+        h = Harness("ivy", manager, capacity=2)
+        try:
+            words = PAGE // 8
+            for p in range(PAGES):
+                h.arrays[0][p * words] = 100 + p
+            assert h.frames[0].statistics().evicted_owned >= PAGES - 2
+            assert h.mems[0].resident_pages() <= 2
+            assert [int(h.arrays[1][p * words]) for p in range(PAGES)] == [100 + p for p in range(PAGES)]
+            h.check()
+        finally:
+            h.close()
+
+    def test_read_copies_go_first(self):
+        """With read copies and owned pages resident, a read copy is evicted first."""
+        h = Harness("ivy", "centralized", capacity=2)
+        try:
+            words = PAGE // 8
+            h.arrays[0][0] = 1                   # node 0 owns page 0
+            h.arrays[1][words] = 2               # node 1 owns page 1
+            assert h.arrays[1][0] == 1           # node 1: read copy of page 0 (2 frames now)
+            h.arrays[1][2 * words] = 3           # needs a third frame on node 1
+            stats = h.frames[1].statistics()
+            assert (stats.evicted_copies, stats.evicted_owned) == (1, 0)
+            assert h.fcms[1].owned[1] == 1 and h.fcms[1].access[0] == 0
+            h.check()
+        finally:
+            h.close()
+
+
 class TestConcurrentCounters:
     def test_atomic_increments_exact(self, harness):
         """Threads of every node doing atomic increments on one word: the total is exact."""
@@ -174,11 +218,11 @@ class TestConcurrentCounters:
 class ProtocolMachine(RuleBasedStateMachine):
     """Random reads and writes from random nodes against a sequential model."""
 
-    protocol, manager = "ivy", "centralized"
+    protocol, manager, capacity = "ivy", "centralized", None
 
     def __init__(self):
         super().__init__()
-        self.h = Harness(self.protocol, self.manager)
+        self.h = Harness(self.protocol, self.manager, self.capacity)
         self.model = np.zeros(PAGES * PAGE // 8, dtype=np.int64)
 
     @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1))
@@ -211,10 +255,24 @@ class DynamicMachine(ProtocolMachine):
     manager = "dynamic"
 
 
+class EvictingMachine(ProtocolMachine):
+    """Two frames per node for four pages: every few steps a node evicts."""
+
+    capacity = 2
+
+
+class EvictingDynamicMachine(ProtocolMachine):
+    manager, capacity = "dynamic", 2
+
+
 _settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
 ProtocolMachine.TestCase.settings = _settings
 MigrateMachine.TestCase.settings = _settings
 DynamicMachine.TestCase.settings = _settings
+EvictingMachine.TestCase.settings = _settings
+EvictingDynamicMachine.TestCase.settings = _settings
+TestEvictingMachine = EvictingMachine.TestCase
+TestEvictingDynamicMachine = EvictingDynamicMachine.TestCase
 TestDynamicMachine = DynamicMachine.TestCase
 TestIvyMachine = ProtocolMachine.TestCase
 TestMigrateMachine = MigrateMachine.TestCase
