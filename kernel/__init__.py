@@ -26,3 +26,18 @@ __all__ = [
     "PagerStatistics", "READ", "WRITE", "MODE_FLOOR", "MODE_PYTHON", "FaultRefused",
     "atomic", "trap",
 ]
+
+# ---- the Clustered Object System (issue 4, part b) ----
+from ._cobj import (
+    COS_OID, ClusteredObjectSystem, NullObject, ObjectRef, current_cos, home_of, local_ppc_seconds,
+)
+from ._cobj_inspect import ObjectView, ReplicationView
+from ._cobj_lock import ObjectLock
+from ._cobj_policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
+from ._cobj_table import DrainTimeout
+
+__all__ += [
+    "COS_OID", "ClusteredObjectSystem", "NullObject", "ObjectRef", "current_cos", "home_of",
+    "local_ppc_seconds", "ObjectView", "ReplicationView", "ObjectLock", "ClusteredRep",
+    "ClusteredRoot", "Policy", "parse_policy", "DrainTimeout",
+]

@@ -1,36 +1,466 @@
-"""The Clustered Object System (COS): translation tables, miss handling, existence.
+"""The Clustered Object System (COS) of one node: create, call, miss, destroy, inspect.
 
-Minimal first version: ``attach(runtime)`` creates the node's COS and
-registers its dispatcher with the runtime, so node start-up works while the
-rest is written.
+Design essay
+------------
+Object references are integers: ``oid = serial << HOME_BITS | home``.  The
+home node holds the object's root in its partition of the miss-handler
+table (``_roots``); serial 0 is reserved for system ids (0: the transport's
+node service, ``COS_OID`` = 1: the COS service below).  Each node has a
+translation table ``oid -> entry`` (see _cobj_table).  A call looks the oid
+up; a missing entry is a miss, handled by the global miss handler
+(``_miss``, the same on every node): it forwards the miss to the home (a
+remote PPC to the home's COS service, or a direct call on home), where the
+root decides by policy what this node gets, records it, and returns what
+the node needs to build it (class, name, policy, the rep's starting state).
+The node then installs the entry.  Concurrent misses on one node wait for
+the first one (one miss per node per object).
+
+Messages between COS instances go to ``COS_OID`` on the target node:
+
+    miss     [oid, node]              root: decide, record, return the entry info
+    create   [path, args, policy, name]   home: allocate an oid, construct the root
+    root     [oid, method, args]      home: a rep forwards an operation to the root
+    destroy  [oid]                    home: run the destroy protocol
+    reset    [oid]                    any: install a destroyed entry, drain the old one
+    free     [oid]                    any: clean up the rep the old entry held
+    table    []                       any: this node's rows for inspection
+
+Calls to an object's reps on other nodes (stubs, keyed calls, the root's
+broadcasts) are PPCs on the object's own oid, so the transport counts them
+per object and method.
+
+Destroy (on home): mark the root destroyed (new misses fail); ``reset`` on
+every node in parallel (the entry becomes a DestroyedEntry, so new calls
+raise ObjectDestroyed; the old entry is shut and drained of the calls in
+flight); once every node has drained, ``free`` on every node (reps'
+``cleanup``; ``alive`` goes False), then the root's ``cleanup``.  A miss
+that was answered before the mark but installs after the reset finds the
+DestroyedEntry and discards its rep, so no rep outlives the protocol.
+Destroyed entries stay in the tables (oids are never reused): a late call
+raises ObjectDestroyed at once instead of missing to the home.
+
+Not supported: switching an object's policy while calls run (hot swap).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from time import perf_counter
 
 from ._errors import ObjectDestroyed
+from . import _cobj_lock as lockdebug
+from ._cobj_lock import ObjectLock
+from ._cobj_policy import (
+    ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
+)
+from ._cobj_table import DestroyedEntry, PartitionedEntry, RepEntry, StubEntry, DrainTimeout
+from ._cobj_inspect import ReplicationView, merge_views, root_row, entry_row
 
-_current = threading.local()
+HOME_BITS = 8
+MAX_NODES = 1 << HOME_BITS
+COS_OID = 1
+DRAIN_TIMEOUT = 60.0
+
+# Fan-out of blocking PPCs to several nodes at once (broadcasts, destroy, inspect).
+_fanout = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tornado_dsm-cos")
 _cos = None
 
 
+def home_of(oid: int) -> int:
+    """The home node encoded in ``oid``."""
+    return oid & (MAX_NODES - 1)
+
+
+class _RootRecord:
+    """The miss-handler table's entry for one object (on its home)."""
+
+    def __init__(self, root, info: dict, policy) -> None:
+        self.root, self.info, self.policy = root, info, policy
+        self.stubs: set[int] = set()
+        self.destroyed = False
+
+
 class ClusteredObjectSystem:
-    """The COS of one node (placeholder: knows no objects yet)."""
+    """The COS of one node.  Get it with ``current_cos()`` (or ``runtime.cos``)."""
 
     def __init__(self, runtime) -> None:
         self.runtime = runtime
-        self.node = runtime.node_id
-        self.table: dict[int, object] = {}
+        self.node, self.nnodes = runtime.node_id, runtime.nnodes
+        if self.nnodes > MAX_NODES:
+            raise ValueError(f"the COS supports at most {MAX_NODES} nodes, not {self.nnodes}")
+        self._table: dict[int, object] = {}
+        self._lock = threading.Lock()  # the table's structure; never held across a call
+        self._installing: dict[int, threading.Event] = {}
+        self._roots: dict[int, _RootRecord] = {}
+        self._serial = itertools.count(1)
+        self._doomed: dict[int, object] = {}
+        self._root_calls: dict[int, list] = {}  # oid -> [local, remote] counters of root forwards
+        self._system_ops = {
+            "miss": self._root_miss, "create": self._create_home, "root": self._root_call,
+            "destroy": self._destroy_home, "reset": self._reset, "free": self._free,
+            "table": self._table_rows,
+        }
+
+    # ---- calls ---------------------------------------------------------------------
+
+    def call(self, oid: int, method: str, *args):
+        """Call ``method(*args)`` on object ``oid`` through this node's table entry.
+
+        On the node of a rep: a direct method call (local PPC); through a stub:
+        a remote PPC.  Raises ObjectDestroyed for a destroyed object and
+        AttributeError for a method the object does not have.
+        """
+        entry = self._table.get(oid)
+        if entry is None:
+            entry = self._miss(oid)
+        return entry.invoke(method, args)
+
+    def ref(self, oid: int) -> "ObjectRef":
+        """A proxy for ``oid``: ``ref.method(*args)`` is ``call(oid, "method", *args)``."""
+        return ObjectRef(self, oid)
 
     def dispatch(self, oid: int, method: str, args, payload):
-        """Serve a request from another node for object ``oid``."""
-        raise ObjectDestroyed(f"no clustered object {oid:#x} on node {self.node}")
+        """Serve a request from another node (registered as the runtime's object dispatcher)."""
+        if oid == COS_OID:
+            op = self._system_ops.get(method)
+            if op is None:
+                raise ValueError(f"unknown COS operation {method!r}; accepted: {sorted(self._system_ops)}")
+            return op(*args)
+        entry = self._table.get(oid)
+        if entry is None:
+            entry = self._miss(oid)
+        return entry.serve(method, args)
+
+    def _remote(self, node: int, method: str, args: list, timeout: float | None = None):
+        """A PPC to the COS service of ``node`` (a direct call when it is this node)."""
+        if node == self.node:
+            return self._system_ops[method](*args)
+        return self.runtime.call(node, COS_OID, method, args, timeout=timeout)
+
+    def _all_nodes(self, method: str, args: list, timeout: float | None = None) -> list:
+        """Run COS ``method`` on every node in parallel; results by node; first error re-raised."""
+        futures = [_fanout.submit(self._remote, n, method, args, timeout) for n in range(self.nnodes)]
+        return _results(futures)
+
+    # ---- creation --------------------------------------------------------------------
+
+    def create(self, root_class, *args, policy: str = "singleton", name: str | None = None,
+               home: int | None = None) -> "ObjectRef":
+        """Create a clustered object; return its reference.
+
+        ``root_class`` is a module-level ClusteredRoot subclass (or its
+        ``"module:Qualname"``); ``args`` (msgpack-able) go to its ``__init__``
+        on ``home`` (default: this node).  ``policy`` is one of
+        ``singleton``, ``per_node``, ``partitioned``, ``group:k`` and must be
+        in the class's ``POLICIES``.
+        """
+        path = root_class if isinstance(root_class, str) else class_path(root_class)
+        home = self.node if home is None else home
+        if not isinstance(home, int) or not 0 <= home < self.nnodes:
+            raise ValueError(f"home must be a node from 0 to {self.nnodes - 1}, not {home!r}")
+        _check_class(load_class(path), parse_policy(policy, self.nnodes))
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {name!r}")
+        oid = self._remote(home, "create", [path, list(args), policy, name])
+        return ObjectRef(self, oid)
+
+    def _create_home(self, path: str, args: list, policy_text: str, name: str | None) -> int:
+        """Allocate an oid on this (home) node and construct the root."""
+        cls = load_class(path)
+        policy = parse_policy(policy_text, self.nnodes)
+        _check_class(cls, policy)
+        oid = next(self._serial) << HOME_BITS | self.node
+        name = name or f"{cls.__name__}-{oid:#x}"
+        info = {"name": name, "cls": cls.__qualname__, "path": path, "policy": str(policy), "home": self.node}
+        root = instantiate(cls, self, oid, self.node, name, self.node, "root", args)
+        with self._lock:
+            self._roots[oid] = _RootRecord(root, info, policy)
+        return oid
+
+    # ---- misses ----------------------------------------------------------------------
+
+    def _miss(self, oid: int):
+        """The global miss handler: get this node's entry for ``oid`` from its root and install it."""
+        if not isinstance(oid, int) or oid >> HOME_BITS <= 0 or home_of(oid) >= self.nnodes:
+            raise ValueError(f"{oid!r} is not an object reference of this {self.nnodes}-node cluster")
+        while True:
+            with self._lock:
+                entry = self._table.get(oid)
+                if entry is not None:
+                    return entry
+                event = self._installing.get(oid)
+                mine = event is None
+                if mine:
+                    event = self._installing[oid] = threading.Event()
+            if not mine:
+                event.wait()  # the first thread's miss installs (or fails: then retry ours)
+                continue
+            try:
+                return self._install(oid, self._remote(home_of(oid), "miss", [oid, self.node]))
+            finally:
+                with self._lock:
+                    del self._installing[oid]
+                event.set()
+
+    def _root_miss(self, oid: int, node: int) -> dict:
+        """The root's miss handling (on home): decide what ``node`` gets, record it, describe it."""
+        with self._lock:
+            record = self._roots.get(oid)
+        if record is None or record.destroyed:
+            raise self._unknown(oid)
+        kind, target = record.policy.decide(node, self.node, self.nnodes)
+        info = dict(record.info, kind=kind, target=target, args=[])
+        root = record.root
+        with root.lock:  # registering the rep and taking its state are one step for broadcasts
+            if kind == "rep":
+                root._reps.add(node)
+                info["args"] = list(root.rep_args(node))
+            else:
+                record.stubs.add(node)
+        return info
+
+    def _install(self, oid: int, info: dict):
+        """Build and install this node's entry from the root's answer."""
+        if info["kind"] == "stub":
+            entry = StubEntry(self, oid, info, info["target"])
+        else:
+            rep_class = load_class(info["path"]).Rep
+            rep = instantiate(rep_class, self, oid, info["home"], info["name"], self.node, "rep", info["args"])
+            kind = PartitionedEntry if info["policy"] == "partitioned" else RepEntry
+            entry = kind(self, oid, info, rep)
+        with self._lock:
+            if isinstance(self._table.get(oid), DestroyedEntry):
+                late = True
+            else:
+                late, self._table[oid] = False, entry
+        if late:  # destroyed between the root's answer and now: this rep never served a call
+            _free_rep(entry.rep)
+            raise ObjectDestroyed(f"clustered object {info['name']} ({oid:#x}) has been destroyed")
+        return entry
+
+    def _unknown(self, oid: int) -> ObjectDestroyed:
+        """The error for an oid with no live root here (destroyed, or never created)."""
+        if oid >> HOME_BITS < peek_serial(self._serial):
+            return ObjectDestroyed(f"clustered object {oid:#x} has been destroyed")
+        return ObjectDestroyed(f"no clustered object {oid:#x} was ever created on node {self.node}")
+
+    # ---- root <-> reps ------------------------------------------------------------------
+
+    def call_root(self, oid: int, home: int, method: str, args):
+        """A rep forwards ``method(*args)`` to its root: direct on home, remote PPC elsewhere."""
+        if lockdebug.enabled:
+            lockdebug.check_call(f"root of {oid:#x}.{method}")
+        counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
+        if home != self.node:
+            next(counters[1])
+            return self.runtime.call(home, COS_OID, "root", [oid, method, list(args)])
+        next(counters[0])
+        t0 = perf_counter()
+        result = self._root_call(oid, method, args)
+        self.runtime.record_ppc(oid, "root." + method, False, 0, perf_counter() - t0)
+        return result
+
+    def _root_call(self, oid: int, method: str, args):
+        """Run a root method on home (the root exists until every node's calls drained)."""
+        with self._lock:
+            record = self._roots.get(oid)
+        if record is None:
+            raise self._unknown(oid)
+        root = record.root
+        if not isinstance(method, str) or method.startswith("_") or method.startswith("locked_") \
+                or not callable(getattr(root, method, None)):
+            raise AttributeError(f"root of {record.info['name']} ({oid:#x}) has no method {method!r}")
+        return getattr(root, method)(*args)
+
+    def call_reps(self, oid: int, nodes: tuple, method: str, args) -> dict:
+        """Call ``method(*args)`` on the rep of ``oid`` on each of ``nodes`` in parallel; {node: result}."""
+        if lockdebug.enabled:
+            lockdebug.check_call(f"reps of {oid:#x}.{method}")
+        counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
+        futures = []
+        for node in nodes:
+            if node != self.node:
+                next(counters[1])
+                futures.append(_fanout.submit(self.runtime.call, node, oid, method, list(args)))
+        local = {}
+        if self.node in nodes:  # the local rep: a direct call on this thread, counted by its entry
+            entry = self._table.get(oid) or self._miss(oid)
+            direct = RepEntry.invoke if isinstance(entry, RepEntry) else type(entry).invoke
+            local[self.node] = direct(entry, method, args)  # never re-routed by key
+        remote = _results(futures)
+        results = dict(zip([n for n in nodes if n != self.node], remote))
+        results.update(local)
+        return results
+
+    # ---- destroy -----------------------------------------------------------------------
+
+    def destroy(self, oid: int, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Destroy object ``oid`` cluster-wide; return when every rep has been freed.
+
+        New misses fail, then every node's entry raises ObjectDestroyed, the
+        calls in flight drain (DrainTimeout after ``timeout`` s on a node),
+        then reps and root are cleaned up.  ObjectDestroyed if already destroyed.
+        """
+        home = home_of(oid)
+        self._remote(home, "destroy", [oid, timeout], timeout=None if home == self.node else 2 * timeout + 30)
+
+    def _destroy_home(self, oid: int, timeout: float = DRAIN_TIMEOUT) -> None:
+        """The destroy protocol, run on the object's home."""
+        with self._lock:
+            record = self._roots.get(oid)
+            if record is None or record.destroyed:
+                raise self._unknown(oid)
+            record.destroyed = True
+        self._all_nodes("reset", [oid, record.info["name"], timeout], timeout=timeout + 30)
+        self._all_nodes("free", [oid])
+        try:
+            record.root.cleanup()
+        finally:
+            with self._lock:
+                del self._roots[oid]
+
+    def _reset(self, oid: int, name: str, timeout: float) -> None:
+        """Install a destroyed entry for ``oid`` here, then wait for the old entry's calls to drain."""
+        with self._lock:
+            old = self._table.get(oid)
+            self._table[oid] = DestroyedEntry(oid, name, self.node)
+        if old is None or isinstance(old, DestroyedEntry):
+            return
+        old.shut()
+        self._doomed[oid] = old
+        old.drain(timeout)
+
+    def _free(self, oid: int) -> None:
+        """Clean up the rep the old entry of ``oid`` held (after every node drained)."""
+        old = self._doomed.pop(oid, None)
+        if old is not None and getattr(old, "freed", None) is not None:
+            _free_rep(old.freed)
+
+    # ---- inspection ---------------------------------------------------------------------
+
+    def _table_rows(self) -> dict:
+        """This node's inspection rows: its table entries and the roots it is home of."""
+        with self._lock:
+            entries = [e for e in self._table.values() if not isinstance(e, DestroyedEntry)]
+            roots = [r for r in self._roots.values() if not r.destroyed]
+        aux = {oid: [peek_serial(c) for c in cs] for oid, cs in list(self._root_calls.items())}
+        rows = [entry_row(e, aux.pop(e.oid, (0, 0))) for e in entries]
+        # the root's own calls on a home that has no entry for the object
+        rows += [[oid, "none", local, 0, remote, 0] for oid, (local, remote) in aux.items()]
+        return {
+            "node": self.node,
+            "entries": rows,
+            "roots": [root_row(r.root, r.info, r.stubs) for r in roots],
+        }
+
+    def inspect(self) -> ReplicationView:
+        """The cluster-wide replication view (every node's table gathered by PPC and merged)."""
+        return merge_views(self.nnodes, self._all_nodes("table", []))
+
+
+class ObjectRef:
+    """A reference to a clustered object bound to this node's COS.
+
+    ``ref.oid`` is the integer reference (the same on every node);
+    ``ref.call("m", *a)`` or ``ref.m(*a)`` calls it; ``ref.destroy()``.
+    """
+
+    __slots__ = ("cos", "oid")
+
+    def __init__(self, cos: ClusteredObjectSystem, oid: int) -> None:
+        self.cos, self.oid = cos, oid
+
+    def call(self, method: str, *args):
+        """``cos.call(oid, method, *args)``."""
+        return self.cos.call(self.oid, method, *args)
+
+    def destroy(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """``cos.destroy(oid)``."""
+        self.cos.destroy(self.oid, timeout)
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return functools.partial(self.cos.call, self.oid, method)
+
+    def __int__(self) -> int:
+        return self.oid
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectRef) and other.oid == self.oid
+
+    def __hash__(self) -> int:
+        return hash(self.oid)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self.oid:#x}, node {self.cos.node})"
+
+
+def _check_class(cls, policy) -> None:
+    """Refuse a root class that is not a ClusteredRoot or does not support ``policy``."""
+    if not (isinstance(cls, type) and issubclass(cls, ClusteredRoot)):
+        raise TypeError(f"{cls!r} is not a ClusteredRoot subclass")
+    if not (isinstance(cls.Rep, type) and issubclass(cls.Rep, ClusteredRep)):
+        raise TypeError(f"{cls.__qualname__}.Rep must be a ClusteredRep subclass, not {cls.Rep!r}")
+    if policy.kind not in cls.POLICIES:
+        raise ValueError(
+            f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
+        )
+
+
+def _results(futures) -> list:
+    """Results of ``futures`` in order, after all finished; the first exception re-raised."""
+    errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
+
+
+def _free_rep(rep) -> None:
+    """Run a rep's cleanup and mark it freed."""
+    try:
+        rep.cleanup()
+    finally:
+        rep.alive = False
+
+
+def peek_serial(counter) -> int:
+    """The next value of an itertools.count (without advancing it)."""
+    return int(repr(counter)[6:-1])
+
+
+class NullObject(ClusteredRoot):
+    """A clustered object whose one method does nothing: the local-PPC floor."""
+
+    class Rep(ClusteredRep):
+        """The rep: ``nop()`` returns None."""
+
+        def nop(self) -> None:
+            """Do nothing."""
+
+
+def local_ppc_seconds(n: int = 100_000) -> float:
+    """Seconds per local PPC: ``n`` calls of ``nop`` on a singleton NullObject on this node."""
+    cos = current_cos()
+    ref = cos.create(NullObject, name="bench-null")
+    call, oid = cos.call, ref.oid
+    call(oid, "nop")  # the miss
+    t0 = perf_counter()
+    for _ in range(n):
+        call(oid, "nop")
+    elapsed = perf_counter() - t0
+    ref.destroy()
+    return elapsed / n
 
 
 def attach(runtime) -> ClusteredObjectSystem:
-    """Create this node's COS for ``runtime`` and register its dispatcher."""
+    """Create this node's COS for ``runtime``, register its dispatcher; re-read the lock-debug mode."""
     global _cos
+    lockdebug.refresh()
     cos = ClusteredObjectSystem(runtime)
     runtime.set_object_dispatcher(cos.dispatch)
     runtime.cos = cos
@@ -39,7 +469,13 @@ def attach(runtime) -> ClusteredObjectSystem:
 
 
 def current_cos() -> ClusteredObjectSystem:
-    """The COS of this node (after ``attach``)."""
+    """The COS of this node (after ``attach``, done by every node at start-up)."""
     if _cos is None:
-        raise RuntimeError("no clustered object system: this process is not a node (start_nodes)")
+        raise RuntimeError("no clustered object system: this process is not a node (use start_nodes)")
     return _cos
+
+
+__all__ = [
+    "ClusteredObjectSystem", "ObjectRef", "ObjectLock", "ClusteredRoot", "ClusteredRep",
+    "DrainTimeout", "COS_OID", "attach", "current_cos", "home_of", "local_ppc_seconds", "NullObject",
+]

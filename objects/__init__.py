@@ -1,1 +1,5 @@
 """tornado_dsm.objects: the clustered objects that make up virtual memory."""
+
+from ._counter import PartitionedCounter, PerNodeCounter, SingletonCounter, counter_class
+
+__all__ = ["PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class"]

@@ -27,3 +27,13 @@ def memory():
         mem.pager = KernelPager(mem)
         mem.set_handler(mem.pager)
         yield mem
+
+# ---- clustered objects: lock-debug mode for the whole suite -------------------
+# Set before any node starts, so spawned nodes inherit it; refresh() because the
+# kernel (and its lock module) was imported above, before the variable was set.
+import os as _os  # noqa: E402
+
+_os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
+from tornado_dsm.kernel import _cobj_lock as _cobj_lockdebug  # noqa: E402
+
+_cobj_lockdebug.refresh()

@@ -21,3 +21,13 @@ def page_runs(draw, npages: int = WINDOW_PAGES):
     first = draw(st.integers(min_value=0, max_value=npages - 1))
     count = draw(st.integers(min_value=1, max_value=min(8, npages - first)))
     return first, count
+
+# ---- clustered objects (test_cobj_policy, test_cobj_machine) ---------------------
+
+def cobj_policies(nnodes: int):
+    """Every policy text valid on an nnodes-node cluster (group sizes 1..nnodes)."""
+    return st.sampled_from(["singleton", "per_node", "partitioned"]) | st.integers(
+        min_value=1, max_value=nnodes).map(lambda k: f"group:{k}")
+
+
+partition_keys = st.integers(min_value=-1000, max_value=1000) | st.text(max_size=8) | st.binary(max_size=8)
