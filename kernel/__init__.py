@@ -13,7 +13,7 @@ from ._errors import (
     SegmentationFault,
 )
 from ._hat import HAT, HATStatistics, PROT_NONE, PROT_READ, PROT_WRITE
-from ._memory import DEFAULT_BASE, DEFAULT_SIZE, NodeMemory
+from ._memory import DEFAULT_BASE, DEFAULT_SIZE, NodeMemory, view_at
 from ._pager import KernelPager, PagerStatistics
 from ._trap import READ, WRITE, MODE_FLOOR, MODE_PYTHON, FaultRefused
 from . import _atomic as atomic
@@ -22,7 +22,7 @@ from . import _trap as trap
 __all__ = [
     "PAGE", "DSMInternalError", "MemoryLayoutError", "NodeLost", "ObjectDestroyed",
     "PPCTimeout", "SegmentationFault", "HAT", "HATStatistics", "PROT_NONE", "PROT_READ",
-    "PROT_WRITE", "DEFAULT_BASE", "DEFAULT_SIZE", "NodeMemory", "KernelPager",
+    "PROT_WRITE", "DEFAULT_BASE", "DEFAULT_SIZE", "NodeMemory", "view_at", "KernelPager",
     "PagerStatistics", "READ", "WRITE", "MODE_FLOOR", "MODE_PYTHON", "FaultRefused",
     "atomic", "trap",
 ]
@@ -41,3 +41,12 @@ __all__ += [
     "local_ppc_seconds", "ObjectView", "ReplicationView", "ObjectLock", "ClusteredRep",
     "ClusteredRoot", "Policy", "parse_policy", "DrainTimeout",
 ]
+
+# nodes, transport and PPC (issue 4a)
+from ._ppc import Payload, RemoteError  # noqa: E402
+from ._ppc_stats import PPCCounter, PPCStatistics  # noqa: E402
+from ._node import NodeRuntime, NodeStartupError, current_runtime  # noqa: E402
+from ._cluster import Cluster, start_nodes  # noqa: E402
+
+__all__ += ["Payload", "RemoteError", "PPCCounter", "PPCStatistics", "NodeRuntime",
+            "NodeStartupError", "current_runtime", "Cluster", "start_nodes"]

@@ -160,3 +160,23 @@ def _map_kernel_view(size: int, fd: int):
     if p == _MAP_FAILED:
         raise MemoryLayoutError(ffi.errno, "mmap of the kernel view failed")
     return p
+
+
+def view_at(address: int, shape, dtype, strides=None) -> np.ndarray:
+    """A numpy array on the memory at ``address`` (a window's application view:
+    touching it faults like any access).  ``strides`` default to C order."""
+    dtype = np.dtype(dtype)
+    shape = tuple(shape)
+    if strides is None:
+        strides = _c_strides(shape, dtype.itemsize)
+    span = 0 if 0 in shape else sum((d - 1) * s for d, s in zip(shape, strides)) + dtype.itemsize
+    buf = ffi.buffer(ffi.cast("char *", address), max(span, 1))
+    return np.ndarray(shape, dtype, buffer=buf, strides=strides)
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for d in reversed(shape):
+        strides.append(step)
+        step *= max(d, 1)
+    return tuple(reversed(strides))

@@ -1,4 +1,10 @@
-"""tornado_dsm: Tornado-style clustered-object virtual memory over a page-based DSM."""
+"""tornado_dsm: Tornado-style clustered-object virtual memory over a page-based DSM.
+
+    import tornado_dsm as td
+    with td.Cluster(nodes=2) as cluster:
+        a = cluster.zeros((1024,), "int64")
+        cluster.run(work, a)            # work is a module-level function
+"""
 
 __version__ = "0.1.0"
 
@@ -12,6 +18,18 @@ from .kernel import (  # noqa: E402
 )
 
 __all__ = [
-    "__version__", "DSMInternalError", "MemoryLayoutError", "NodeLost", "ObjectDestroyed",
-    "PPCTimeout", "SegmentationFault",
+    "__version__", "Cluster", "current_node", "current_thread", "DSMInternalError",
+    "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault",
 ]
+
+
+def __getattr__(name):
+    # The Cluster API pulls in the node and VM layers; import it on first use so
+    # that `import tornado_dsm` stays light for the kernel-only tools.
+    if name == "Cluster":
+        from ._cluster import Cluster
+        return Cluster
+    if name in ("current_node", "current_thread"):
+        from . import _runner
+        return getattr(_runner, name)
+    raise AttributeError(f"module 'tornado_dsm' has no attribute {name!r}")

@@ -1,0 +1,197 @@
+"""Process, Region, COR and DSM as clustered objects (FCM: _fcmobject).
+
+Process: the root holds the authoritative region list and the address-space
+allocator; reps cache an immutable RegionList snapshot.  attach/detach go
+through the root, which updates every rep (broadcast) before returning.
+Policies: ``replicated`` (per_node; lookups are local) or ``singleton``
+(every lookup from another node is a remote PPC to the home).
+
+Region: a virtual range, its protection and the FCM behind it.  ``translate``
+checks the access and counts faults; it returns where to go next, and the
+faulting node then calls its own FCM rep (the page must be mapped where the
+fault happened, so only the lookup crosses nodes for a singleton Region).
+Policies: ``per_node`` (default), ``singleton``, ``group:k``.
+
+COR: singleton per backing store, on the node that created it (the file is
+on that host).  DSM: per_node; each rep reports its node's frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tornado_dsm.kernel import PAGE, ClusteredRep, ClusteredRoot
+
+from . import _nodestate
+from ._cor import AnonymousCOR, FileCOR
+from ._layout import AddressSpace
+from ._regionlist import RegionEntry, RegionList
+
+READ_ONLY, READ_WRITE = "r", "rw"
+_ACCESS_WRITE = 2
+
+
+class ProcessRep(ClusteredRep):
+    """A cached copy of the region list."""
+
+    def __init__(self, entries: list) -> None:
+        self.set_regions(entries)
+
+    def set_regions(self, entries: list) -> None:
+        """Replace the cached list (the root broadcasts this on attach/detach)."""
+        rl = RegionList()
+        for start, end, oid, name in entries:
+            rl = rl.with_region(RegionEntry(start, end, oid, name))
+        self.regions = rl  # one assignment: lookups see the old or the new list
+
+    def find_region(self, address: int):
+        """The oid of the region holding ``address``, or None."""
+        entry = self.regions.find(address)
+        return None if entry is None else entry.oid
+
+    def region_count(self) -> int:
+        return len(self.regions)
+
+
+class ProcessRoot(ClusteredRoot):
+    """The authoritative region list and allocator of the shared address space."""
+
+    Rep = ProcessRep
+    POLICIES = ("singleton", "per_node")
+
+    def __init__(self, base: int, npages: int) -> None:
+        self.base = base
+        self.space = AddressSpace(npages)
+        self.entries: list[list] = []
+
+    def rep_args(self, node: int) -> list:
+        return [list(self.entries)]
+
+    def allocate(self, npages: int) -> int:
+        """Reserve ``npages`` pages of the window; returns the first page."""
+        with self.lock:
+            return self.space.allocate(npages)
+
+    def release(self, first_page: int) -> None:
+        """Give a reserved run back."""
+        with self.lock:
+            self.space.release(first_page)
+
+    def attach(self, start: int, end: int, region_oid: int, name: str) -> None:
+        """Add a region; every rep knows it before this returns."""
+        with self.lock:
+            entries = sorted(self.entries + [[start, end, region_oid, name]])
+            rl = RegionList()
+            for e in entries:
+                rl = rl.with_region(RegionEntry(*e))  # ValueError if it overlaps
+            self.entries = entries
+        self.broadcast("set_regions", entries)
+
+    def detach(self, region_oid: int) -> None:
+        """Remove a region; every rep has forgotten it before this returns."""
+        with self.lock:
+            entries = [e for e in self.entries if e[2] != region_oid]
+            if len(entries) == len(self.entries):
+                raise KeyError(f"region {region_oid:#x} is not attached")
+            self.entries = entries
+        self.broadcast("set_regions", entries)
+
+
+class RegionRep(ClusteredRep):
+    """Range checks, protection and fault counts of one region."""
+
+    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
+        self.start, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
+        self.end = start + npages * PAGE
+        self.faults = np.zeros(2, dtype=np.int64)  # read, write
+        self.refused = 0
+
+    def translate(self, address: int, access: int):
+        """[fcm oid, page] for a legal access, else the reason it is refused."""
+        if not self.start <= address < self.end:
+            self.refused += 1
+            return f"address {address:#x} is outside region [{self.start:#x}, {self.end:#x})"
+        if access == _ACCESS_WRITE and self.prot == READ_ONLY:
+            self.refused += 1
+            return "write to a read-only region"
+        self.faults[access - 1] += 1
+        return [self.fcm_oid, (address - self.start) // PAGE]
+
+    def statistics(self) -> dict:
+        return {"read_faults": int(self.faults[0]), "write_faults": int(self.faults[1]),
+                "refused": self.refused}
+
+
+class RegionRoot(ClusteredRoot):
+    """Root of a Region."""
+
+    Rep = RegionRep
+    POLICIES = ("singleton", "per_node", "group")
+
+    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
+        if prot not in (READ_ONLY, READ_WRITE):
+            raise ValueError(f"region protection must be 'r' or 'rw', not {prot!r}")
+        self.args = [start, npages, prot, fcm_oid]
+
+    def rep_args(self, node: int) -> list:
+        return self.args
+
+
+class CORRep(ClusteredRep):
+    """The backing store (one rep: singleton on the node that has the file)."""
+
+    def __init__(self, kind: str, npages: int, path: str, length: int, mode: str) -> None:
+        self.store = AnonymousCOR(npages) if kind == "anonymous" else FileCOR(path, 0, length, mode)
+
+    def read_page(self, page: int):
+        return self.store.read_page(page)
+
+    def write_back(self, page: int, data: bytes, dirty: bool = True) -> None:
+        if dirty or self.store.kind == "anonymous":
+            self.store.write_back(page, data)
+
+    def write_pages(self, pages: list) -> int:
+        """Write back [page, bytes] pairs and fsync; returns how many."""
+        for page, data in pages:
+            self.store.write_back(page, data)
+        self.store.flush()
+        return len(pages)
+
+    def statistics(self) -> dict:
+        s = self.store.statistics()
+        return {"pages_read": s.pages_read, "pages_zero_filled": s.pages_zero_filled,
+                "pages_written": s.pages_written, "fsyncs": s.fsyncs}
+
+    def cleanup(self) -> None:
+        self.store.close()
+
+
+class CORRoot(ClusteredRoot):
+    """Root of a COR; validates the file at creation so errors reach the caller."""
+
+    Rep = CORRep
+    POLICIES = ("singleton",)
+
+    def __init__(self, kind: str, npages: int, path: str = "", length: int = 0, mode: str = "r+") -> None:
+        if kind == "file":
+            FileCOR(path, 0, length, mode).close()  # raises for a short file, bad mode, ...
+        self.args = [kind, npages, path, length, mode]
+
+    def rep_args(self, node: int) -> list:
+        return self.args
+
+
+class DSMRep(ClusteredRep):
+    """This node's frames (the DRAM object)."""
+
+    def statistics(self) -> dict:
+        s = _nodestate.current().frames.statistics()
+        return {"capacity": s.capacity, "resident": s.resident,
+                "evicted_copies": s.evicted_copies, "evicted_owned": s.evicted_owned}
+
+
+class DSMRoot(ClusteredRoot):
+    """Root of the DSM object (per_node)."""
+
+    Rep = DSMRep
+    POLICIES = ("per_node",)

@@ -1,0 +1,214 @@
+"""The public Cluster API: nodes, shared numpy arrays, and work on them.
+
+A Cluster starts its node processes (node 0 is this process), starts the VM
+on every node, and creates the Process and DSM objects.  Every array it
+hands out lives at the same address on every node; arrays passed to `run`
+travel as (address, shape, dtype, strides) and arrive as views of the same
+shared memory, never as copies.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
+from tornado_dsm.objects._vm import VirtualMemory, VMConfig, set_process, start_node, stop_node
+
+from . import _runner
+from ._config import check_cluster_args
+from ._stats import gather_statistics
+
+DEFAULT_WINDOW = 1 << 30
+
+
+class Cluster:
+    """A shared address space over ``nodes`` processes.  Use as a context manager.
+
+    ``protocol``: "ivy" (multiple readers, single writer) or "migrate".
+    ``manager``: "centralized", "fixed" or "dynamic" (IVY's three managers).
+    ``policies``: {"process": "replicated" | "singleton",
+    "region": "per_node" | "singleton" | "group:k"}.  ``memory_per_node``:
+    bytes of frames a node may hold (None: no limit).  ``base``/``size``:
+    the DSM window (same address on every node).
+    """
+
+    def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
+                 manager: str = "dynamic", policies: dict | None = None,
+                 memory_per_node: int | None = None, base: int = DEFAULT_BASE,
+                 size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False) -> None:
+        self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
+                                                   policies, memory_per_node, base, size)
+        self.nnodes, self.threads_per_node = nodes, threads_per_node
+        self.config = VMConfig(base, size, protocol, manager, frames, debug)
+        self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind)
+        self._lock = threading.Lock()
+        self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,))
+        try:
+            self.vm = VirtualMemory(self.config, self.policies)
+            self._on_all_nodes(set_process, int(self.vm.process))
+        except BaseException:
+            self._nodes.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- arrays -----------------------------------------------------------------------
+
+    def zeros(self, shape, dtype=np.float64) -> np.ndarray:
+        """A new shared array of zeros (first touch anywhere is a zero fill)."""
+        shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+        self._check_room(nbytes)
+        a = self.vm.allocate(nbytes, name=f"array{len(self._arrays)}")
+        return self._register(a, "anonymous", shape, dtype)
+
+    def empty(self, shape, dtype=np.float64) -> np.ndarray:
+        """Like `zeros` (shared memory starts zeroed; no cheaper way exists)."""
+        return self.zeros(shape, dtype)
+
+    def map_file(self, path, shape, dtype=np.uint8, mode: str = "r+") -> np.ndarray:
+        """A shared array backed by ``path`` (read on first touch, written by `flush`).
+
+        ``mode`` "r+" (read-write) or "r" (read-only: a write faults with
+        SegmentationFault).  The file must hold the whole array.
+        """
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' (read-only) or 'r+' (read-write), not {mode!r}")
+        shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < 1:
+            raise ValueError(f"a file mapping needs at least one byte, not shape {shape}")
+        self._check_room(nbytes)
+        a = self.vm.allocate(nbytes, name=str(path), prot="r" if mode == "r" else "rw",
+                             path=str(path), mode=mode)
+        return self._register(a, "file", shape, dtype)
+
+    def flush(self, array: np.ndarray) -> int:
+        """Write the dirty pages of a file-backed array back (pwrite + fsync); returns how many."""
+        a, kind = self._allocation(array)
+        return self.vm.flush(a) if kind == "file" else 0
+
+    def free(self, array: np.ndarray) -> None:
+        """Free a shared array (file-backed: flushed first).  Nodes faulting on it
+        finish or get SegmentationFault ("use after free"), never a freed object."""
+        a, kind = self._allocation(array)
+        if kind == "file":
+            self.vm.flush(a)
+        with self._lock:
+            self._arrays.pop(a.start, None)
+        self.vm.free(a)
+
+    # ---- work --------------------------------------------------------------------------
+
+    def run(self, fn, *args, nodes="all", threads: int | None = None) -> list:
+        """Run module-level ``fn(*args)`` on ``threads`` threads of each chosen node.
+
+        ``nodes``: "all", a node id or a list of ids.  Returns the results
+        ordered by node, then thread.  An exception on a node is re-raised
+        here with the node and thread named.
+        """
+        chosen = _runner.check_nodes(nodes, self.nnodes)
+        threads = self.threads_per_node if threads is None else threads
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, not {threads!r}")
+        job = _runner.pack(fn, args, self._arrays_by_start())
+        with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+            futures = [pool.submit(self._run_on, n, job, threads) for n in chosen]
+            outcomes = [f.result() for f in futures]
+        return _runner.unpack_results(chosen, outcomes)
+
+    def _run_on(self, node: int, job, threads: int):
+        if node == current_cos().node:
+            return _runner.run_job(job, threads)
+        return self._nodes.run_on(node, _runner.run_job, job, threads)
+
+    # ---- observation --------------------------------------------------------------------
+
+    def inspect(self):
+        """The replication levels of every clustered object (a ReplicationView)."""
+        return current_cos().inspect()
+
+    def statistics(self):
+        """Faults, PPCs, messages, bytes and invalidations per node and in total."""
+        oids = [(a.fcm, a.region, a.directory, a.cor) for a, _ in list(self._arrays.values())]
+        return gather_statistics(self, oids)
+
+    def close(self) -> None:
+        """Stop every node; idempotent."""
+        nodes, self._nodes = getattr(self, "_nodes", None), None
+        if nodes is None:
+            return
+        try:
+            for n in range(1, self.nnodes):
+                try:
+                    nodes.run_on(n, stop_node)
+                except Exception:  # a node already gone: its process exit unmaps it anyway
+                    pass
+        finally:
+            nodes.__exit__(None, None, None)
+            stop_node()
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _on_all_nodes(self, fn, *args) -> None:
+        for n in range(self.nnodes):
+            if n == current_cos().node:
+                fn(*args)
+            else:
+                self._nodes.run_on(n, fn, *args)
+
+    def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
+        with self._lock:
+            self._arrays[a.start] = (a, kind)
+        return view_at(a.start, shape, dtype)
+
+    def _arrays_by_start(self) -> dict:
+        with self._lock:
+            return {start: (a.start, a.npages) for start, (a, _) in self._arrays.items()}
+
+    def _allocation(self, array):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"expected a shared numpy array from this cluster, not {type(array).__name__}")
+        address = array.__array_interface__["data"][0]
+        with self._lock:
+            for start, (a, kind) in self._arrays.items():
+                if start <= address < start + a.npages * PAGE:
+                    return a, kind
+        raise ValueError(f"array at {address:#x} is not a live shared array of this cluster "
+                         "(never allocated here, or already freed)")
+
+    def _check_room(self, nbytes: int) -> None:
+        if nbytes > self.config.size:
+            raise MemoryError(f"{nbytes} bytes do not fit the {self.config.size}-byte DSM window; "
+                              "pass a larger size= to Cluster")
+        cap = self.config.memory_per_node
+        if cap is not None and nbytes > cap * PAGE * self.nnodes:
+            raise MemoryError(f"{nbytes} bytes exceed the nodes' memory ({self.nnodes} x "
+                              f"{cap * PAGE} bytes, memory_per_node)")
+
+
+def _check_shape(shape) -> tuple:
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    if not isinstance(shape, tuple) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError(f"shape must be a non-negative int or a tuple of them, not {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype {dtype!r} is not a numpy dtype (e.g. 'float64', np.int32): {exc}") from None
+    if dt.hasobject:
+        raise ValueError(f"dtype {dt} holds Python objects, which cannot live in shared memory; "
+                         "use a numeric or fixed-size dtype")
+    return dt

@@ -1,0 +1,61 @@
+"""Validation of Cluster arguments: every error names the value and what is accepted."""
+
+from __future__ import annotations
+
+from tornado_dsm.kernel import PAGE
+
+PROTOCOLS = ("ivy", "migrate")
+MANAGERS = ("centralized", "fixed", "dynamic")
+PROCESS_POLICIES = ("replicated", "singleton")
+REGION_POLICIES = ("per_node", "singleton", "group:k")
+MAX_NODES = 64  # copysets are 64-bit masks
+DEFAULT_POLICIES = {"process": "replicated", "region": "per_node"}
+
+
+def _positive_int(name: str, value, limit: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (limit and value > limit):
+        bound = f"from 1 to {limit}" if limit else "of at least 1"
+        raise ValueError(f"{name} must be an integer {bound}, not {value!r}")
+
+
+def _one_of(name: str, value, accepted) -> None:
+    if value not in accepted:
+        raise ValueError(f"unknown {name} {value!r}; accepted: {', '.join(accepted)}")
+
+
+def check_policies(policies, nodes: int) -> dict:
+    """Policies with defaults filled in, in the COS's words (replicated -> per_node)."""
+    policies = dict(DEFAULT_POLICIES, **(policies or {}))
+    unknown = set(policies) - set(DEFAULT_POLICIES)
+    if unknown:
+        raise ValueError(f"unknown object in policies: {sorted(unknown)}; accepted: process, region")
+    _one_of("process policy", policies["process"], PROCESS_POLICIES)
+    region = policies["region"]
+    if isinstance(region, str) and region.startswith("group:"):
+        k = region[len("group:"):]
+        if not k.isdigit() or not 1 <= int(k) <= nodes:
+            raise ValueError(f"region policy {region!r}: k must be an integer from 1 to {nodes} (the nodes)")
+    else:
+        _one_of("region policy", region, REGION_POLICIES)
+    return {"process": "per_node" if policies["process"] == "replicated" else "singleton",
+            "region": region}
+
+
+def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, memory_per_node,
+                       base, size) -> tuple[dict, int | None]:
+    """Validate Cluster(...) arguments; returns (policies for the COS, frames per node or None)."""
+    _positive_int("nodes", nodes, MAX_NODES)
+    _positive_int("threads_per_node", threads_per_node)
+    _one_of("protocol", protocol, PROTOCOLS)
+    _one_of("manager", manager, MANAGERS)
+    cos_policies = check_policies(policies, nodes)
+    frames = None
+    if memory_per_node is not None:
+        _positive_int("memory_per_node (bytes)", memory_per_node)
+        if memory_per_node < PAGE:
+            raise ValueError(f"memory_per_node must be at least one page ({PAGE} bytes), not {memory_per_node}")
+        frames = memory_per_node // PAGE
+    for name, value in (("base", base), ("size", size)):
+        if not isinstance(value, int) or value <= 0 or value % PAGE:
+            raise ValueError(f"{name} must be a positive multiple of {PAGE}, not {value!r}")
+    return cos_policies, frames

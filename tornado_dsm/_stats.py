@@ -1,0 +1,101 @@
+"""Cluster.statistics(): faults, PPCs, messages, bytes, invalidations per node."""
+
+from __future__ import annotations
+
+import attrs
+
+from tornado_dsm.kernel import current_cos, home_of
+
+
+@attrs.frozen
+class NodeStatistics:
+    """What one node (or the total) did."""
+
+    node: int  # -1 for the total
+    read_faults: int = 0
+    write_faults: int = 0
+    refused_faults: int = 0
+    incore_faults: int = 0      # resolved from this node's FCM cache, no coherence traffic
+    coherence_faults: int = 0   # needed the manager (includes first-touch zero fills)
+    invalidations: int = 0      # sent by managers on this node
+    forwards: int = 0           # dynamic manager: requests forwarded along probOwner
+    stale_grants: int = 0
+    resident_pages: int = 0
+    evicted_copies: int = 0
+    evicted_owned: int = 0
+    ppc_local: int = 0
+    ppc_remote: int = 0         # remote PPCs this node made: one request + one reply each
+    messages: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: "NodeStatistics") -> "NodeStatistics":
+        fields = {f.name: getattr(self, f.name) + getattr(other, f.name)
+                  for f in attrs.fields(NodeStatistics) if f.name != "node"}
+        return NodeStatistics(node=-1, **fields)
+
+
+@attrs.frozen
+class ClusterStatistics:
+    """Per-node figures and their total."""
+
+    nodes: tuple[NodeStatistics, ...]
+    total: NodeStatistics
+
+
+def _sum_stats(stats: dict, into: dict, keys: dict) -> None:
+    for src, dst in keys.items():
+        into[dst] = into.get(dst, 0) + int(stats.get(src, 0))
+
+
+def gather_statistics(cluster, oids: list) -> ClusterStatistics:
+    """Ask every node's reps of the arrays' objects (and its DSM rep and PPC counters)."""
+    cos = current_cos()
+    nodes = tuple(range(cluster.nnodes))
+    per_node = {n: {} for n in nodes}
+    for fcm, region, directory, _cor in oids:
+        for n, s in cos.call_reps(fcm, nodes, "statistics", ()).items():
+            _sum_stats(s, per_node[n], {"incore_faults": "incore_faults", "coherence_faults": "coherence_faults",
+                                        "stale_grants": "stale_grants", "forwards": "forwards",
+                                        "invalidations": "invalidations"})
+        for n, s in cos.call_reps(region, _rep_nodes(cos, region, nodes), "statistics", ()).items():
+            _sum_stats(s, per_node[n], {"read_faults": "read_faults", "write_faults": "write_faults",
+                                        "refused": "refused_faults"})
+        if directory:
+            for n, s in cos.call_reps(directory, _rep_nodes(cos, directory, nodes), "statistics", ()).items():
+                _sum_stats(s, per_node[n], {"invalidations": "invalidations"})
+    for n, s in cos.call_reps(int(cluster.vm.dsm), nodes, "statistics", ()).items():
+        _sum_stats(s, per_node[n], {"resident": "resident_pages", "evicted_copies": "evicted_copies",
+                                    "evicted_owned": "evicted_owned"})
+    for n in nodes:
+        per_node[n].update(_ppc_totals(cluster, n))
+    result = tuple(NodeStatistics(node=n, **per_node[n]) for n in nodes)
+    total = result[0]
+    for s in result[1:]:
+        total = total + s
+    return ClusterStatistics(result, attrs.evolve(total, node=-1))
+
+
+def _rep_nodes(cos, oid: int, nodes: tuple) -> tuple:
+    """Nodes holding a rep of ``oid`` (a singleton has one, on its home)."""
+    view = cos.call_root(oid, home_of(oid), "rep_nodes", [])
+    return tuple(view) if view else nodes
+
+
+def _ppc_totals(cluster, node: int) -> dict:
+    """Local/remote PPC counts, messages and bytes of one node."""
+    if node == current_cos().node:
+        return ppc_totals()
+    return cluster._nodes.run_on(node, ppc_totals)
+
+
+def ppc_totals() -> dict:
+    """This node's PPC totals (runs on the node)."""
+    stats = current_cos().runtime.ppc_statistics()
+    local = remote = nbytes = 0
+    for row in stats.rows:
+        if row.kind == "local":
+            local += row.calls
+        else:
+            remote += row.calls
+            nbytes += row.bytes
+    return {"ppc_local": local, "ppc_remote": remote, "messages": 2 * remote, "bytes": nbytes}
