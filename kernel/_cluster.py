@@ -1,0 +1,305 @@
+"""``start_nodes``: node 0's side of a cluster's life (see ``_node`` for the protocol).
+
+Node 0 listens, spawns nodes 1..s with the ``multiprocessing`` spawn context
+(functions of the user's ``__main__`` stay importable, as with any spawn
+pool), waits for nodes s+1..n-1 to join over TCP, runs ``init`` everywhere and
+returns a ``Cluster``.  Any start-up failure is raised here as
+``NodeStartupError`` with the failing node's traceback, after every process
+already started has been stopped.  ``Cluster.close`` (and the atexit hook,
+registered after multiprocessing's own so it runs first) leaves no process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import multiprocessing.util  # noqa: F401  (its atexit hook must be registered before ours)
+import os
+import pickle
+import tempfile
+import threading
+import time
+
+from ._errors import NodeLost
+from ._node import (EXIT_GRACE, NodeRuntime, NodeStartupError, _attach_cos, _set_current,
+                    cleanup_dir, spawned_main, unpack_run_on)
+from ._ppc import Payload
+from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
+
+log = logging.getLogger("tornado_dsm.node")
+
+TRANSPORTS = ("unix", "tcp")
+_open_clusters: set = set()
+_atexit_registered = False
+
+
+class _Registrar:
+    """Node 0's start-up bookkeeping: addresses, joiner ids, readiness."""
+
+    def __init__(self, rt: NodeRuntime, spawned: int) -> None:
+        self.rt = rt
+        self.nnodes = rt.nnodes
+        self.cond = threading.Condition()
+        self.addresses = {0: rt.address}
+        self.next_joiner = spawned + 1
+        self.ready_nodes: dict[int, str | None] = {}
+        self.aborted: str | None = None
+
+    def assign_joiner(self) -> int:
+        """The id of a node that joins without one."""
+        with self.cond:
+            if self.next_joiner >= self.nnodes:
+                raise ValueError(f"cluster is full: all {self.nnodes} nodes are placed")
+            node, self.next_joiner = self.next_joiner, self.next_joiner + 1
+            return node
+
+    def register(self, node: int, args) -> dict:
+        """Record ``node``'s address; answer with the directory once all registered."""
+        address = args["address"]
+        if isinstance(address, list) and address[0] in ("0.0.0.0", "::", ""):
+            address = [self.rt._conns[node].sock.getpeername()[0], address[1]]
+        with self.cond:
+            self.addresses[node] = address
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: len(self.addresses) == self.nnodes or self.aborted)
+            if self.aborted:
+                raise RuntimeError(f"cluster start-up aborted: {self.aborted}")
+            return {"node": node, "nnodes": self.nnodes,
+                    "addresses": [self.addresses[i] for i in range(self.nnodes)]}
+
+    def ready(self, node: int, args) -> None:
+        """Record that ``node`` finished start-up (``args["error"]``: traceback or None)."""
+        with self.cond:
+            self.ready_nodes[node] = args.get("error")
+            self.cond.notify_all()
+
+    def wait(self, procs: dict, deadline: float) -> None:
+        """Block until every node is ready; NodeStartupError on the first failure."""
+        with self.cond:
+            while True:
+                self._check(procs, deadline)
+                if len(self.ready_nodes) == self.nnodes - 1:
+                    return
+                self.cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _check(self, procs: dict, deadline: float) -> None:
+        for node, error in sorted(self.ready_nodes.items()):
+            if error:
+                raise NodeStartupError(node, "an exception during start-up", error)
+        for node, proc in procs.items():
+            if proc.exitcode is not None and node not in self.ready_nodes:
+                raise NodeStartupError(node, f"its process exited with code {proc.exitcode} "
+                                             f"before it was ready (see its stderr)")
+        if time.monotonic() >= deadline:
+            missing = sorted(set(range(1, self.nnodes)) - set(self.ready_nodes))
+            raise NodeStartupError(missing[0] if missing else "?",
+                                   f"nodes {missing} not ready within the start timeout")
+
+    def abort(self, reason: str) -> None:
+        """Release every waiting ``register`` with an error."""
+        with self.cond:
+            self.aborted = reason
+            self.cond.notify_all()
+
+
+class Cluster:
+    """A running cluster, seen from node 0: ``runtime``, ``nnodes``, ``run_on``, ``close``."""
+
+    def __init__(self, runtime: NodeRuntime, tmpdir: str | None) -> None:
+        self.runtime = runtime
+        self.nnodes = runtime.nnodes
+        self.processes: dict[int, multiprocessing.Process] = {}
+        self._tmpdir = tmpdir
+        self.closed = False
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Process ids of the spawned nodes (joined nodes run elsewhere)."""
+        return {k: p.pid for k, p in self.processes.items()}
+
+    def run_on(self, node: int, fn, *args, timeout: float | None = None):
+        """Run module-level ``fn(*args)`` on ``node`` (a worker thread there) and
+        return its result; its exception is re-raised here with the remote traceback."""
+        if node == self.runtime.node_id:
+            return fn(*args)
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        return unpack_run_on(node, self.runtime.call(node, 0, "run_on", None, payload, timeout))
+
+    def run_on_all(self, fn, *args, timeout: float | None = None) -> list:
+        """``fn(*args)`` on every node at once (node 0 in this thread); results by node."""
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        pending = {k: self.runtime.call_async(k, 0, "run_on", None, payload)
+                   for k in range(1, self.nnodes)}
+        results = [fn(*args)]
+        for k, call in pending.items():
+            results.append(unpack_run_on(k, call.result(timeout)))
+        return results
+
+    def ppc_statistics(self) -> list:
+        """Every node's ``PPCStatistics``, by node id."""
+        stats = [self.runtime.ppc_statistics()]
+        for k in range(1, self.nnodes):
+            stats.append(pickle.loads(self.runtime.call(k, 0, "stats", None).data))
+        return stats
+
+    def close(self) -> None:
+        """Stop every node and wait for the spawned processes (kill stragglers)."""
+        if self.closed:
+            return
+        self.closed = True
+        rt = self.runtime
+        rt.stopping = True
+        for method in ("quiesce", "shutdown"):
+            _broadcast(rt, method)
+        self._reap(time.monotonic() + EXIT_GRACE)
+        rt.stop()
+        cleanup_dir(self._tmpdir)
+        _open_clusters.discard(self)
+        _set_current(None)
+
+    def _reap(self, deadline: float) -> None:
+        for proc in self.processes.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+        for proc in self.processes.values():
+            if proc.is_alive():
+                log.warning("node process %s did not stop: terminating it", proc.pid)
+                proc.terminate()
+                proc.join(1.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def _broadcast(rt: NodeRuntime, method: str) -> None:
+    calls = []
+    for peer in rt.connected_peers():
+        try:
+            calls.append(rt.call_async(peer, 0, method, None))
+        except (NodeLost, OSError):
+            pass
+    for call in calls:
+        try:
+            call.result(2.0)
+        except Exception:
+            pass   # a node that is gone or slow is reaped by process join/kill
+
+
+def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = None,
+                key: bytes | None = None, join: int = 0, init=None, init_args: tuple = (),
+                timeout: float | None = None, start_timeout: float = 60.0,
+                max_frame: int = DEFAULT_MAX_FRAME, announce=None,
+                log_level: int = logging.WARNING) -> Cluster:
+    """Start a cluster of ``nnodes`` nodes; this process is node 0.
+
+    ``transport``: "unix" (sockets in a private 0700 directory) or "tcp"
+    (``address`` "HOST:PORT" for node 0, default 127.0.0.1:0).  ``join``: how
+    many of the nodes join with ``tornado-dsm node --join`` (tcp only); node 0
+    calls ``announce(address)`` with its "HOST:PORT" once it listens.  ``key``:
+    the cluster secret (default: a fresh random one).  ``init(*init_args)``
+    runs on every node after its COS is attached.  ``timeout``: default PPC
+    timeout.  Returns a ``Cluster`` (a context manager).
+    """
+    _check_args(nnodes, transport, address, join)
+    key = new_key() if key is None else check_key(key)
+    rt = NodeRuntime(0, nnodes, key, max_frame, timeout)
+    tmpdir = tempfile.mkdtemp(prefix="tornado-dsm-") if transport == "unix" else None
+    cluster = Cluster(rt, tmpdir)
+    _register_atexit()
+    _open_clusters.add(cluster)
+    try:
+        _start(cluster, transport, address, join, start_timeout, announce, log_level)
+        if init is not None:
+            _run_init(cluster, init, init_args)
+    except BaseException as e:
+        if rt._registrar is not None:
+            rt._registrar.abort(f"{type(e).__name__}: {e}")
+        cluster.close()
+        raise
+    return cluster
+
+
+def _check_args(nnodes, transport, address, join) -> None:
+    if not isinstance(nnodes, int) or nnodes < 1:
+        raise ValueError(f"nnodes must be an int >= 1, got {nnodes!r}")
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+    if address is not None and transport != "tcp":
+        raise ValueError(f"address={address!r} needs transport='tcp'")
+    if not isinstance(join, int) or not 0 <= join < nnodes or (join and transport != "tcp"):
+        raise ValueError(f"join must be an int in 0..{nnodes - 1} and needs transport='tcp', "
+                         f"got join={join!r} with transport={transport!r}")
+    if address is not None:
+        parse_address(address)
+
+
+def _start(cluster: Cluster, transport, address, join, start_timeout, announce, log_level):
+    rt = cluster.runtime
+    if transport == "unix":
+        rt.start_listening(os.path.join(cluster._tmpdir, "node0.sock"))
+    else:
+        rt.start_listening(parse_address(address or "127.0.0.1:0"))
+    _set_current(rt)
+    _attach_cos(rt)
+    spawned = rt.nnodes - 1 - join
+    rt._registrar = _Registrar(rt, spawned)
+    ctx = multiprocessing.get_context("spawn")
+    for k in range(1, spawned + 1):
+        config = {"node": k, "address": rt.address, "key": rt.key, "max_frame": rt.max_frame,
+                  "timeout": rt.default_timeout, "start_timeout": start_timeout,
+                  "log_level": log_level, "listen": _child_listen(cluster, transport, k)}
+        proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
+        proc.start()
+        cluster.processes[k] = proc
+    if join:
+        where = f"{rt.address[0]}:{rt.address[1]}"
+        log.info("waiting for %d node(s) to join at %s", join, where)
+        if announce is not None:
+            announce(where)
+    rt._registrar.wait(cluster.processes, time.monotonic() + start_timeout)
+
+
+def _child_listen(cluster: Cluster, transport: str, node: int):
+    if transport == "unix":
+        return os.path.join(cluster._tmpdir, f"node{node}.sock")
+    return [cluster.runtime.address[0], 0]
+
+
+def _run_init(cluster: Cluster, init, init_args) -> None:
+    try:
+        cluster.run_on(0, init, *init_args)
+    except Exception as e:
+        raise NodeStartupError(0, f"init raised {type(e).__name__}: {e}") from e
+    payload = pickle.dumps((init, tuple(init_args)), protocol=pickle.HIGHEST_PROTOCOL)
+    rt = cluster.runtime
+    pending = {k: rt.call_async(k, 0, "run_on", None, payload) for k in range(1, cluster.nnodes)}
+    for k, call in pending.items():
+        try:
+            unpack_run_on(k, call.result())
+        except Exception as e:
+            notes = "\n".join(getattr(e, "__notes__", []))
+            raise NodeStartupError(k, f"init raised {type(e).__name__}: {e}", notes) from e
+
+
+def _register_atexit() -> None:
+    global _atexit_registered
+    if not _atexit_registered:
+        atexit.register(_close_all)
+        _atexit_registered = True
+
+
+def _close_all() -> None:
+    for cluster in list(_open_clusters):
+        try:
+            cluster.close()
+        except Exception:
+            log.exception("closing a cluster at exit failed")
+
+
+__all__ = ["Cluster", "start_nodes", "Payload"]
