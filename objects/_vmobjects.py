@@ -52,6 +52,20 @@ class ProcessRep(ClusteredRep):
     def region_count(self) -> int:
         return len(self.regions)
 
+    # Rare operations go to the root (K42: reps forward what needs the whole picture).
+
+    def allocate(self, npages: int) -> int:
+        return self.call_root("allocate", npages)
+
+    def release(self, first_page: int) -> None:
+        self.call_root("release", first_page)
+
+    def attach(self, start: int, end: int, region_oid: int, name: str) -> None:
+        self.call_root("attach", start, end, region_oid, name)
+
+    def detach(self, region_oid: int) -> None:
+        self.call_root("detach", region_oid)
+
 
 class ProcessRoot(ClusteredRoot):
     """The authoritative region list and allocator of the shared address space."""

@@ -92,7 +92,7 @@ def ppc_totals() -> dict:
     """This node's PPC totals (runs on the node)."""
     stats = current_cos().runtime.ppc_statistics()
     local = remote = nbytes = 0
-    for row in stats.rows:
+    for row in stats.counters:
         if row.kind == "local":
             local += row.calls
         else:

@@ -1,0 +1,67 @@
+"""Module-level functions that tests run on nodes with Cluster.run (they must
+be importable on every node)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import tornado_dsm as td
+from tornado_dsm.kernel import atomic, trap
+
+
+def address_of(a: np.ndarray, index: int = 0) -> int:
+    return a.__array_interface__["data"][0] + index * a.itemsize
+
+
+def read_word(a, i, thread):
+    """Read a[i] on one chosen thread of the node (the others do nothing)."""
+    if td.current_thread() != thread:
+        return None
+    value = int(a[i])
+    trap.check()
+    return value
+
+
+def write_word(a, i, value, thread):
+    """Write a[i] on one chosen thread of the node."""
+    if td.current_thread() == thread:
+        a[i] = value
+        trap.check()
+
+
+def increment(a, shared_index, n):
+    """n atomic increments of a[shared_index] and of this node-thread's private word."""
+    private = 1 + td.current_node() * 64 + td.current_thread()
+    for _ in range(n):
+        atomic.fetch_add(address_of(a, shared_index), 1)
+        atomic.fetch_add(address_of(a, private * 512), 1)  # its own page
+    return private
+
+
+def where_am_i():
+    return td.current_node(), td.current_thread()
+
+
+def fail_on(node):
+    if td.current_node() == node:
+        raise KeyError(f"boom on {node}")
+    return td.current_node()
+
+
+def fill_rows(a, value):
+    """Each node fills its own row of a 2-D array."""
+    n = td.current_node()
+    a[n, :] = value + n
+    return float(a[n].sum())
+
+
+def touch_forever(a, stop_index):
+    """Read every page until the array goes away; report what ended the loop."""
+    try:
+        while True:
+            for i in range(0, a.size, 512):
+                if a[i] < 0:
+                    return "negative"
+            trap.check()
+    except td.SegmentationFault as e:
+        return e.reason

@@ -1,0 +1,131 @@
+"""The Cluster API across real node processes: arrays, run, files, free, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tornado_dsm as td
+from tornado_dsm.kernel import PAGE
+
+import clusterprogs as progs
+from conftest import fresh_base
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with td.Cluster(nodes=3, threads_per_node=2, base=fresh_base(), size=64 << 20, debug=True) as c:
+        yield c
+
+
+class TestRun:
+    def test_results_in_node_thread_order(self, cluster):
+        """run() returns one result per (node, thread), ordered, and each call knows where it runs."""
+        assert cluster.run(progs.where_am_i) == [(n, t) for n in range(3) for t in range(2)]
+        assert cluster.run(progs.where_am_i, nodes=[2, 0], threads=1) == [(2, 0), (0, 0)]
+
+    def test_exception_names_node_and_thread(self, cluster):
+        """A node's exception is re-raised in the caller with node and thread named."""
+        with pytest.raises(KeyError) as info:
+            cluster.run(progs.fail_on, 1, threads=1)
+        assert any("node 1, thread 0" in note for note in info.value.__notes__)
+
+    @pytest.mark.parametrize("nodes", ["some", 3, [0, 5], [], True])
+    def test_bad_nodes(self, cluster, nodes):
+        """Bad node choices name what is accepted."""
+        with pytest.raises(ValueError, match="nodes must be"):
+            cluster.run(progs.where_am_i, nodes=nodes)
+
+    def test_lambda_refused(self, cluster):
+        """Only module-level functions can run on other nodes."""
+        with pytest.raises(TypeError, match="module-level"):
+            cluster.run(lambda: 1)
+
+
+class TestArrays:
+    def test_same_memory_everywhere(self, cluster):
+        """Arrays passed to run are views of the same memory on every node."""
+        a = cluster.zeros((3, 1024), np.float64)
+        sums = cluster.run(progs.fill_rows, a, 1.0, threads=1)
+        assert sums == [1024.0 * (1 + n) for n in range(3)]
+        assert a.sum() == 1024.0 * 6
+        cluster.free(a)
+
+    @pytest.mark.parametrize("shape,dtype,match", [((-1,), "f8", "shape"), ("x", "f8", "shape"),
+                                                   ((4,), "not-a-dtype", "dtype"), ((4,), object, "Python objects")])
+    def test_bad_shape_or_dtype(self, cluster, shape, dtype, match):
+        """Invalid shapes and dtypes name the value and what is accepted."""
+        with pytest.raises(ValueError, match=match):
+            cluster.zeros(shape, dtype)
+
+    def test_beyond_window(self, cluster):
+        """An array larger than the window is a MemoryError naming the option."""
+        with pytest.raises(MemoryError, match="size="):
+            cluster.zeros((1 << 30,), np.uint8)
+
+
+class TestFree:
+    def test_use_after_free(self, cluster):
+        """Touching a freed array is a SegmentationFault saying why."""
+        a = cluster.zeros((512,), np.int64)
+        a[0] = 1
+        cluster.free(a)
+        with pytest.raises(td.SegmentationFault, match="never allocated, or freed"):
+            a[0]
+            td.kernel.trap.check()
+        with pytest.raises(ValueError, match="not a live shared array"):
+            cluster.free(a)
+
+    def test_free_while_others_fault(self, cluster):
+        """free() while other nodes fault on the array: they end with SegmentationFault, nothing hangs."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        a = cluster.zeros((64 * 512,), np.int64)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(cluster.run, progs.touch_forever, a, 0, nodes=[1, 2], threads=1)
+            while cluster.statistics().total.read_faults < 8:
+                pass
+            cluster.free(a)
+            reasons = running.result(timeout=60)
+        assert all("freed" in r or "destroyed" in r for r in reasons), reasons
+
+
+class TestMapFile:
+    def test_written_by_three_nodes_survives(self, tmp_path):
+        """A file-backed array written from 3 nodes, flushed, reads back identically in a fresh cluster."""
+        path = tmp_path / "grid.bin"
+        path.write_bytes(bytes(3 * 1024 * 8))
+        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+            a = c.map_file(path, (3, 1024), np.float64)
+            c.run(progs.fill_rows, a, 2.0)
+            assert c.flush(a) >= 3
+            expected = np.array(a)
+        assert path.read_bytes() == expected.tobytes()
+        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+            b = c.map_file(path, (3, 1024), np.float64, mode="r")
+            assert np.array_equal(b, expected)
+            with pytest.raises(td.SegmentationFault, match="read-only"):
+                b[0, 0] = 1
+                td.kernel.trap.check()
+
+    def test_short_file(self, tmp_path, cluster):
+        """A file shorter than the mapping is refused, naming both sizes."""
+        path = tmp_path / "short.bin"
+        path.write_bytes(bytes(100))
+        with pytest.raises(ValueError, match="has 100 bytes, shorter than the mapping"):
+            cluster.map_file(path, (1000,), np.uint8)
+
+
+class TestBadConfiguration:
+    @pytest.mark.parametrize("kwargs,match", [
+        (dict(nodes=0), "nodes must be"), (dict(protocol="mesi"), "protocol"),
+        (dict(manager="central"), "manager"), (dict(policies={"process": "per_cpu"}), "process policy"),
+        (dict(policies={"region": "group:9"}), "k must be"), (dict(policies={"fcm": "singleton"}), "unknown object"),
+        (dict(memory_per_node=10), "at least one page"), (dict(threads_per_node=0), "threads_per_node"),
+    ])
+    def test_refused_before_starting(self, kwargs, match):
+        """Bad arguments are refused with the value and the accepted ones, before any node starts."""
+        with pytest.raises(ValueError, match=match):
+            td.Cluster(**kwargs)
