@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, _bench
+from . import __version__, _bench, _node_cmd
 
 # name -> module exposing HELP, add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
     "bench": _bench,
+    "node": _node_cmd,
 }
 
 

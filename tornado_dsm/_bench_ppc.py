@@ -1,0 +1,176 @@
+"""``tornado-dsm bench ppc``: the cost of a protected procedure call.
+
+One run starts a two-node cluster (node 0 is this process, node 1 a spawned
+process, Unix sockets by default) and measures, interleaved round by round so
+every path sees the same machine:
+
+* the floor: a raw Python socket round trip between the same two processes
+  (64 bytes each way; node 1 echoes on one thread blocked in ``recv``, as the
+  runtime's reader thread is);
+* remote PPC, transport level: ``runtime.call(1, 0, "ping", None)``, served
+  by node 1's node service on a pool worker;
+* remote PPC through the COS: a call on a singleton NullObject homed on node
+  1, from node 0 (its stub turns the call into a remote PPC);
+* local PPC through the COS: a call on a singleton NullObject homed on node 0
+  (translation table lookup, entry count, direct method call), timed in
+  batches because a single call is close to the clock's resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from tornado_dsm._bench import BenchResult, summarize
+
+HELP = "PPC latency: local and remote calls vs a raw socket round trip between the same processes"
+
+_MSG = 64
+_BATCH = 200   # local calls per timed batch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench ppc``."""
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per path per round (default 2000)")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
+    parser.add_argument("--transport", choices=("unix", "tcp"), default="unix",
+                        help="transport between the two nodes (default unix)")
+
+
+def measure(args: argparse.Namespace) -> list[BenchResult]:
+    """Run the benchmark: the floor first, then each path with its ratio to it."""
+    if args.calls < 1 or args.rounds < 1:
+        raise SystemExit(f"--calls and --rounds must be >= 1 (got {args.calls}, {args.rounds})")
+    from tornado_dsm.kernel import start_nodes
+
+    with start_nodes(2, transport=args.transport) as nodes:
+        samples = _collect(nodes, args.calls, args.rounds, args.transport)
+    floor = summarize(f"floor: raw socket round trip ({args.transport})", samples["raw"])
+    return [
+        floor,
+        summarize("remote PPC, transport (node service ping)", samples["ppc"], floor,
+                  note="target: <= 1.5x floor"),
+        summarize("remote PPC through the COS (singleton stub)", samples["cos-remote"], floor,
+                  note="target: <= 1.5x floor"),
+        summarize("local PPC through the COS (translation table)", samples["cos-local"],
+                  note=f"target: <= 2 us; timed in batches of {_BATCH}"),
+    ]
+
+
+def _collect(nodes, calls: int, rounds: int, transport: str) -> dict:
+    from tornado_dsm.kernel import current_cos
+
+    rt, cos = nodes.runtime, current_cos()
+    local_oid = _create_null()
+    remote_oid = nodes.run_on(1, _create_null)
+    raw = _RawPair(nodes, transport)
+    paths = {
+        "raw": raw.round_trip,
+        "ppc": lambda: rt.call(1, 0, "ping", None),
+        "cos-remote": lambda: cos.call(remote_oid, "nop"),
+    }
+    samples: dict = {name: [] for name in (*paths, "cos-local")}
+    try:
+        for r in range(rounds + 1):   # round 0 warms up (misses, pool threads, caches)
+            for name, fn in paths.items():
+                ns = _time_each(fn, calls)
+                if r:
+                    samples[name].append(ns)
+            ns = _time_batches(lambda: cos.call(local_oid, "nop"), max(1, calls // 10))
+            if r:
+                samples["cos-local"].append(ns)
+    finally:
+        raw.close()
+    return {k: np.concatenate(v) for k, v in samples.items()}
+
+
+def _time_each(fn, n: int) -> np.ndarray:
+    ns = np.empty(n, dtype=np.int64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        fn()
+        ns[i] = clock() - t0
+    return ns
+
+
+def _time_batches(fn, n: int) -> np.ndarray:
+    ns = np.empty(n, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i in range(n):
+        t0 = clock()
+        for _ in range(_BATCH):
+            fn()
+        ns[i] = (clock() - t0) / _BATCH
+    return ns
+
+
+def _create_null() -> int:
+    """On the calling node: a singleton NullObject homed here; returns its oid."""
+    from tornado_dsm.kernel import current_cos
+    from tornado_dsm.kernel._cobj import NullObject
+
+    return current_cos().create(NullObject, name=f"bench-null-{os.getpid()}").oid
+
+
+class _RawPair:
+    """A plain socket between node 0 (this thread) and an echo thread on node 1."""
+
+    def __init__(self, nodes, transport: str) -> None:
+        self._dir = tempfile.mkdtemp(prefix="tornado-dsm-bench-")
+        if transport == "unix":
+            address = os.path.join(self._dir, "raw.sock")
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(address)
+        else:
+            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            server.bind(("127.0.0.1", 0))
+            address = list(server.getsockname())
+        server.listen(1)
+        nodes.run_on(1, _start_echo, address)
+        self.sock, _ = server.accept()
+        server.close()
+        if transport == "tcp":
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.msg = b"x" * _MSG
+
+    def round_trip(self) -> None:
+        """One message there and back."""
+        self.sock.sendall(self.msg)
+        got = 0
+        while got < _MSG:
+            got += len(self.sock.recv(_MSG - got))
+
+    def close(self) -> None:
+        """Close the socket (the echo thread sees EOF and ends)."""
+        self.sock.close()
+        os.rmdir(self._dir) if not os.listdir(self._dir) else _unlink_all(self._dir)
+
+
+def _unlink_all(path: str) -> None:
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    os.rmdir(path)
+
+
+def _start_echo(address) -> None:
+    """On node 1: connect to ``address`` and echo everything back, on a thread."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(tuple(address))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=_echo, args=(sock,), daemon=True, name="bench-echo").start()
+
+
+def _echo(sock: socket.socket) -> None:
+    with sock:
+        while data := sock.recv(65536):
+            sock.sendall(data)
