@@ -19,15 +19,15 @@ Messages between COS instances go to ``COS_OID`` on the target node:
 
     miss     [oid, node]              root: decide, record, return the entry info
     create   [path, args, policy, name]   home: allocate an oid, construct the root
-    root     [oid, method, args]      home: a rep forwards an operation to the root
     destroy  [oid]                    home: run the destroy protocol
     reset    [oid]                    any: install a destroyed entry, drain the old one
     free     [oid]                    any: clean up the rep the old entry held
     table    []                       any: this node's rows for inspection
 
 Calls to an object's reps on other nodes (stubs, keyed calls, the root's
-broadcasts) are PPCs on the object's own oid, so the transport counts them
-per object and method.
+broadcasts) are PPCs on the object's own oid, and so are a rep's forwards
+to a root on another node (method ``"root.<name>"``; a dot never starts a
+rep method), so the transport counts every PPC per object and method.
 
 Destroy (on home): mark the root destroyed (new misses fail); ``reset`` on
 every node in parallel (the entry becomes a DestroyedEntry, so new calls
@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
 
 from ._errors import ObjectDestroyed
@@ -64,8 +63,6 @@ MAX_NODES = 1 << HOME_BITS
 COS_OID = 1
 DRAIN_TIMEOUT = 60.0
 
-# Fan-out of blocking PPCs to several nodes at once (broadcasts, destroy, inspect).
-_fanout = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tornado_dsm-cos")
 _cos = None
 
 
@@ -99,7 +96,7 @@ class ClusteredObjectSystem:
         self._doomed: dict[int, object] = {}
         self._root_calls: dict[int, list] = {}  # oid -> [local, remote] counters of root forwards
         self._system_ops = {
-            "miss": self._root_miss, "create": self._create_home, "root": self._root_call,
+            "miss": self._root_miss, "create": self._create_home,
             "destroy": self._destroy_home, "reset": self._reset, "free": self._free,
             "table": self._table_rows,
         }
@@ -129,6 +126,8 @@ class ClusteredObjectSystem:
             if op is None:
                 raise ValueError(f"unknown COS operation {method!r}; accepted: {sorted(self._system_ops)}")
             return op(*args)
+        if method.startswith("root."):  # a rep on another node forwarding to this root
+            return self._root_call(oid, method[5:], args)
         entry = self._table.get(oid)
         if entry is None:
             entry = self._miss(oid)
@@ -142,8 +141,29 @@ class ClusteredObjectSystem:
 
     def _all_nodes(self, method: str, args: list, timeout: float | None = None) -> list:
         """Run COS ``method`` on every node in parallel; results by node; first error re-raised."""
-        futures = [_fanout.submit(self._remote, n, method, args, timeout) for n in range(self.nnodes)]
-        return _results(futures)
+        return self._fan_out(COS_OID, tuple(range(self.nnodes)), method, args, timeout,
+                             lambda: self._system_ops[method](*args))
+
+    def _fan_out(self, oid: int, nodes: tuple, method: str, args, timeout, local) -> list:
+        """PPC ``method(args)`` on ``oid`` at every node of ``nodes`` at once (requests sent
+        before any reply is awaited); this node's share runs ``local()`` on this thread.
+        Results in ``nodes`` order; after all finished, the first error is re-raised."""
+        pending = {n: self.runtime.call_async(n, oid, method, list(args))
+                   for n in nodes if n != self.node}
+        results, errors = {}, []
+        if self.node in nodes:
+            try:
+                results[self.node] = local()
+            except Exception as e:  # noqa: BLE001 -- re-raised below, after the others finished
+                errors.append(e)
+        for n, call in pending.items():
+            try:
+                results[n] = call.result(timeout if timeout is not None else self.runtime.default_timeout)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return [results[n] for n in nodes]
 
     # ---- creation --------------------------------------------------------------------
 
@@ -256,12 +276,13 @@ class ClusteredObjectSystem:
         counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
         if home != self.node:
             next(counters[1])
-            return self.runtime.call(home, COS_OID, "root", [oid, method, list(args)])
+            return self.runtime.call(home, oid, "root." + method, list(args))
         next(counters[0])
         t0 = perf_counter()
-        result = self._root_call(oid, method, args)
-        self.runtime.record_ppc(oid, "root." + method, False, 0, perf_counter() - t0)
-        return result
+        try:
+            return self._root_call(oid, method, args)
+        finally:
+            self.runtime.record_ppc(oid, "root." + method, False, 0, perf_counter() - t0)
 
     def _root_call(self, oid: int, method: str, args):
         """Run a root method on home (the root exists until every node's calls drained)."""
@@ -280,20 +301,18 @@ class ClusteredObjectSystem:
         if lockdebug.enabled:
             lockdebug.check_call(f"reps of {oid:#x}.{method}")
         counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
-        futures = []
         for node in nodes:
             if node != self.node:
                 next(counters[1])
-                futures.append(_fanout.submit(self.runtime.call, node, oid, method, list(args)))
-        local = {}
-        if self.node in nodes:  # the local rep: a direct call on this thread, counted by its entry
-            entry = self._table.get(oid) or self._miss(oid)
-            direct = RepEntry.invoke if isinstance(entry, RepEntry) else type(entry).invoke
-            local[self.node] = direct(entry, method, args)  # never re-routed by key
-        remote = _results(futures)
-        results = dict(zip([n for n in nodes if n != self.node], remote))
-        results.update(local)
-        return results
+        results = self._fan_out(oid, tuple(nodes), method, args, None,
+                                lambda: self._call_local_rep(oid, method, args))
+        return dict(zip(nodes, results))
+
+    def _call_local_rep(self, oid: int, method: str, args):
+        """Call this node's rep of ``oid`` directly (never re-routed by key), counted as local."""
+        entry = self._table.get(oid) or self._miss(oid)
+        direct = RepEntry.invoke if isinstance(entry, RepEntry) else type(entry).invoke
+        return direct(entry, method, args)
 
     # ---- destroy -----------------------------------------------------------------------
 
@@ -409,15 +428,6 @@ def _check_class(cls, policy) -> None:
         raise ValueError(
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
-
-
-def _results(futures) -> list:
-    """Results of ``futures`` in order, after all finished; the first exception re-raised."""
-    errors = [f.exception() for f in futures]
-    for error in errors:
-        if error is not None:
-            raise error
-    return [f.result() for f in futures]
 
 
 def _free_rep(rep) -> None:

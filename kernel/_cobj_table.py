@@ -135,16 +135,15 @@ class RepEntry(Entry):
         if lockdebug.enabled:
             lockdebug.check_call(f"{self.name} ({self.oid:#x}).{method}")
         next(self._enter_local)
+        t0 = perf_counter()
         try:
             rep = self.rep
             if rep is None:
                 raise _destroyed(self.oid, self.name, self.node)
-            fn = self._methods.get(method) or self.bind(rep, method)
-            t0 = perf_counter()
-            result = fn(*args)
-            self._record(self.oid, method, False, 0, perf_counter() - t0)
-            return result
+            return (self._methods.get(method) or self.bind(rep, method))(*args)
         finally:
+            # counted like a remote PPC is: once, failed or not
+            self._record(self.oid, method, False, 0, perf_counter() - t0)
             next(self._exit)
 
     def serve(self, method: str, args):

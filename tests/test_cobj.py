@@ -1,0 +1,285 @@
+"""The Clustered Object System across real node processes: policies, calls, errors, inspection."""
+
+from __future__ import annotations
+
+import pytest
+
+from tornado_dsm.kernel import (
+    ClusteredRep, ClusteredRoot, DSMInternalError, ObjectDestroyed, current_cos,
+)
+from tornado_dsm.kernel._cluster import start_nodes
+from tornado_dsm.objects import PartitionedCounter, PerNodeCounter, SingletonCounter
+
+NNODES = 3
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """Three nodes for the whole module (node 0 is this process)."""
+    with start_nodes(NNODES) as cluster:
+        yield cluster
+
+
+# ---- helpers that run on a node (module level: nodes import them by name) ------------
+
+def create(cls, policy, home, *args):
+    """Create an object of ``cls`` on this node's COS; return its oid."""
+    return current_cos().create(cls, *args, policy=policy, home=home).oid
+
+
+def call(oid, method, *args):
+    """Call through this node's COS."""
+    return current_cos().call(oid, method, *args)
+
+
+def attempt(fn, *args):
+    """("ok", result) or (exception type name, message): errors checked on the node itself."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # noqa: BLE001
+        return (type(e).__name__, str(e))
+
+
+def try_call(oid, method, *args):
+    """``attempt`` of a COS call."""
+    return attempt(current_cos().call, oid, method, *args)
+
+
+def try_create(cls, policy, home):
+    """``attempt`` of a COS create."""
+    return attempt(create, cls, policy, home)
+
+
+def view(oid):
+    """This node's cluster-wide view of ``oid`` as a plain tuple (None if not live)."""
+    v = current_cos().inspect()
+    if oid not in v:
+        return None
+    o = v[oid]
+    return (o.policy, o.home, list(o.rep_nodes), list(o.stub_nodes), o.calls_local, o.calls_remote, o.misses)
+
+
+def inspect_text():
+    """The rendered replication view."""
+    return str(current_cos().inspect())
+
+
+def where_am_i_call(oid):
+    """Which node ran the call (the rep's node)."""
+    return current_cos().call(oid, "where")
+
+
+# ---- test objects ----------------------------------------------------------------
+
+class WhereRep(ClusteredRep):
+    """Reports the node it runs on."""
+
+    def where(self):
+        """The node of this rep."""
+        self.assert_alive()
+        return self.node
+
+
+class Where(ClusteredRoot):
+    """An object whose calls say where they ran, for routing tests."""
+
+    Rep = WhereRep
+
+
+class LockedCallerRep(ClusteredRep):
+    """Breaks the lock rule on purpose."""
+
+    def call_under_lock(self, other):
+        """Call ``other`` while holding this object's lock (what the debug mode must catch)."""
+        with self.lock:
+            return current_cos().call(other, "where")
+
+    def call_after_lock(self, other):
+        """The correct pattern: release the lock, then call."""
+        with self.lock:
+            target = other
+        return current_cos().call(target, "where")
+
+
+class LockedCaller(ClusteredRoot):
+    """Root of LockedCallerRep."""
+
+    Rep = LockedCallerRep
+
+
+# ---- tests ------------------------------------------------------------------------
+
+class TestSingleton:
+    def test_calls_run_on_home(self, nodes):
+        """Every node's calls to a singleton run on its home; one remote PPC per call from elsewhere."""
+        oid = nodes.run_on(1, create, Where, "singleton", 2)
+        assert [nodes.run_on(n, where_am_i_call, oid) for n in range(NNODES) for _ in range(2)] == [2] * 6
+        policy, home, reps, stubs, local, remote, misses = view(oid)
+        assert (policy, home, reps, stubs) == ("singleton", 2, [2], [0, 1])
+        assert (local, remote, misses) == (2, 4, 3)
+
+    def test_counter(self, nodes):
+        """The singleton counter counts every node's increments exactly."""
+        oid = nodes.run_on(0, create, SingletonCounter, "singleton", 0, 10)
+        for n in range(NNODES):
+            nodes.run_on(n, call, oid, "inc", n + 1)
+        assert nodes.run_on(2, call, oid, "value") == 16
+
+
+class TestPerNode:
+    def test_reps_created_lazily(self, nodes):
+        """per_node: a rep appears on a node at its first miss only, and calls stay local."""
+        oid = nodes.run_on(0, create, Where, "per_node", 0)
+        assert view(oid)[2:] == ([], [], 0, 0, 0)
+        for _ in range(3):
+            assert nodes.run_on(2, where_am_i_call, oid) == 2
+        assert view(oid)[2:] == ([2], [], 3, 0, 1)
+        assert nodes.run_on(1, where_am_i_call, oid) == 1
+        assert view(oid)[2:] == ([1, 2], [], 4, 0, 2)
+
+    def test_counter_sum_and_broadcast_reset(self, nodes):
+        """The per-node counter sums every rep's share at the root; reset is broadcast to every rep."""
+        oid = nodes.run_on(1, create, PerNodeCounter, "per_node", 1, 5)
+        for n in range(NNODES):
+            for _ in range(n + 1):
+                nodes.run_on(n, call, oid, "inc")
+        assert [nodes.run_on(n, call, oid, "value") for n in range(NNODES)] == [11] * 3
+        assert view(oid)[5] > 0 and view(oid)[6] == 3  # gathers were remote; one miss per node
+        nodes.run_on(2, call, oid, "reset")
+        assert nodes.run_on(0, call, oid, "local_value") == 0
+        assert nodes.run_on(1, call, oid, "value") == 0
+
+
+class TestPartitioned:
+    def test_keys_go_to_their_owner(self, nodes):
+        """A keyed call runs on the key's owner node; unkeyed totals are gathered by the root."""
+        oid = nodes.run_on(0, create, PartitionedCounter, "partitioned", 0)
+        for key in range(6):
+            assert nodes.run_on(key % 2, call, oid, "inc", key, key + 1) == key + 1
+        assert nodes.run_on(2, call, oid, "get", 4) == 5
+        assert nodes.run_on(1, call, oid, "value") == sum(range(1, 7))
+        assert view(oid)[2] == [0, 1, 2]
+
+    def test_wrong_owner_refused(self, nodes):
+        """A rep asked directly for a key it does not own refuses (ValueError naming the owner)."""
+        oid = nodes.run_on(0, create, PartitionedCounter, "partitioned", 0)
+        nodes.run_on(0, call, oid, "inc", 0)
+        kind, msg = nodes.run_on(0, attempt, current_cos_call_reps, oid, 0, "get", 1)
+        assert kind == "ValueError" and "belongs to node 1" in msg
+
+
+def current_cos_call_reps(oid, node, method, *args):
+    """The root-side direct rep call (bypasses key routing)."""
+    return current_cos().call_reps(oid, (node,), method, args)[node]
+
+
+class TestGroup:
+    def test_one_rep_per_group(self, nodes):
+        """group:2 on 3 nodes: nodes 0 and 1 share the rep on home 1; node 2 has its own."""
+        oid = nodes.run_on(0, create, Where, "group:2", 1)
+        assert [nodes.run_on(n, where_am_i_call, oid) for n in range(NNODES)] == [1, 1, 2]
+        policy, home, reps, stubs, local, remote, misses = view(oid)
+        assert (policy, reps, stubs, local, remote, misses) == ("group:2", [1, 2], [0], 2, 1, 3)
+
+    def test_grouped_counter(self, nodes):
+        """A per-node counter under group:3 has one rep and still counts exactly."""
+        oid = nodes.run_on(2, create, PerNodeCounter, "group:3", 2)
+        for n in range(NNODES):
+            nodes.run_on(n, call, oid, "inc", 2)
+        assert nodes.run_on(0, call, oid, "value") == 6
+        assert view(oid)[2] == [2]
+
+
+class TestErrors:
+    def test_bad_policy(self, nodes):
+        """An unknown policy or a bad group size is refused naming the value and the accepted ones."""
+        kind, msg = nodes.run_on(1, try_create, Where, "replicated", 0)
+        assert kind == "ValueError" and "'replicated'" in msg and "group:k" in msg
+        kind, msg = nodes.run_on(1, try_create, Where, "group:4", 0)
+        assert kind == "ValueError" and "from 1 to the number of nodes (3)" in msg
+
+    def test_policy_not_supported_by_class(self, nodes):
+        """A class refuses a policy it does not list, naming the ones it accepts."""
+        kind, msg = nodes.run_on(0, try_create, SingletonCounter, "per_node", 0)
+        assert kind == "ValueError" and "accepted: singleton" in msg
+
+    def test_unknown_method(self, nodes):
+        """An unknown (or private, or locked_) method raises AttributeError listing the methods, also through a stub."""
+        oid = nodes.run_on(0, create, SingletonCounter, "singleton", 0)
+        for node in (0, 2):
+            for method in ("nope", "_value", "locked_x", "cleanup"):
+                kind, msg = nodes.run_on(node, try_call, oid, method)
+                assert kind == "AttributeError" and "inc, reset, value" in msg, (node, method, msg)
+
+    def test_bad_reference(self, nodes):
+        """An oid that was never created raises ObjectDestroyed; a malformed one ValueError."""
+        assert nodes.run_on(1, try_call, (999 << 8) | 2, "where")[0] == "ObjectDestroyed"
+        assert nodes.run_on(1, try_call, 7, "where")[0] == "ValueError"
+        assert nodes.run_on(1, try_call, (1 << 8) | 9, "where")[0] == "ValueError"
+
+    def test_bad_home(self, nodes):
+        """A home outside the cluster is refused naming the node range."""
+        kind, msg = nodes.run_on(0, try_create, Where, "singleton", 3)
+        assert kind == "ValueError" and "0 to 2" in msg
+
+
+class TestLockDebug:
+    def test_call_under_lock_detected(self, nodes):
+        """A clustered-object call made while holding an object lock raises DSMInternalError naming both objects."""
+        target = nodes.run_on(0, create, Where, "singleton", 2)
+        caller = nodes.run_on(0, create, LockedCaller, "per_node", 0)
+        for node in range(NNODES):
+            kind, msg = nodes.run_on(node, try_call, caller, "call_under_lock", target)
+            assert kind == "DSMInternalError", msg
+            assert f"Where-{target:#x}" in msg and f"LockedCaller-{caller:#x}" in msg
+
+    def test_release_then_call_allowed(self, nodes):
+        """Releasing the lock before calling is the allowed pattern."""
+        target = nodes.run_on(0, create, Where, "singleton", 2)
+        caller = nodes.run_on(0, create, LockedCaller, "per_node", 0)
+        assert nodes.run_on(1, call, caller, "call_after_lock", target) == 2
+
+    def test_debug_mode_inherited(self, nodes):
+        """Spawned nodes run in lock-debug mode too (the environment is inherited)."""
+        assert all(nodes.run_on(n, debug_enabled) for n in range(NNODES))
+
+
+def debug_enabled():
+    """This node's lock-debug mode."""
+    from tornado_dsm.kernel import _cobj_lock
+    return _cobj_lock.enabled
+
+
+class TestInspect:
+    def test_same_view_from_every_node(self, nodes):
+        """Every node sees the same cluster-wide replication view."""
+        oid = nodes.run_on(0, create, Where, "group:2", 0)
+        nodes.run_on(2, where_am_i_call, oid)
+        assert len({repr(nodes.run_on(n, view, oid)) for n in range(NNODES)}) == 1
+
+    def test_rendered_table(self, nodes):
+        """str(view) is a table with a header and one row per live object naming its policy."""
+        oid = nodes.run_on(1, create, Where, "per_node", 1)
+        nodes.run_on(0, where_am_i_call, oid)
+        text = nodes.run_on(2, inspect_text)
+        assert text.splitlines()[1].split()[:5] == ["oid", "name", "class", "policy", "home"]
+        row = next(line for line in text.splitlines() if line.startswith(f"{oid:#x} "))
+        assert "Where" in row and "per_node" in row
+
+    def test_view_is_frozen(self, nodes):
+        """The view is a frozen attrs object."""
+        v = current_cos().inspect()
+        with pytest.raises(AttributeError):
+            v.nnodes = 5
+
+
+class TestRef:
+    def test_proxy(self, nodes):
+        """ObjectRef calls methods by attribute, compares by oid and destroys."""
+        cos = current_cos()
+        ref = cos.create(SingletonCounter, 3, home=1)
+        assert ref.inc(2) == 5 and ref.call("value") == 5 and ref == cos.ref(ref.oid)
+        ref.destroy()
+        with pytest.raises(ObjectDestroyed):
+            ref.value()

@@ -1,0 +1,232 @@
+"""Destroying clustered objects while calls are in flight on several nodes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, ObjectDestroyed, current_cos
+from tornado_dsm.kernel._cluster import start_nodes
+
+NNODES = 3
+WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """Three nodes for the whole module."""
+    with start_nodes(NNODES) as cluster:
+        yield cluster
+
+
+# ---- node-local state (each node process has its own copy) --------------------------
+
+_reps: dict[int, list] = {}          # oid -> reps created on this node
+_entered: dict[int, threading.Semaphore] = {}
+_release: dict[int, threading.Event] = {}
+_callers: dict[int, list] = {}       # oid -> [(thread, outcome list)]
+_destroys: dict[int, tuple] = {}     # oid -> (thread, outcome list)
+
+
+def _sync(oid):
+    """This node's semaphore and event for ``oid``."""
+    return _entered.setdefault(oid, threading.Semaphore(0)), _release.setdefault(oid, threading.Event())
+
+
+class GateRep(ClusteredRep):
+    """A rep whose ``wait`` blocks until released; it proves it is alive before and after."""
+
+    def __init__(self):
+        self.cleaned = 0
+        _reps.setdefault(self.oid, []).append(self)
+
+    def wait(self):
+        """Signal entry, block until released, return this node (asserting aliveness throughout)."""
+        self.assert_alive()
+        entered, release = _sync(self.oid)
+        entered.release()
+        release.wait(WAIT)
+        self.assert_alive()
+        return self.node
+
+    def ping(self):
+        """Return this node if alive."""
+        self.assert_alive()
+        return self.node
+
+    def cleanup(self):
+        """Count cleanups (exactly one expected, after every call drained)."""
+        self.cleaned += 1
+
+
+class Gate(ClusteredRoot):
+    """Root of GateRep."""
+
+    Rep = GateRep
+
+
+# ---- helpers run on nodes ---------------------------------------------------------------
+
+def create(policy):
+    """Create a Gate homed on node 0."""
+    return current_cos().create(Gate, policy=policy, home=0).oid
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # noqa: BLE001
+        return (type(e).__name__, str(e))
+
+
+def start_callers(oid, k):
+    """Start k threads here, each making one ``wait`` call on ``oid``."""
+    for _ in range(k):
+        out = []
+        t = threading.Thread(target=lambda o=out: o.append(_outcome(current_cos().call, oid, "wait")))
+        t.start()
+        _callers.setdefault(oid, []).append((t, out))
+
+
+def wait_entered(oid, k):
+    """Block until k calls have entered ``wait`` on this node's rep; True if they did in time."""
+    entered, _ = _sync(oid)
+    return all(entered.acquire(timeout=WAIT) for _ in range(k))
+
+
+def release(oid):
+    """Let this node's blocked ``wait`` calls return."""
+    _sync(oid)[1].set()
+
+
+def join_callers(oid):
+    """The outcomes of this node's caller threads (after they end)."""
+    results = []
+    for t, out in _callers.pop(oid, []):
+        t.join(WAIT)
+        results.append(out[0] if out else ("hung", ""))
+    return results
+
+
+def start_destroy(oid):
+    """Destroy ``oid`` from this node in a background thread."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(_outcome(current_cos().destroy, oid)))
+    t.start()
+    _destroys[oid] = (t, out)
+
+
+def destroy_done(oid):
+    """Whether the background destroy has returned."""
+    return not _destroys[oid][0].is_alive()
+
+
+def join_destroy(oid):
+    """The background destroy's outcome."""
+    t, out = _destroys.pop(oid)
+    t.join(WAIT)
+    return out[0] if out else ("hung", "")
+
+
+def reps_state(oid):
+    """(alive, cleanups) of each rep of ``oid`` created on this node."""
+    return [(r.alive, r.cleaned) for r in _reps.get(oid, [])]
+
+
+def try_ping(oid):
+    """Outcome of one ``ping`` call from this node."""
+    return _outcome(current_cos().call, oid, "ping")
+
+
+def wait_destroyed_here(oid):
+    """Poll (with a deadline) until calls from this node raise ObjectDestroyed; True if they do."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if try_ping(oid)[0] == "ObjectDestroyed":
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def start_hammer(oid, k):
+    """k threads here call ``ping`` in a loop until ObjectDestroyed; each signals its first success."""
+    entered, _ = _sync(oid)
+    for _ in range(k):
+        out = []
+
+        def loop(out=out):
+            first, n = True, 0
+            while True:
+                result = _outcome(current_cos().call, oid, "ping")
+                if result[0] != "ok":
+                    out.append((result[0], n))
+                    return
+                n += 1
+                if first:
+                    entered.release()
+                    first = False
+        t = threading.Thread(target=loop)
+        t.start()
+        _callers.setdefault(oid, []).append((t, out))
+
+
+# ---- tests -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["per_node", "singleton", "group:2"])
+class TestDestroyWithBlockedCalls:
+    def test_drains_then_frees(self, nodes, policy):
+        """Destroy waits for the calls in flight on every node, which still see live reps; new calls fail; reps freed once after."""
+        oid = nodes.run_on(0, create, policy)
+        for n in range(NNODES):
+            nodes.run_on(n, start_callers, oid, 2)
+        rep_nodes = [n for n in range(NNODES) if policy == "per_node" or n == 0 or (policy == "group:2" and n == 2)]
+        counts = {0: 6} if policy == "singleton" else ({0: 4, 2: 2} if policy == "group:2" else {n: 2 for n in range(NNODES)})
+        assert all(nodes.run_on(n, wait_entered, oid, k) for n, k in counts.items())
+        nodes.run_on(1, start_destroy, oid)
+        assert all(nodes.run_on(n, wait_destroyed_here, oid) for n in range(NNODES))
+        assert not nodes.run_on(1, destroy_done, oid)  # still draining: the calls hold counts
+        assert all(state == (True, 0) for n in rep_nodes for state in nodes.run_on(n, reps_state, oid))
+        for n in rep_nodes:
+            nodes.run_on(n, release, oid)
+        outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+        assert all(kind == "ok" for kind, _ in outcomes), outcomes
+        assert nodes.run_on(1, join_destroy, oid) == ("ok", None)
+        states = [s for n in rep_nodes for s in nodes.run_on(n, reps_state, oid)]
+        assert len(states) == len(rep_nodes) and all(s == (False, 1) for s in states)
+
+
+class TestDestroyUnderLoad:
+    def test_calls_succeed_or_fail_cleanly(self, nodes):
+        """Calls racing a destroy on every node either run on a live rep or raise ObjectDestroyed, then all fail."""
+        oid = nodes.run_on(0, create, "per_node")
+        for n in range(NNODES):
+            nodes.run_on(n, start_hammer, oid, 2)
+        assert all(nodes.run_on(n, wait_entered, oid, 2) for n in range(NNODES))
+        nodes.run_on(2, start_destroy, oid)
+        outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+        assert [kind for kind, _ in outcomes] == ["ObjectDestroyed"] * 6, outcomes
+        assert all(calls >= 1 for _, calls in outcomes)
+        assert nodes.run_on(2, join_destroy, oid) == ("ok", None)
+        assert all(s == (False, 1) for n in range(NNODES) for s in nodes.run_on(n, reps_state, oid))
+
+
+class TestLateCalls:
+    def test_after_destroy(self, nodes):
+        """After destroy every node's calls raise ObjectDestroyed, a second destroy too, and inspect drops the object."""
+        oid = nodes.run_on(0, create, "singleton")
+        assert nodes.run_on(2, try_ping, oid) == ("ok", 0)
+        current_cos().destroy(oid)
+        assert [nodes.run_on(n, try_ping, oid)[0] for n in range(NNODES)] == ["ObjectDestroyed"] * 3
+        with pytest.raises(ObjectDestroyed):
+            current_cos().destroy(oid)
+        assert oid not in current_cos().inspect()
+
+    def test_destroy_before_any_call(self, nodes):
+        """An object no node has called yet is destroyed at once; later misses fail."""
+        oid = nodes.run_on(1, create, "per_node")
+        nodes.run_on(2, start_destroy, oid)
+        assert nodes.run_on(2, join_destroy, oid) == ("ok", None)
+        assert nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
