@@ -177,6 +177,8 @@ class ClusteredObjectSystem:
         ``singleton``, ``per_node``, ``partitioned``, ``group:k`` and must be
         in the class's ``POLICIES``.
         """
+        if lockdebug.enabled:
+            lockdebug.check_call(f"create of {root_class!r}")
         path = root_class if isinstance(root_class, str) else class_path(root_class)
         home = self.node if home is None else home
         if not isinstance(home, int) or not 0 <= home < self.nnodes:
@@ -323,6 +325,8 @@ class ClusteredObjectSystem:
         calls in flight drain (DrainTimeout after ``timeout`` s on a node),
         then reps and root are cleaned up.  ObjectDestroyed if already destroyed.
         """
+        if lockdebug.enabled:
+            lockdebug.check_call(f"destroy of {oid:#x}")
         home = home_of(oid)
         self._remote(home, "destroy", [oid, timeout], timeout=None if home == self.node else 2 * timeout + 30)
 
@@ -355,6 +359,7 @@ class ClusteredObjectSystem:
     def _free(self, oid: int) -> None:
         """Clean up the rep the old entry of ``oid`` held (after every node drained)."""
         old = self._doomed.pop(oid, None)
+        self._root_calls.pop(oid, None)
         if old is not None and getattr(old, "freed", None) is not None:
             _free_rep(old.freed)
 

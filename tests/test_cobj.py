@@ -283,3 +283,87 @@ class TestRef:
         ref.destroy()
         with pytest.raises(ObjectDestroyed):
             ref.value()
+
+
+# ---- a replicated object: the root broadcasts invalidations, reps fill on demand ----------
+
+class RegistryRep(ClusteredRep):
+    """A cached copy of the root's dict: dropped on invalidation, refilled from the root on demand."""
+
+    def __init__(self, version, data):
+        self._version, self._data, self._fills = version, dict(data), 0
+
+    def get(self, key):
+        """The value of ``key`` (filling the cache from the root if it was invalidated)."""
+        self.assert_alive()
+        with self.lock:
+            data = self._data
+        if data is None:  # never call the root with the lock held
+            version, data = self.call_root("snapshot")
+            with self.lock:
+                self._fills += 1
+                if version >= self._version:
+                    self._version, self._data = version, data
+        return data.get(key)
+
+    def put(self, key, value):
+        """Set ``key`` cluster-wide (through the root)."""
+        self.assert_alive()
+        return self.call_root("put", key, value)
+
+    def invalidate(self, version):
+        """Drop the cache if ``version`` is newer (the root's broadcast)."""
+        with self.lock:
+            if version > self._version:
+                self._version, self._data = version, None
+
+    def fills(self):
+        """How many times this rep refilled its cache."""
+        return self._fills
+
+
+class Registry(ClusteredRoot):
+    """The root holds the dict and its version; every update invalidates every rep."""
+
+    Rep = RegistryRep
+    POLICIES = ("per_node", "group")
+
+    def __init__(self):
+        self._version, self._data = 0, {}
+
+    def rep_args(self, node):
+        """A new rep starts from the current dict (called with the lock held)."""
+        return [self._version, self._data]
+
+    def snapshot(self):
+        """[version, dict] for a rep refilling on demand."""
+        with self.lock:
+            return [self._version, dict(self._data)]
+
+    def put(self, key, value):
+        """Update, then broadcast the invalidation to every rep (after releasing the lock)."""
+        with self.lock:
+            self._data[key] = value
+            self._version += 1
+            version, nodes = self._version, self.locked_rep_nodes()
+        self.broadcast("invalidate", version, nodes=nodes)
+
+
+class TestInvalidateAndFill:
+    def test_updates_visible_everywhere(self, nodes):
+        """After put returns, every rep sees the new value: invalidated by broadcast, refilled once on demand."""
+        oid = nodes.run_on(0, create, Registry, "per_node", 0)
+        assert [nodes.run_on(n, call, oid, "get", "a") for n in range(NNODES)] == [None] * 3
+        nodes.run_on(1, call, oid, "put", "a", 1)
+        assert [nodes.run_on(n, call, oid, "get", "a") for n in range(NNODES)] == [1] * 3
+        assert [nodes.run_on(n, call, oid, "get", "a") for n in range(NNODES)] == [1] * 3
+        assert [nodes.run_on(n, call, oid, "fills") for n in range(NNODES)] == [1] * 3
+        nodes.run_on(2, call, oid, "put", "a", 2)
+        assert [nodes.run_on(n, call, oid, "get", "a") for n in range(NNODES)] == [2] * 3
+
+    def test_new_rep_starts_filled(self, nodes):
+        """A rep created after updates starts from the root's state and never needs a fill."""
+        oid = nodes.run_on(0, create, Registry, "per_node", 1)
+        nodes.run_on(1, call, oid, "put", "k", "v")
+        assert nodes.run_on(2, call, oid, "get", "k") == "v"
+        assert nodes.run_on(2, call, oid, "fills") == 0
