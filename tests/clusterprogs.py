@@ -65,3 +65,31 @@ def touch_forever(a, stop_index):
             trap.check()
     except td.SegmentationFault as e:
         return e.reason
+
+
+def litmus_thread(a, ops, delays_us):
+    """Run one litmus thread: ops are ("w", word, value) or ("r", word); a
+    busy-wait of delays_us[i] microseconds precedes op i (schedule
+    perturbation, not synchronization).  Returns the registers read."""
+    import time
+
+    regs = []
+    for (op, *rest), delay in zip(ops, delays_us):
+        end = time.perf_counter() + delay * 1e-6
+        while time.perf_counter() < end:
+            pass
+        if op == "w":
+            a[rest[0]] = rest[1]
+        else:
+            regs.append(int(a[rest[0]]))
+    trap.check()
+    return regs
+
+
+def reset_words(a, words):
+    for w in words:
+        a[w] = 0
+
+
+def read_words(a, words):
+    return [int(a[w]) for w in words]
