@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tornado_dsm.kernel import (
-    ClusteredRep, ClusteredRoot, DSMInternalError, ObjectDestroyed, current_cos,
+    ClusteredRep, ClusteredRoot, DSMInternalError, ObjectDestroyed, current_cos, start_nodes,
 )
-from tornado_dsm.kernel._cluster import start_nodes
 from tornado_dsm.objects import PartitionedCounter, PerNodeCounter, SingletonCounter
 
 NNODES = 3
@@ -367,3 +366,44 @@ class TestInvalidateAndFill:
         nodes.run_on(1, call, oid, "put", "k", "v")
         assert nodes.run_on(2, call, oid, "get", "k") == "v"
         assert nodes.run_on(2, call, oid, "fills") == 0
+
+
+def race(oid, method, nthreads, per_thread, *args):
+    """``nthreads`` threads released together each call ``method`` ``per_thread`` times; errors returned."""
+    import threading
+    barrier, errors = threading.Barrier(nthreads), []
+
+    def run():
+        barrier.wait(30)
+        try:
+            for _ in range(per_thread):
+                current_cos().call(oid, method, *args)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+    threads = [threading.Thread(target=run) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors
+
+
+class TestConcurrentMisses:
+    @pytest.mark.parametrize("policy", ["per_node", "singleton", "partitioned"])
+    def test_one_miss_per_node(self, nodes, policy):
+        """Threads racing their node's first call on an object cause exactly one miss per node."""
+        cls = {"per_node": PerNodeCounter, "singleton": SingletonCounter, "partitioned": PartitionedCounter}[policy]
+        oid = nodes.run_on(0, create, cls, policy, 1)
+        args = (0,) if policy == "partitioned" else ()
+        assert nodes.run_on_all(race, oid, "inc", 8, 1, *args) == [[]] * NNODES
+        assert view(oid)[6] == NNODES
+
+
+class TestConcurrentCounting:
+    @pytest.mark.parametrize("policy", ["per_node", "singleton", "group:2"])
+    def test_no_increment_lost(self, nodes, policy):
+        """Concurrent increments from threads on every node are all counted."""
+        cls = SingletonCounter if policy == "singleton" else PerNodeCounter
+        oid = nodes.run_on(0, create, cls, policy, 2)
+        assert nodes.run_on_all(race, oid, "inc", 4, 50) == [[]] * NNODES
+        assert nodes.run_on(1, call, oid, "value") == NNODES * 4 * 50

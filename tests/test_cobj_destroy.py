@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, ObjectDestroyed, current_cos
-from tornado_dsm.kernel._cluster import start_nodes
+from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, ObjectDestroyed, current_cos, start_nodes
 
 NNODES = 3
 WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
@@ -230,3 +229,22 @@ class TestLateCalls:
         nodes.run_on(2, start_destroy, oid)
         assert nodes.run_on(2, join_destroy, oid) == ("ok", None)
         assert nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
+
+
+def destroy_with_timeout(oid, timeout):
+    """Destroy from this node with a drain timeout; the outcome."""
+    return _outcome(current_cos().destroy, oid, timeout)
+
+
+class TestDrainTimeout:
+    def test_stuck_call_times_out(self, nodes):
+        """A call that never ends makes destroy raise DrainTimeout naming the node; the object stays unusable."""
+        oid = nodes.run_on(0, create, "per_node")
+        nodes.run_on(2, start_callers, oid, 1)
+        assert nodes.run_on(2, wait_entered, oid, 1)
+        kind, msg = nodes.run_on(1, destroy_with_timeout, oid, 0.2)
+        assert kind == "DrainTimeout" and "still in flight on node 2" in msg
+        assert nodes.run_on(0, try_ping, oid)[0] == "ObjectDestroyed"
+        nodes.run_on(2, release, oid)
+        assert nodes.run_on(2, join_callers, oid) == [("ok", 2)]
+        assert oid not in current_cos().inspect()

@@ -13,7 +13,6 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 
 from tornado_dsm.kernel import current_cos, start_nodes
 from tornado_dsm.kernel._cobj_policy import parse_policy
-from tornado_dsm.kernel._cluster import start_nodes
 from tornado_dsm.objects import counter_class
 
 from strategies import cobj_policies
