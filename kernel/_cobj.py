@@ -208,6 +208,8 @@ class ClusteredObjectSystem:
         """The global miss handler: get this node's entry for ``oid`` from its root and install it."""
         if not isinstance(oid, int) or oid >> HOME_BITS <= 0 or home_of(oid) >= self.nnodes:
             raise ValueError(f"{oid!r} is not an object reference of this {self.nnodes}-node cluster")
+        if lockdebug.enabled:  # a miss is a call to the root: check before it has any effect
+            lockdebug.check_call(f"object {oid:#x} (its first call on node {self.node}, a miss)")
         while True:
             with self._lock:
                 entry = self._table.get(oid)

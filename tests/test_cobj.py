@@ -231,7 +231,14 @@ class TestLockDebug:
         for node in range(NNODES):
             kind, msg = nodes.run_on(node, try_call, caller, "call_under_lock", target)
             assert kind == "DSMInternalError", msg
-            assert f"Where-{target:#x}" in msg and f"LockedCaller-{caller:#x}" in msg
+            assert f"{target:#x}" in msg and f"LockedCaller-{caller:#x}" in msg
+
+    def test_detected_before_the_miss(self, nodes):
+        """A first call under a lock is refused before its miss: no node gets an entry for the target."""
+        target = nodes.run_on(0, create, Where, "per_node", 2)
+        caller = nodes.run_on(0, create, LockedCaller, "per_node", 0)
+        assert nodes.run_on(1, try_call, caller, "call_under_lock", target)[0] == "DSMInternalError"
+        assert view(target)[2:] == ([], [], 0, 0, 0)
 
     def test_release_then_call_allowed(self, nodes):
         """Releasing the lock before calling is the allowed pattern."""
