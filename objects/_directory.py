@@ -30,6 +30,7 @@ import numpy as np
 
 from tornado_dsm.kernel import DSMInternalError
 
+from ._dynamic import bits
 from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant
 
 PROTOCOLS = ("ivy", "migrate")
@@ -133,7 +134,9 @@ class PageDirectory:
         mask = int(self.copyset[page]) & ~(1 << node)
         if owner >= 0:
             mask &= ~(1 << owner)
-        readers = [n for n in range(MAX_NODES) if mask >> n & 1]
+        if not mask:
+            return
+        readers = bits(mask)
         futures = [_fanout.submit(self.call, n, "invalidate", page, new_version) for n in readers]
         for f in futures:
             f.result()
@@ -146,5 +149,4 @@ class PageDirectory:
 
     def holders(self, page: int) -> tuple[int, list[int]]:
         """(owner, readers) of a page, for invariant checks and inspection."""
-        mask = int(self.copyset[page])
-        return int(self.owner[page]), [n for n in range(MAX_NODES) if mask >> n & 1]
+        return int(self.owner[page]), bits(int(self.copyset[page]))

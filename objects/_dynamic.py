@@ -33,6 +33,16 @@ MAX_NODES = 64
 _fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tornado_dsm-dyninval")
 
 
+def bits(mask: int) -> list[int]:
+    """Node ids set in a copyset mask."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
 class DynamicManager:
     """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 
@@ -128,7 +138,9 @@ class DynamicManager:
     def _invalidate(self, page: int, requester: int, new_version: int) -> None:
         """Invalidate every reader in our copyset but the requester, in parallel."""
         mask = int(self.copyset[page]) & ~(1 << requester) & ~(1 << self.node)
-        readers = [n for n in range(MAX_NODES) if mask >> n & 1]
+        if not mask:
+            return
+        readers = bits(mask)
         futures = [_fanout.submit(self.call, n, "invalidate", page, new_version, requester) for n in readers]
         for f in futures:
             f.result()

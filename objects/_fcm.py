@@ -49,7 +49,11 @@ RELEASED = "released"  # ownership left this node with the data
 KEPT = "kept"          # still the owner, without a copy (the backing store has it)
 # (None: ownership had already moved; nothing to do)
 
-ZERO_FILL = b""  # a grant's data meaning "the page is zeros" (first touch of anonymous memory)
+# A grant's data meaning "the page is zeros" (first touch of anonymous memory).
+# Installing it costs nothing: every path that stops holding a page punches
+# its frame out (_locked_free_frame), so a page not held here is a hole in the
+# memfd, which reads as zeros; the frame is allocated by the first access.
+ZERO_FILL = b""
 
 
 @attrs.frozen
@@ -128,12 +132,9 @@ class FCMPages:
             if grant.version < self.inval[page]:
                 self.stale_grants += 1
                 return False
-            frame = self.memory.frame(self.vpage + page)
-            if grant.data == ZERO_FILL:
-                frame.fill(0)
-            elif grant.data is not None:
-                frame[:] = np.frombuffer(grant.data, dtype=np.uint8)
-            elif self.access[page] == NIL and grant.version != self.version[page]:
+            if grant.data:  # ZERO_FILL needs nothing: a page not held here is a hole
+                self.memory.frame(self.vpage + page)[:] = np.frombuffer(grant.data, dtype=np.uint8)
+            elif grant.data is None and self.access[page] == NIL and grant.version != self.version[page]:
                 raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
             self.access[page] = grant.access
             self.version[page] = grant.version

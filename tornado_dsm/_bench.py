@@ -22,6 +22,7 @@ HELP = "measure a path of the system against its floor, in one run"
 # name -> module (imported only when that benchmark runs)
 BENCHES = {
     "faults": "tornado_dsm._bench_faults",
+    "coherence": "tornado_dsm._bench_coherence",
     "ppc": "tornado_dsm._bench_ppc",
 }
 

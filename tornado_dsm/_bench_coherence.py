@@ -1,0 +1,136 @@
+"""``tornado-dsm bench coherence``: faults through the full object path, local and remote.
+
+One run, with the floors measured beside the paths:
+
+* floor (C): a fault the trap resolves in C (mprotect), on a scratch window;
+* floor (network): a raw Python socket round trip between node 0 and node 1;
+* local zero-fill fault and local upgrade (read copy -> write) through
+  Process -> Region -> FCM -> manager -> COR -> HAT, all on node 0;
+* in-core fault: the page is cached in node 0's FCM rep, only the HAT
+  mapping was dropped (Tornado's in-core page-fault test);
+* remote read fault: the page is owned by node 1;
+* remote write fault invalidating k = 1..N-2 readers (owner node 1, readers
+  nodes 2..k+1), invalidations sent in parallel;
+* migrate ping-pong: under ``migrate`` the page moves between nodes 0 and 1.
+
+Every fault is triggered on node 0 by a C loop (GIL released) that times each
+touch, so only the fault is measured, never the set-up on other nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from tornado_dsm._bench import BenchResult, summarize
+from tornado_dsm._bench_ppc import _RawPair, _time_each
+from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, NodeMemory, trap
+
+HELP = "fault latency through the VM objects: local, in-core, remote, invalidations, migration"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bench coherence``."""
+    parser.add_argument("--pages", type=int, default=400, help="faults per path per round (default 400)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser.add_argument("--nodes", type=int, default=5, help="nodes (>= 3; readers up to nodes-2; default 5)")
+    parser.add_argument("--manager", choices=("centralized", "fixed", "dynamic"), default="dynamic")
+
+
+def measure(args: argparse.Namespace) -> list[BenchResult]:
+    """Run every path; floors first, each path with its ratio to its floor."""
+    if args.pages < 1 or args.rounds < 1 or args.nodes < 3:
+        raise SystemExit(f"--pages and --rounds must be >= 1 and --nodes >= 3 "
+                         f"(got {args.pages}, {args.rounds}, {args.nodes})")
+    s = _collect_ivy(args)
+    s.update(_collect_migrate(args))
+    c_floor = summarize("floor: C-resolved fault", s["floor"])
+    net = summarize("floor: raw socket round trip", s["raw"])
+    remote_floor = BenchResult("floor: round trip + C fault", net.median_us + c_floor.median_us,
+                               net.p90_us + c_floor.p90_us, None, net.samples)
+    out = [c_floor, net, remote_floor]
+    for name in ("local zero-fill fault", "local upgrade", "in-core fault"):
+        out.append(summarize(name, s[name], c_floor, note="target (full path): <= 3x C floor"))
+    out.append(summarize("remote read fault", s["remote read fault"], remote_floor,
+                         note="target: <= 1.5x (round trip + C fault)"))
+    one = None
+    for k in range(1, args.nodes - 1):
+        r = summarize(f"remote write, invalidating {k}", s[f"invalidate {k}"], remote_floor)
+        one = one or r
+        note = f"{r.median_us / one.median_us:.2f}x invalidating 1" + ("; target <= 1.5x" if k == 3 else "")
+        out.append(BenchResult(r.name, r.median_us, r.p90_us, r.ratio_to_floor, r.samples, note))
+    out.append(summarize("migrate ping-pong fault", s["migrate"], remote_floor))
+    return out
+
+
+def _touch(array: np.ndarray, write: int) -> np.ndarray:
+    """Touch one byte per page of ``array`` from C; per-touch latencies in ns."""
+    ns = np.zeros(array.nbytes // PAGE, dtype=np.uint64)
+    trap.touch(array.__array_interface__["data"][0], ns.size, PAGE, write, ns)
+    return ns
+
+
+def _floor(pages: int) -> np.ndarray:
+    with NodeMemory(base=DEFAULT_BASE + (64 << 30), size=pages * PAGE, mode=MODE_FLOOR) as mem:
+        trap.touch(mem.base, pages, PAGE, 1)  # allocate the frames
+        mem.hat.unmap(0, pages)
+        ns = np.zeros(pages, dtype=np.uint64)
+        trap.touch(mem.base, pages, PAGE, 1, ns)
+        return ns
+
+
+def _collect_ivy(args) -> dict:
+    import tornado_dsm as td
+    from tornado_dsm import _benchprogs as progs
+
+    samples: dict = {}
+    add = lambda k, v: samples.setdefault(k, []).append(v)  # noqa: E731
+    with td.Cluster(nodes=args.nodes, manager=args.manager, size=1 << 30) as c:
+        raw = _RawPair(c._nodes, "unix")
+        try:
+            for r in range(args.rounds + 1):  # round 0 warms up
+                keep = r > 0
+                add("floor", _floor(args.pages)) if keep else None
+                add("raw", _time_each(raw.round_trip, args.pages)) if keep else None
+                fresh = c.zeros((args.pages * PAGE,), np.uint8)
+                zero_fill = _touch(fresh, 0)
+                upgrade = _touch(fresh, 1)
+                c.run(progs.drop_mappings, fresh, nodes=0, threads=1)
+                incore = _touch(fresh, 1)
+                c.free(fresh)
+                if keep:
+                    add("local zero-fill fault", zero_fill)
+                    add("local upgrade", upgrade)
+                    add("in-core fault", incore)
+                a = c.zeros((args.pages * PAGE,), np.uint8)
+                c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
+                remote = _touch(a, 0)
+                if keep:
+                    add("remote read fault", remote)
+                for k in range(1, args.nodes - 1):
+                    c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
+                    c.run(progs.touch_pages, a, 0, nodes=list(range(2, 2 + k)), threads=1)
+                    ns = _touch(a, 1)
+                    if keep:
+                        add(f"invalidate {k}", ns)
+                c.free(a)
+        finally:
+            raw.close()
+    return {k: np.concatenate(v) for k, v in samples.items()}
+
+
+def _collect_migrate(args) -> dict:
+    import tornado_dsm as td
+    from tornado_dsm import _benchprogs as progs
+
+    runs = []
+    with td.Cluster(nodes=2, protocol="migrate", manager="centralized", size=1 << 30,
+                    base=DEFAULT_BASE + (8 << 30)) as c:
+        a = c.zeros((args.pages * PAGE,), np.uint8)
+        for r in range(args.rounds + 1):
+            c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
+            ns = _touch(a, 1)
+            if r:
+                runs.append(ns)
+    return {"migrate": np.concatenate(runs)}
