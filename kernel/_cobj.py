@@ -49,7 +49,7 @@ import itertools
 import threading
 from time import perf_counter
 
-from ._errors import ObjectDestroyed
+from ._errors import NodeLost, ObjectDestroyed
 from . import _cobj_lock as lockdebug
 from ._cobj_lock import ObjectLock
 from ._cobj_policy import (
@@ -140,17 +140,24 @@ class ClusteredObjectSystem:
         return self.runtime.call(node, COS_OID, method, args, timeout=timeout)
 
     def _all_nodes(self, method: str, args: list, timeout: float | None = None) -> list:
-        """Run COS ``method`` on every node in parallel; results by node; first error re-raised."""
+        """Run COS ``method`` on every live node in parallel; results by node (LOST for a
+        node that is gone: its reps and calls died with it); first other error re-raised."""
         return self._fan_out(COS_OID, tuple(range(self.nnodes)), method, args, timeout,
-                             lambda: self._system_ops[method](*args))
+                             lambda: self._system_ops[method](*args), tolerate_lost=True)
 
-    def _fan_out(self, oid: int, nodes: tuple, method: str, args, timeout, local) -> list:
+    def _fan_out(self, oid: int, nodes: tuple, method: str, args, timeout, local,
+                 tolerate_lost: bool = False) -> list:
         """PPC ``method(args)`` on ``oid`` at every node of ``nodes`` at once (requests sent
         before any reply is awaited); this node's share runs ``local()`` on this thread.
-        Results in ``nodes`` order; after all finished, the first error is re-raised."""
-        pending = {n: self.runtime.call_async(n, oid, method, list(args))
-                   for n in nodes if n != self.node}
-        results, errors = {}, []
+        Results in ``nodes`` order; after all finished, the first error is re-raised
+        (with ``tolerate_lost``, a lost node's result is LOST instead of an error)."""
+        pending, results, errors = {}, {}, []
+        for n in nodes:
+            if n != self.node:
+                try:
+                    pending[n] = self.runtime.call_async(n, oid, method, list(args))
+                except NodeLost as e:
+                    results[n] = _lost_or_raise(e, tolerate_lost)
         if self.node in nodes:
             try:
                 results[self.node] = local()
@@ -159,6 +166,10 @@ class ClusteredObjectSystem:
         for n, call in pending.items():
             try:
                 results[n] = call.result(timeout if timeout is not None else self.runtime.default_timeout)
+            except NodeLost as e:
+                if not tolerate_lost:
+                    errors.append(e)
+                results[n] = LOST
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         if errors:
@@ -333,7 +344,9 @@ class ClusteredObjectSystem:
         self._remote(home, "destroy", [oid, timeout], timeout=None if home == self.node else 2 * timeout + 30)
 
     def _destroy_home(self, oid: int, timeout: float = DRAIN_TIMEOUT) -> None:
-        """The destroy protocol, run on the object's home."""
+        """The destroy protocol, run on the object's home.  A lost node counts as drained
+        and freed: its calls and reps died with it (calls it made that are being served
+        elsewhere are counted, and drained, on the serving node's entry)."""
         with self._lock:
             record = self._roots.get(oid)
             if record is None or record.destroyed:
@@ -383,8 +396,11 @@ class ClusteredObjectSystem:
         }
 
     def inspect(self) -> ReplicationView:
-        """The cluster-wide replication view (every node's table gathered by PPC and merged)."""
-        return merge_views(self.nnodes, self._all_nodes("table", []))
+        """The cluster-wide replication view (every node's table gathered by PPC and merged;
+        nodes that are lost are listed in ``view.lost``)."""
+        tables = self._all_nodes("table", [])
+        lost = tuple(n for n, t in enumerate(tables) if t is LOST)
+        return merge_views(self.nnodes, [t for t in tables if t is not LOST], lost)
 
 
 class ObjectRef:
@@ -435,6 +451,21 @@ def _check_class(cls, policy) -> None:
         raise ValueError(
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
+
+
+class _Lost:
+    def __repr__(self) -> str:
+        return "LOST"
+
+
+LOST = _Lost()  # a lost node's result in a tolerant fan-out
+
+
+def _lost_or_raise(error, tolerate: bool):
+    """LOST if lost nodes are tolerated, else re-raise ``error``."""
+    if not tolerate:
+        raise error
+    return LOST
 
 
 def _free_rep(rep) -> None:

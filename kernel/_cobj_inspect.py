@@ -40,6 +40,7 @@ class ReplicationView:
 
     nnodes: int
     objects: tuple[ObjectView, ...]
+    lost: tuple[int, ...] = ()  # nodes that did not answer because they are gone
 
     def __getitem__(self, oid) -> ObjectView:
         oid = int(oid)
@@ -62,7 +63,8 @@ class ReplicationView:
             for v in self.objects
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = [f"replication view: {len(self.objects)} object(s) on {self.nnodes} node(s)"]
+        lost = f" (lost: {_nodes(self.lost)})" if self.lost else ""
+        lines = [f"replication view: {len(self.objects)} object(s) on {self.nnodes} node(s){lost}"]
         for i, row in enumerate(rows):
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
             if i == 0:
@@ -86,7 +88,7 @@ def root_row(root, info: dict, stubs) -> list:
             sorted(root.rep_nodes()), sorted(stubs)]
 
 
-def merge_views(nnodes: int, tables: list) -> ReplicationView:
+def merge_views(nnodes: int, tables: list, lost: tuple = ()) -> ReplicationView:
     """Join every node's rows (the ``table`` COS operation's results) into a ReplicationView."""
     totals: dict[int, list] = {}
     for table in tables:
@@ -102,4 +104,4 @@ def merge_views(nnodes: int, tables: list) -> ReplicationView:
             local, remote, served, misses = totals.get(oid, (0, 0, 0, 0))
             views.append(ObjectView(oid, name, cls, policy, home, tuple(reps), tuple(stubs),
                                     local, remote, served, misses))
-    return ReplicationView(nnodes, tuple(sorted(views, key=lambda v: v.oid)))
+    return ReplicationView(nnodes, tuple(sorted(views, key=lambda v: v.oid)), tuple(lost))

@@ -7,7 +7,9 @@ import time
 
 import pytest
 
-from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, ObjectDestroyed, current_cos, start_nodes
+from tornado_dsm.kernel import (
+    ClusteredRep, ClusteredRoot, NodeLost, ObjectDestroyed, current_cos, start_nodes,
+)
 
 NNODES = 3
 WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
@@ -248,3 +250,42 @@ class TestDrainTimeout:
         nodes.run_on(2, release, oid)
         assert nodes.run_on(2, join_callers, oid) == [("ok", 2)]
         assert oid not in current_cos().inspect()
+
+
+def kill_me():
+    """SIGKILL this node's process (the reply never comes)."""
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_lost(node):
+    """Poll (with a deadline) until this node's runtime sees ``node`` as lost."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if node in current_cos().inspect().lost:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class TestDestroyAfterNodeLoss:
+    @pytest.mark.timeout(60)
+    def test_lost_node_counts_as_drained(self):
+        """After a node dies, destroy still completes on the live nodes and inspect lists the lost node."""
+        with start_nodes(NNODES) as cluster:
+            oid = cluster.run_on(0, create, "per_node")
+            assert [cluster.run_on(n, try_ping, oid) for n in range(NNODES)] == [("ok", n) for n in range(NNODES)]
+            with pytest.raises(NodeLost):
+                cluster.run_on(2, kill_me)
+            assert cluster.run_on(1, wait_lost, 2)
+            view = current_cos().inspect()
+            assert view.lost == (2,) and "lost: 2" in str(view)
+            cluster.run_on(1, current_cos_destroy, oid)
+            assert [cluster.run_on(n, try_ping, oid)[0] for n in (0, 1)] == ["ObjectDestroyed"] * 2
+            assert all(s == (False, 1) for n in (0, 1) for s in cluster.run_on(n, reps_state, oid))
+
+
+def current_cos_destroy(oid):
+    """Destroy from this node."""
+    current_cos().destroy(oid)
