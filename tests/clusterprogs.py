@@ -93,3 +93,14 @@ def reset_words(a, words):
 
 def read_words(a, words):
     return [int(a[w]) for w in words]
+
+
+def write_pages(a, value):
+    """Write value into the first word of every page of a."""
+    for i in range(0, a.size, 512):
+        a[i] = value
+    trap.check()
+
+
+def sum_pages(a):
+    return int(sum(int(a[i]) for i in range(0, a.size, 512)))

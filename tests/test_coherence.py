@@ -15,7 +15,8 @@ from conftest import fresh_base
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(300)]
 
-CONFIGS = [("ivy", "centralized"), ("ivy", "fixed"), ("ivy", "dynamic"), ("migrate", "centralized")]
+CONFIGS = [("ivy", "centralized"), ("ivy", "fixed"), ("ivy", "dynamic"),
+           ("migrate", "centralized"), ("migrate", "fixed"), ("migrate", "dynamic")]
 NODES, THREADS, WORDS = 3, 2, 4 * 512
 
 

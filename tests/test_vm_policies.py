@@ -1,0 +1,73 @@
+"""VM objects under each replication policy, inspection, and frame capacity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tornado_dsm as td
+
+import clusterprogs as progs
+from conftest import fresh_base
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180)]
+
+
+def remote_calls_to(cluster, name_prefix: str) -> int:
+    """Remote PPCs made cluster-wide on objects whose name starts with name_prefix."""
+    view = cluster.inspect()
+    oids = {o.oid for o in view.objects if o.name.startswith(name_prefix)}
+    return sum(s.calls(kind="remote", oid=o) for s in cluster._nodes.ppc_statistics() for o in oids)
+
+
+@pytest.mark.parametrize("process,region", [("replicated", "per_node"), ("singleton", "singleton"),
+                                            ("replicated", "group:2")])
+class TestPolicies:
+    def test_faults_resolve_and_remote_lookups_counted(self, process, region):
+        """Every policy resolves faults on every node; only singletons make lookups remote."""
+        with td.Cluster(nodes=3, policies={"process": process, "region": region},
+                        base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((16 * 512,), np.int64)
+            c.run(progs.write_pages, a, 1, nodes=[1], threads=1)
+            assert c.run(progs.sum_pages, a, nodes=[2], threads=1) == [16]
+            process_remote = remote_calls_to(c, "process")
+            region_remote = remote_calls_to(c, "region")
+        if process == "singleton":
+            assert process_remote >= 32      # each fault on nodes 1 and 2 asks the home
+        if region == "singleton":
+            assert region_remote >= 32
+        if (process, region) == ("replicated", "per_node"):
+            assert (process_remote, region_remote) == (0, 0)
+
+
+class TestInspect:
+    def test_replication_levels(self):
+        """inspect() shows the VM objects with their policies and the nodes holding reps."""
+        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, a, 1, threads=1)
+            view = c.inspect()
+            by_name = {o.name: o for o in view.objects}
+            assert by_name["process"].policy == "per_node" and set(by_name["process"].rep_nodes) == {0, 1, 2}
+            fcm = next(o for n, o in by_name.items() if n.startswith("fcm:"))
+            assert set(fcm.rep_nodes) == {0, 1, 2}
+            assert "process" in str(view)
+
+
+class TestCapacity:
+    def test_eviction_keeps_contents(self):
+        """With 8 frames per node, 16 pages written and read back across nodes stay intact."""
+        with td.Cluster(nodes=2, memory_per_node=8 * 4096, base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((16 * 512,), np.int64)
+            for node in (0, 1):
+                c.run(progs.write_pages, a, node + 5, nodes=[node], threads=1)
+                assert c.run(progs.sum_pages, a, nodes=[1 - node], threads=1) == [16 * (node + 5)]
+            stats = c.statistics()
+            assert stats.total.evicted_owned + stats.total.evicted_copies > 0
+            assert all(n.resident_pages <= 8 + 1 for n in stats.nodes)
+
+    def test_beyond_the_nodes_memory(self):
+        """An array larger than all nodes' memory together is refused, naming memory_per_node."""
+        with td.Cluster(nodes=2, memory_per_node=8 * 4096, base=fresh_base(), size=16 << 20) as c:
+            with pytest.raises(MemoryError, match="memory_per_node"):
+                c.zeros((17 * 512,), np.int64)
