@@ -73,6 +73,7 @@ class ReplicationView:
 
 
 def _nodes(nodes) -> str:
+    """``0,1,2`` or ``-`` for none."""
     return ",".join(map(str, nodes)) if nodes else "-"
 
 

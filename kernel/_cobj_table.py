@@ -52,6 +52,7 @@ class DrainTimeout(TimeoutError):
 
 
 def _destroyed(oid: int, name: str, node: int) -> ObjectDestroyed:
+    """The error of a call that reached a destroyed object."""
     return ObjectDestroyed(f"clustered object {name} ({oid:#x}) has been destroyed (call on node {node})")
 
 
@@ -112,10 +113,6 @@ class Entry:
                 )
             fn = self._methods[method] = getattr(rep, method)
         return fn
-
-    def target_of(self, method: str, args) -> int | None:
-        """Node a call goes to (None: this node); only the stub kinds override it."""
-        return None
 
 
 _HIDDEN = frozenset(dir(ClusteredRep))
@@ -185,9 +182,6 @@ class StubEntry(Entry):
         """A call that arrived here although this node only has a stub: forward it."""
         return self.invoke(method, args)
 
-    def target_of(self, method: str, args) -> int | None:
-        return self.target
-
 
 class PartitionedEntry(RepEntry):
     """A local rep owning this node's slice; keyed calls for other slices go to their owner."""
@@ -222,10 +216,6 @@ class PartitionedEntry(RepEntry):
             return self._call(owner, self.oid, method, list(args))
         finally:
             next(self._exit)
-
-    def target_of(self, method: str, args) -> int | None:
-        owner = self.owner(method, args)
-        return None if owner == self.node else owner
 
 
 class DestroyedEntry:

@@ -150,6 +150,7 @@ class PartitionedCounterRep(ClusteredRep):
             return sum(self._counts.values())
 
     def _check_owner(self, key) -> None:
+        """Refuse a key another node's rep owns (a routing bug if it ever happens)."""
         owner = self.partition(key, self._cos.nnodes)
         if owner != self.node:
             raise ValueError(f"key {key!r} belongs to node {owner}, not {self.node}")
