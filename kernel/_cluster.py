@@ -44,6 +44,7 @@ class _Registrar:
         self.addresses = {0: rt.address}
         self.next_joiner = spawned + 1
         self.ready_nodes: dict[int, str | None] = {}
+        self.directory: list | None = None
         self.aborted: str | None = None
 
     def assign_joiner(self) -> int:
@@ -58,15 +59,14 @@ class _Registrar:
         """Record ``node``'s address; answer with the directory once all registered."""
         address = args["address"]
         if isinstance(address, list) and address[0] in ("0.0.0.0", "::", ""):
-            address = [self.rt._conns[node].sock.getpeername()[0], address[1]]
+            address = [self.rt._serves[node].conn.sock.getpeername()[0], address[1]]
         with self.cond:
             self.addresses[node] = address
             self.cond.notify_all()
-            self.cond.wait_for(lambda: len(self.addresses) == self.nnodes or self.aborted)
+            self.cond.wait_for(lambda: self.directory is not None or self.aborted)
             if self.aborted:
                 raise RuntimeError(f"cluster start-up aborted: {self.aborted}")
-            return {"node": node, "nnodes": self.nnodes,
-                    "addresses": [self.addresses[i] for i in range(self.nnodes)]}
+            return {"node": node, "nnodes": self.nnodes, "addresses": self.directory}
 
     def ready(self, node: int, args) -> None:
         """Record that ``node`` finished start-up (``args["error"]``: traceback or None)."""
@@ -75,12 +75,26 @@ class _Registrar:
             self.cond.notify_all()
 
     def wait(self, procs: dict, deadline: float) -> None:
-        """Block until every node is ready; NodeStartupError on the first failure."""
+        """Block until every node is ready; NodeStartupError on the first failure.
+
+        Once all have registered, node 0 dials each of them, then publishes
+        the directory (which lets every ``register`` answer).
+        """
+        self._wait_for(lambda: len(self.addresses) == self.nnodes, procs, deadline)
+        for node in range(1, self.nnodes):
+            self.rt.dial(node, self.addresses[node])
+        with self.cond:
+            self.directory = [self.addresses[i] for i in range(self.nnodes)]
+            self.cond.notify_all()
+        self._wait_for(lambda: len(self.ready_nodes) == self.nnodes - 1, procs, deadline)
+
+    def _wait_for(self, predicate, procs: dict, deadline: float) -> None:
         with self.cond:
             while True:
                 self._check(procs, deadline)
-                if len(self.ready_nodes) == self.nnodes - 1:
+                if predicate():
                     return
+                # a poll with a deadline: a process dying does not notify us
                 self.cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _check(self, procs: dict, deadline: float) -> None:

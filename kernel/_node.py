@@ -10,10 +10,11 @@ from other hosts with ``tornado-dsm node --join``.  Start-up of node k:
    or a TCP port);
 2. connect to node 0, authenticate, say HELLO (its id, or none for a joiner:
    node 0 assigns one), then call node 0's service ``register`` with its
-   address.  ``register`` answers once every node has registered, with the
-   directory of all addresses;
-3. connect to every node j < k (and accept from every j > k): one
-   connection per pair, so the mesh is complete without races;
+   address.  Once every node has registered, node 0 connects to each of
+   them and ``register`` answers with the directory of all addresses;
+3. connect to every other node, and wait until every other node has
+   connected: one connection per ordered pair, the dialer's calls go on it
+   (see ``_ppc_channel``);
 4. attach the clustered object system, then call ``ready`` (with the
    traceback if anything failed: start-up errors are raised in node 0).
 
@@ -150,7 +151,7 @@ class NodeRuntime(PPCCore):
                         self.node_id, who, e)
             sock.close()
             return
-        self.add_connection(Connection(sock, self.max_frame), reader, node)
+        self.add_serve_channel(Connection(sock, self.max_frame), reader, node)
 
     def _hello_node(self, hello) -> int:
         """The peer id a HELLO claims, checked (node 0 assigns ids to joiners)."""
@@ -159,7 +160,7 @@ class NodeRuntime(PPCCore):
             node = self._registrar.assign_joiner()
         if not isinstance(node, int) or not 0 <= node < self.nnodes or node == self.node_id:
             raise ValueError(f"HELLO names node {node!r}; this cluster has nodes 0..{self.nnodes - 1}")
-        if node in self._conns:
+        if node in self._serves:
             raise ValueError(f"HELLO names node {node}, which is already connected")
         return node
 
@@ -168,15 +169,16 @@ class NodeRuntime(PPCCore):
         sock = connect(address, self.key)
         conn = Connection(sock, self.max_frame)
         conn.send(HELLO, 0, 0, _pack({"node": self.node_id}))
-        self.add_connection(conn, FrameReader(sock, self.max_frame), node)
+        self.add_call_channel(conn, FrameReader(sock, self.max_frame), node)
 
     def wait_connected(self, timeout: float) -> None:
         """Block until connected to every other node (TimeoutError otherwise)."""
         want = set(range(self.nnodes)) - {self.node_id}
-        with self._conns_changed:
-            if not self._conns_changed.wait_for(lambda: want <= set(self._conns) or self.stopping,
-                                                timeout):
-                missing = sorted(want - set(self._conns))
+        with self._changed:
+            if not self._changed.wait_for(
+                    lambda: (want <= set(self._calls) and want <= set(self._serves)) or self.stopping,
+                    timeout):
+                missing = sorted(want - (set(self._calls) & set(self._serves)))
                 raise TimeoutError(f"node {self.node_id}: no connection from nodes {missing} "
                                    f"within {timeout} s")
 
@@ -189,7 +191,9 @@ class NodeRuntime(PPCCore):
                              f"methods: {', '.join(sorted(_SERVICE))}")
         return handler(self, conn, args, payload)
 
-    def _peer_lost(self, peer: int, reason: str) -> None:
+    def _peer_lost(self, peer: int, reason: str) -> bool:
+        if not super()._peer_lost(peer, reason):
+            return False
         if self.stopping:
             log.debug("node %s: node %s disconnected while stopping", self.node_id, peer)
         else:
@@ -201,6 +205,7 @@ class NodeRuntime(PPCCore):
                 log.exception("node-lost listener %r failed", fn)
         if peer == 0 and self.node_id != 0:
             self.stop()   # node 0 is gone: the cluster is over
+        return True
 
     # -- stopping --
 
@@ -212,8 +217,7 @@ class NodeRuntime(PPCCore):
                 self.listener.close()
             except OSError:
                 pass
-        for conn in list(self._conns.values()):
-            conn.close()
+        self.close_channels()
         self.stopped.set()
 
 
@@ -312,13 +316,14 @@ def _join(rt: NodeRuntime, config: dict) -> None:
     sock = connect(config["address"], rt.key, timeout=config.get("start_timeout", 60))
     conn = Connection(sock, rt.max_frame)
     conn.send(HELLO, 0, 0, _pack({"node": rt.node_id}))
-    rt.add_connection(conn, FrameReader(sock, rt.max_frame), 0)
+    rt.add_call_channel(conn, FrameReader(sock, rt.max_frame), 0)
     reply = rt.call(0, 0, "register", {"address": rt.address}, timeout=None)
     rt.node_id, rt.nnodes = reply["node"], reply["nnodes"]
     rt.registered.set()
     rt.pool.name = f"ppc-node{rt.node_id}"
-    for j in range(1, rt.node_id):
-        rt.dial(j, reply["addresses"][j])
+    for j in range(1, rt.nnodes):
+        if j != rt.node_id:
+            rt.dial(j, reply["addresses"][j])
     rt.wait_connected(config.get("start_timeout", 60))
     _attach_cos(rt)
     rt.call(0, 0, "ready", {"error": None})

@@ -7,24 +7,16 @@ raw payload, answered by one REPLY (the result, msgpack; flag ``F_PAYLOAD``
 when the result is a ``Payload`` whose bytes follow raw) or one ERROR frame
 (the exception by name, its reduce arguments and the remote traceback).
 
-Caller side.  The calling thread registers a ``PendingCall`` (a pre-acquired
-lock and a result slot) in its connection's ``pending`` dict keyed by request
-id, writes the frame with one ``sendall`` and blocks on the lock.  The
-connection's reader thread pops the entry when the reply arrives, fills the
-slot and releases the lock: one thread hop, the one that cannot be avoided
-while another thread must keep reading the socket for incoming requests.
-
-Target side.  The reader thread decodes the request and hands it to a pool
-worker.  The pool grows on demand: a worker is started whenever none is idle,
-so a handler that blocks on a third node never delays any other request
-(Tornado's "a worker per call"; idle workers retire after ``IDLE_TIMEOUT``).
-
-Failure.  A timeout raises ``PPCTimeout`` and forgets the call (a late reply
-is dropped).  When a connection dies, its reader marks it closed and fails
-every pending call at once with ``NodeLost``.  Registering a call and
-checking ``closed`` happen in the opposite order to marking it closed and
-draining ``pending``, so under the GIL no call can slip between the two and
-wait forever.
+The caller and target sides are the call and serve channels of
+``_ppc_channel`` (one connection per ordered node pair; no thread hop on
+either side when calls do not overlap).  Requests run on workers of a pool
+that grows on demand: a worker is started whenever none is idle, so a handler
+that blocks on a third node never delays any other request (idle workers
+retire after ``IDLE_TIMEOUT``).  A request runs inline on the worker that
+read it; the reading role moves to another worker when the handler may block
+(see ``_ppc_channel``).  A timeout raises ``PPCTimeout`` and forgets
+the call (a late reply is dropped); a peer that dies fails all its pending
+calls at once with ``NodeLost``.
 
 Exceptions cross by name: builtin exception types and the ``tornado_dsm``
 exceptions are rebuilt as themselves (from their ``__reduce__`` arguments);
@@ -39,26 +31,20 @@ import itertools
 import logging
 import sys
 import threading
-import time
 import traceback
 
 import attrs
 import msgpack
 
-from ._errors import NodeLost, PPCTimeout
+from ._errors import NodeLost
+from ._ppc_channel import (F_PAYLOAD, CallChannel, PendingCall, ServeChannel, _pack, _unpackb,
+                           before_blocking, monitor)
 from ._ppc_stats import PPCCounters, PPCStatistics
-from ._transport import ERROR, REPLY, REQUEST, Connection, FrameReader
+from ._transport import ERROR, REPLY, Connection, FrameReader
 
 log = logging.getLogger("tornado_dsm.ppc")
 
-F_PAYLOAD = 1          # REPLY flag: the result is a Payload (value in body, bytes after)
 IDLE_TIMEOUT = 60.0    # seconds an idle pool worker waits before it retires
-
-_unpackb = msgpack.unpackb
-
-
-def _pack(obj) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
 
 
 @attrs.frozen
@@ -209,54 +195,16 @@ class WorkerPool:
         return len(self._idle)
 
 
-# ---- calls -------------------------------------------------------------------------
-
-class PendingCall:
-    """A remote call in flight; ``result(timeout)`` waits for its reply once."""
-
-    __slots__ = ("conn", "rid", "node", "oid", "method", "sent", "t0", "_done",
-                 "_value", "_error", "_counters", "_finished")
-
-    def __init__(self, conn, rid, node, oid, method, counters) -> None:
-        self.conn, self.rid, self.node, self.oid, self.method = conn, rid, node, oid, method
-        self._counters = counters
-        self._done = threading.Lock()
-        self._done.acquire()
-        self._value = self._error = None
-        self._finished = False
-        self.sent = 0
-        self.t0 = 0.0
-
-    def _complete(self, value, error, nbytes: int) -> None:
-        """Called by whoever popped this call from ``pending`` (exactly once)."""
-        self._value, self._error = value, error
-        self.sent += nbytes
-        self._done.release()
-
-    def result(self, timeout: float | None = None):
-        """The call's result; raises its exception, PPCTimeout or NodeLost."""
-        if not self._finished:
-            if not self._done.acquire(timeout=-1 if timeout is None else timeout):
-                if self.conn.pending.pop(self.rid, None) is not None:
-                    self._error = PPCTimeout(
-                        f"PPC {self.method!r} on oid {self.oid:#x} at node {self.node} "
-                        f"did not answer within {timeout} s")
-                else:  # the reply (or NodeLost) is being delivered right now
-                    self._done.acquire()
-            self._finished = True
-            self._counters.record(self.oid, self.method, True, self.sent,
-                                  time.perf_counter() - self.t0)
-        if self._error is not None:
-            raise self._error
-        return self._value
-
+# ---- the messaging core ------------------------------------------------------------
 
 class PPCCore:
-    """The messaging half of a node runtime: connections, calls, serving, counting.
+    """The messaging half of a node runtime: channels, calls, serving, counting.
 
     Subclasses provide ``node_id``, ``nnodes`` and ``_serve_service`` (oid 0)
-    and may override ``_peer_lost``.
+    and may extend ``_peer_lost``.
     """
+
+    payload_type = None   # set below (Payload); channels build results with it
 
     def __init__(self, node_id, max_frame: int, default_timeout: float | None) -> None:
         self.node_id = node_id
@@ -264,11 +212,15 @@ class PPCCore:
         self.default_timeout = default_timeout
         self.pool = WorkerPool(f"ppc-node{node_id}")
         self.counters = PPCCounters()
-        self._conns: dict[int, Connection] = {}
-        self._conns_changed = threading.Condition()
+        self._calls: dict[int, CallChannel] = {}
+        self._serves: dict[int, ServeChannel] = {}
+        self._changed = threading.Condition()
         self._lost: dict[int, str] = {}
         self._rids = itertools.count(1)
         self._dispatcher = None
+        self.stopping = False
+        self.closed_down = False   # stops the monitor thread
+        self._monitor: threading.Thread | None = None
 
     # -- public API --
 
@@ -287,95 +239,56 @@ class PPCCore:
     def call(self, node: int, oid: int, method: str, args, payload=None, timeout=None):
         """Remote PPC: run ``method`` of ``oid`` on ``node`` and return its result.
 
-        ``args`` and the result are msgpack-able; ``payload`` is raw bytes sent
-        after the header; a ``Payload`` result arrives as a ``Payload``.  Raises
-        PPCTimeout, NodeLost, or the remote exception.  ``timeout`` defaults to
-        the runtime's (None: wait as long as the peer lives).
+        ``args`` and the result are msgpack-able (sequences arrive as lists);
+        ``payload`` is raw bytes sent after the header; a ``Payload`` result
+        arrives as a ``Payload`` whose data is a bytearray.  Raises PPCTimeout,
+        NodeLost, or the remote exception.  ``timeout`` defaults to the
+        runtime's (None: wait as long as the peer lives).
         """
-        pending = self.call_async(node, oid, method, args, payload)
-        return pending.result(self.default_timeout if timeout is None else timeout)
+        call = self._channel(node).start(next(self._rids), oid, method, args, payload)
+        return call.result(self.default_timeout if timeout is None else timeout)
 
     def call_async(self, node: int, oid: int, method: str, args, payload=None) -> PendingCall:
         """Send a remote PPC and return at once; ``.result(timeout)`` waits for it."""
-        conn = self._connection(node)
-        body = _pack([method, args])
-        rid = next(self._rids)
-        pending = PendingCall(conn, rid, node, oid, method, self.counters)
-        conn.pending[rid] = pending
-        if conn.closed:        # see the module docstring: register, then check
-            conn.pending.pop(rid, None)
-            raise NodeLost(f"node {node} is lost: {self._lost.get(node, 'connection closed')}")
-        pending.t0 = time.perf_counter()
-        try:
-            pending.sent = conn.send(REQUEST, rid, oid, body, payload)
-        except OSError as e:
-            conn.pending.pop(rid, None)
-            raise NodeLost(f"node {node} is lost: send failed: {e}") from None
-        except BaseException:
-            conn.pending.pop(rid, None)
-            raise
-        return pending
+        return self._channel(node).start(next(self._rids), oid, method, args, payload)
 
-    def _connection(self, node: int) -> Connection:
-        conn = self._conns.get(node)
-        if conn is not None:
-            return conn
+    def _channel(self, node: int) -> CallChannel:
+        channel = self._calls.get(node)
+        if channel is not None:
+            return channel
         if node == self.node_id:
             raise ValueError(f"call to node {node} is local: call the object directly "
-                             f"(remote PPC needs another node, 0..{self.nnodes - 1})")
-        if not isinstance(node, int) or not 0 <= node < (self.nnodes or 0):
+                             f"(remote PPC needs another node of 0..{self.nnodes - 1})")
+        if not isinstance(node, int) or self.nnodes is None or not 0 <= node < self.nnodes:
             raise ValueError(f"no node {node!r}: nodes are 0..{(self.nnodes or 1) - 1}")
         raise NodeLost(f"node {node} is lost: {self._lost.get(node, 'not connected')}")
 
-    # -- connections --
+    def connected_peers(self) -> list[int]:
+        """The node ids this node can call."""
+        return sorted(self._calls)
 
-    def add_connection(self, conn: Connection, reader: FrameReader, peer: int) -> None:
-        """Start serving authenticated ``conn`` to node ``peer`` (reader thread)."""
-        conn.peer = peer
-        conn.pending = {}
-        with self._conns_changed:
-            self._conns[peer] = conn
-            self._conns_changed.notify_all()
-        threading.Thread(target=self._read_loop, args=(conn, reader),
-                         name=f"ppc-node{self.node_id}-reader-{peer}", daemon=True).start()
+    # -- channels --
 
-    def _read_loop(self, conn: Connection, reader: FrameReader) -> None:
-        reason = "connection closed"
-        try:
-            self._read_frames(conn, reader)
-        except (ConnectionError, OSError) as e:
-            reason = str(e) or type(e).__name__
-        except Exception as e:   # undecodable frame from an authenticated peer
-            reason = f"protocol error: {type(e).__name__}: {e}"
-            log.warning("node %s: dropping connection to node %s: %s", self.node_id, conn.peer, reason)
-        finally:
-            self._connection_lost(conn, reason)
+    def add_call_channel(self, conn: Connection, reader: FrameReader, peer: int) -> None:
+        """Use ``conn`` (dialed by us, authenticated) for our calls to ``peer``."""
+        with self._changed:
+            self._calls[peer] = CallChannel(self, conn, reader, peer)
+            self._changed.notify_all()
 
-    def _read_frames(self, conn: Connection, reader: FrameReader) -> None:
-        pending = conn.pending
-        submit = self.pool.submit
-        while True:
-            kind, flags, rid, oid, body, payload = reader.next()
-            if kind == REQUEST:
-                method, args = _unpackb(body)
-                submit(self._serve, (conn, rid, oid, str(method), args, payload))
-                continue
-            # decode fully before popping: a popped call must always be completed
-            value = _unpackb(body)
-            if kind == REPLY:
-                result, error = (Payload(payload, value) if flags & F_PAYLOAD else value), None
-            elif kind == ERROR and isinstance(value, dict):
-                result, error = None, decode_error(value, conn.peer)
-            else:
-                raise ValueError(f"unexpected frame kind {kind} on an open connection")
-            call = pending.pop(rid, None)
-            if call is None:
-                log.debug("node %s: late reply %d from node %s dropped", self.node_id, rid, conn.peer)
-                continue
-            call._complete(result, error, len(body) + (len(payload) if payload is not None else 0))
+    def add_serve_channel(self, conn: Connection, reader: FrameReader, peer: int) -> None:
+        """Serve ``peer``'s calls arriving on ``conn`` (dialed by it, authenticated)."""
+        channel = ServeChannel(self, conn, reader, peer)
+        with self._changed:
+            self._serves[peer] = channel
+            self._changed.notify_all()
+            if self._monitor is None:
+                self._monitor = threading.Thread(target=monitor, args=(self,), daemon=True,
+                                                 name=f"ppc-node{self.node_id}-monitor")
+                self._monitor.start()
+        channel.start()
 
-    def _serve(self, conn: Connection, rid: int, oid: int, method: str, args, payload) -> None:
-        """Run one request on this pool worker and send its reply."""
+    def serve(self, conn: Connection, rid: int, oid: int, method: str, args, payload) -> None:
+        """Run one request in this thread and send its reply (or its exception)."""
         try:
             if oid == 0:
                 result = self._serve_service(conn, method, args, payload)
@@ -399,26 +312,31 @@ class PPCCore:
     def _serve_service(self, conn, method, args, payload):
         raise NotImplementedError
 
-    def _connection_lost(self, conn: Connection, reason: str) -> None:
-        """Close ``conn`` and fail all its pending calls with NodeLost at once."""
-        conn.close()
-        peer = conn.peer
-        with self._conns_changed:
-            if self._conns.get(peer) is conn:
-                del self._conns[peer]
+    before_blocking = staticmethod(before_blocking)
+
+    def _peer_lost(self, peer: int, reason: str) -> bool:
+        """Forget ``peer``: close both its channels, fail its calls.  True the first time."""
+        with self._changed:
+            call, serve = self._calls.pop(peer, None), self._serves.pop(peer, None)
+            first = peer not in self._lost and (call is not None or serve is not None)
+            if first:
                 self._lost[peer] = reason
-            self._conns_changed.notify_all()
-        while True:
-            try:
-                _rid, call = conn.pending.popitem()
-            except KeyError:
-                break
-            call._complete(None, NodeLost(f"node {peer} is lost: {reason}"), 0)
-        self._peer_lost(peer, reason)
+            self._changed.notify_all()
+        if call is not None:
+            call.fail(reason)
+        if serve is not None:
+            serve.fail(reason)
+        return first
 
-    def _peer_lost(self, peer: int, reason: str) -> None:
-        """Hook: node ``peer`` is gone."""
+    def close_channels(self) -> None:
+        """Close every channel (their pending calls fail with NodeLost)."""
+        self.closed_down = True
+        for peer in set(self._calls) | set(self._serves):
+            self._peer_lost(peer, "this node is stopping")
 
-    def connected_peers(self) -> list[int]:
-        """The node ids this node has a live connection to."""
-        return sorted(self._conns)
+
+PPCCore.payload_type = Payload
+PPCCore.decode_error = staticmethod(decode_error)
+
+__all__ = ["Payload", "RemoteError", "PPCCore", "PendingCall", "WorkerPool", "encode_error",
+           "decode_error", "_pack", "_unpackb"]

@@ -230,25 +230,28 @@ class Connection:
         self.peer: int | None = None
         self.closed = False
         self._send_lock = threading.Lock()
-        self.bytes_sent = 0
 
     def send(self, kind: int, rid: int, oid: int, body: bytes, payload=None, flags: int = 0) -> int:
         """Write one frame; returns its size.  Raises ValueError if it exceeds
         ``max_frame`` and OSError if the socket is broken."""
-        plen = 0 if payload is None else len(memoryview(payload).cast("B"))
-        if len(body) + plen > self.max_frame:
-            raise ValueError(f"frame of {len(body) + plen} bytes exceeds max_frame={self.max_frame}")
-        header = HEADER.pack(kind, flags, 0, rid, oid, len(body), plen)
+        blen = len(body)
+        if payload is None:
+            if blen > self.max_frame:
+                raise ValueError(f"frame of {blen} bytes exceeds max_frame={self.max_frame}")
+            with self._send_lock:
+                self.sock.sendall(HEADER.pack(kind, flags, 0, rid, oid, blen, 0) + body)
+            return HEADER_SIZE + blen
+        payload = memoryview(payload).cast("B")
+        plen = len(payload)
+        if blen + plen > self.max_frame:
+            raise ValueError(f"frame of {blen + plen} bytes exceeds max_frame={self.max_frame}")
+        header = HEADER.pack(kind, flags, 0, rid, oid, blen, plen)
         with self._send_lock:
-            if plen == 0:
-                self.sock.sendall(header + body)
-            elif plen < _SMALL:
+            if plen < _SMALL:
                 self.sock.sendall(b"".join((header, body, payload)))
-            else:
-                _sendmsg_all(self.sock, [header + body, memoryview(payload).cast("B")])
-        size = HEADER_SIZE + len(body) + plen
-        self.bytes_sent += size
-        return size
+            else:   # no copy of a large payload: one sendmsg gathers the parts
+                _sendmsg_all(self.sock, [header + body, payload])
+        return HEADER_SIZE + blen + plen
 
     def close(self) -> None:
         """Shut the socket down (wakes the reader with EOF) and close it."""
@@ -286,11 +289,12 @@ class FrameReader:
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
-        self.bytes_received = 0
 
     def _fill(self, need: int) -> None:
         """Make at least ``need`` bytes available from ``start``."""
-        if self.start + need > len(self.buf):
+        if self.start == self.end:
+            self.start = self.end = 0
+        elif self.start + need > len(self.buf):
             # compact: move the unread tail to the front
             n = self.end - self.start
             self.buf[:n] = self.buf[self.start:self.end]
@@ -300,12 +304,22 @@ class FrameReader:
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             self.end += k
-            self.bytes_received += k
+
+    def has_frame(self) -> bool:
+        """Whether a whole frame is already buffered (``next`` will not block)."""
+        n = self.end - self.start
+        if n < HEADER_SIZE:
+            return False
+        _k, _f, _p, _r, _o, blen, plen = HEADER.unpack_from(self.buf, self.start)
+        return n >= HEADER_SIZE + blen + plen
 
     def next(self):
         """The next frame (see class docstring)."""
-        self._fill(HEADER_SIZE)
-        kind, flags, _pad, rid, oid, blen, plen = HEADER.unpack_from(self.buf, self.start)
+        start = self.start
+        if self.end - start < HEADER_SIZE:
+            self._fill(HEADER_SIZE)
+            start = self.start
+        kind, flags, _pad, rid, oid, blen, plen = HEADER.unpack_from(self.buf, start)
         if kind not in KINDS:
             raise FrameError(f"unknown frame kind {kind}")
         if blen + plen > self.max_frame:
@@ -314,7 +328,8 @@ class FrameReader:
             self.start += HEADER_SIZE
             body = memoryview(self._payload(blen))
         else:
-            self._fill(HEADER_SIZE + blen)
+            if self.end - start < HEADER_SIZE + blen:
+                self._fill(HEADER_SIZE + blen)
             b0 = self.start + HEADER_SIZE
             body = self.view[b0:b0 + blen]
             self.start = b0 + blen
@@ -334,5 +349,4 @@ class FrameReader:
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             got += k
-            self.bytes_received += k
         return out

@@ -1,0 +1,329 @@
+"""The two halves of a node pair's PPC traffic: a call channel and a serve channel.
+
+Design
+------
+Every ordered pair of nodes (A, B) has its own connection, dialed by A: A
+sends requests on it and B replies on it.  Splitting the directions is what
+lets both ends run a call without a thread hop, which is most of a remote
+PPC's cost in CPython (each hop is a futex wake plus a GIL hand-over).
+
+Call channel (A's end): leader/follower among the callers.  A caller
+registers its ``PendingCall``, sends, then tries the channel's read token
+without blocking.  If it gets it, it is the leader: it reads replies itself
+until its own has come, completing any other caller's call it meets on the
+way, so a lone caller reads its own reply with no other thread involved.
+Callers that find the token taken wait on their own lock.  A leader leaving
+while calls are still pending hands reading to a pool task (``_drain``),
+which keeps reading while calls are pending and re-checks after releasing
+the token, so no pending call is ever left without a reader.
+
+Serve channel (B's end): the worker holding the channel's reading role
+reads a request and runs it itself, inline, then reads the next one: no
+thread hop.  But a handler that blocks must not stop the channel (a handler
+on B waiting on C, whose handler calls B again, would deadlock), so the
+reading role is handed to another pool worker ("promotion") as soon as the
+handler may block:
+
+* at once when the handler makes a remote PPC (``CallChannel.wait``) or
+  calls ``before_blocking()`` (the hook for any other wait);
+* otherwise by the node's monitor thread, which promotes any channel whose
+  inline request has been running for more than one ``MONITOR_TICK``
+  (a lock wait, a long computation): a bounded delay, never a deadlock.
+
+The executing worker and a promoter agree through ``executing`` under the
+channel's lock: whoever clears it first decides; a worker that finds it
+cleared after its request lost the role and returns to the pool.
+
+Both ends fail the same way: a read error closes the connection and fails
+every pending call at once with ``NodeLost`` (callers register, then check
+``closed``; failing sets ``closed``, then drains ``pending``: under the GIL
+no call can slip between).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+
+import msgpack
+
+from ._errors import NodeLost, PPCTimeout
+from ._transport import ERROR, REPLY, REQUEST, Connection, FrameReader
+
+log = logging.getLogger("tornado_dsm.ppc")
+
+F_PAYLOAD = 1          # REPLY flag: the result is a Payload (value in body, bytes after)
+
+MONITOR_TICK = 0.002   # seconds between the monitor's checks of inline requests
+
+_unpackb = msgpack.unpackb
+_tls = threading.local()   # .pack: this thread's Packer; .serving: the channel it reads inline
+
+
+def _pack(obj) -> bytes:
+    """msgpack ``obj`` with this thread's Packer (``msgpack.packb`` builds one per call)."""
+    pack = getattr(_tls, "pack", None)
+    if pack is None:
+        pack = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+    return pack(obj)
+
+
+def before_blocking() -> None:
+    """Hand this thread's reading role on if it is running a request inline.
+
+    Remote calls do it themselves; call it before any other wait in a
+    handler that may take long (it makes the monitor's delay unnecessary).
+    """
+    channel = getattr(_tls, "serving", None)
+    if channel is not None:
+        _tls.serving = None
+        channel.promote()
+
+
+class PendingCall:
+    """A remote call in flight; ``result(timeout)`` waits for its outcome once."""
+
+    __slots__ = ("channel", "rid", "oid", "method", "sent", "t0", "done", "wake",
+                 "value", "error", "finished")
+
+    def __init__(self, channel, rid: int, oid: int, method: str) -> None:
+        self.channel, self.rid, self.oid, self.method = channel, rid, oid, method
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.done = self.finished = False
+        self.value = self.error = None
+        self.sent = 0
+        self.t0 = 0.0
+
+    @property
+    def node(self) -> int:
+        """The node the call went to."""
+        return self.channel.peer
+
+    def complete(self, value, error, nbytes: int) -> None:
+        """Deliver the outcome; called once, by whoever popped the call from ``pending``."""
+        self.value, self.error = value, error
+        self.sent += nbytes
+        self.done = True
+        self.wake.release()
+
+    def result(self, timeout: float | None = None):
+        """The call's result; raises its exception, PPCTimeout or NodeLost."""
+        if not self.finished:
+            self.channel.wait(self, timeout)
+            self.finished = True
+            self.channel.core.counters.record(self.oid, self.method, True, self.sent,
+                                              time.perf_counter() - self.t0)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class CallChannel:
+    """This node's end of the connection it dialed to ``peer`` (see module docstring)."""
+
+    def __init__(self, core, conn: Connection, reader: FrameReader, peer: int) -> None:
+        self.core, self.conn, self.reader, self.peer = core, conn, reader, peer
+        conn.peer = peer
+        self.pending: dict[int, PendingCall] = {}
+        self.token = threading.Lock()
+        self.closed = False
+        self.reason = ""
+        self._poll = select.poll()
+        self._poll.register(conn.sock.fileno(), select.POLLIN)
+
+    def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
+        """Register and send one request; the caller then waits with ``result``."""
+        body = _pack([method, args])
+        call = PendingCall(self, rid, oid, method)
+        self.pending[rid] = call
+        if self.closed:
+            self.pending.pop(rid, None)
+            raise NodeLost(f"node {self.peer} is lost: {self.reason}")
+        call.t0 = time.perf_counter()
+        try:
+            call.sent = self.conn.send(REQUEST, rid, oid, body, payload)
+        except OSError as e:
+            self.pending.pop(rid, None)
+            self.fail(f"send failed: {e}")
+            raise NodeLost(f"node {self.peer} is lost: send failed: {e}") from None
+        except BaseException:
+            self.pending.pop(rid, None)
+            raise
+        return call
+
+    def wait(self, call: PendingCall, timeout: float | None) -> None:
+        """Wait for ``call`` as leader (reading) or follower; PPCTimeout sets its error."""
+        if call.done:
+            return
+        if getattr(_tls, "serving", None) is not None:
+            before_blocking()   # a handler calling out must not hold its channel
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.token.acquire(False):
+            try:
+                self._read_until(call, deadline)
+            finally:
+                self.token.release()
+                self._handoff()
+            if call.done:
+                return
+        elif call.wake.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            return
+        self._give_up(call, timeout)
+
+    def _give_up(self, call: PendingCall, timeout) -> None:
+        if self.pending.pop(call.rid, None) is not None:
+            call.error = PPCTimeout(f"PPC {call.method!r} on oid {call.oid:#x} at node {self.peer} "
+                                    f"did not answer within {timeout} s")
+        elif not call.done:   # whoever popped it is delivering the outcome right now
+            call.wake.acquire()
+
+    def _read_until(self, call: PendingCall, deadline: float | None) -> None:
+        reader = self.reader
+        while not call.done:
+            if deadline is not None and not reader.has_frame():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._poll.poll(left * 1000.0):
+                    return
+            if not self._read_one():
+                return
+
+    def _read_one(self) -> bool:
+        """Read and deliver one reply; False once the channel has failed."""
+        try:
+            kind, flags, rid, oid, body, payload = self.reader.next()
+            value = _unpackb(body)   # decode fully before popping the call
+            if kind == REPLY:
+                result = self.core.payload_type(payload, value) if flags & F_PAYLOAD else value
+                error = None
+            elif kind == ERROR and isinstance(value, dict):
+                result, error = None, self.core.decode_error(value, self.peer)
+            else:
+                raise ValueError(f"frame kind {kind} on a call channel")
+        except (ConnectionError, OSError) as e:
+            self.fail(str(e) or type(e).__name__)
+            return False
+        except Exception as e:
+            log.warning("node %s: bad reply from node %s: %s: %s", self.core.node_id,
+                        self.peer, type(e).__name__, e)
+            self.fail(f"protocol error: {type(e).__name__}: {e}")
+            return False
+        call = self.pending.pop(rid, None)
+        if call is None:
+            log.debug("node %s: late reply %d from node %s dropped", self.core.node_id, rid, self.peer)
+        else:
+            call.complete(result, error, len(body) + (len(payload) if payload is not None else 0))
+        return True
+
+    def _handoff(self) -> None:
+        if self.pending and not self.closed:
+            self.core.pool.submit(self._drain, ())
+
+    def _drain(self) -> None:
+        """Read replies while calls are pending and nobody else leads."""
+        while self.pending and not self.closed:
+            if not self.token.acquire(False):
+                return   # a leader reads; it hands off again when it leaves
+            try:
+                while self.pending and self._read_one():
+                    pass
+            finally:
+                self.token.release()
+
+    def fail(self, reason: str) -> None:
+        """Close the channel and fail every pending call with NodeLost (idempotent)."""
+        if not self.closed:
+            self.reason = reason
+            self.closed = True
+            self.conn.close()
+        while True:
+            try:
+                _rid, call = self.pending.popitem()
+            except KeyError:
+                break
+            call.complete(None, NodeLost(f"node {self.peer} is lost: {self.reason}"), 0)
+        self.core._peer_lost(self.peer, self.reason)
+
+
+class ServeChannel:
+    """This node's end of the connection ``peer`` dialed: requests in, replies out."""
+
+    def __init__(self, core, conn: Connection, reader: FrameReader, peer: int) -> None:
+        self.core, self.conn, self.reader, self.peer = core, conn, reader, peer
+        conn.peer = peer
+        self.closed = False
+        self.lock = threading.Lock()
+        self.seq = 0          # requests read so far
+        self.executing = 0    # seq of the request the reader runs inline, 0 if none
+        self.promotions = 0
+
+    def start(self) -> None:
+        """Start reading requests (on a pool worker)."""
+        self.core.pool.submit(self._run, ())
+
+    def _run(self) -> None:
+        """Hold the reading role: read a request, run it inline, repeat while we keep the role."""
+        serve, lock = self.core.serve, self.lock
+        while True:
+            request = self._read_request()
+            if request is None:
+                return
+            with lock:
+                self.seq += 1
+                self.executing = self.seq
+            _tls.serving = self
+            try:
+                serve(self.conn, *request)
+            finally:
+                _tls.serving = None
+            with lock:
+                keep, self.executing = self.executing != 0, 0
+            if not keep:
+                return   # promoted away while running: another worker reads now
+
+    def promote(self, seq: int | None = None) -> None:
+        """Give the reading role to a new worker if the reader is running
+        request ``seq`` (any request if None) inline."""
+        with self.lock:
+            if not self.executing or (seq is not None and self.executing != seq):
+                return
+            self.executing = 0
+            self.promotions += 1
+        self.core.pool.submit(self._run, ())
+
+    def _read_request(self):
+        """(rid, oid, method, args, payload) of the next request; None once failed."""
+        try:
+            kind, _flags, rid, oid, body, payload = self.reader.next()
+            if kind != REQUEST:
+                raise ValueError(f"frame kind {kind} on a serve channel")
+            method, args = _unpackb(body)
+            return rid, oid, str(method), args, payload
+        except (ConnectionError, OSError) as e:
+            self.fail(str(e) or type(e).__name__)
+        except Exception as e:
+            log.warning("node %s: dropping connection from node %s: bad request: %s: %s",
+                        self.core.node_id, self.peer, type(e).__name__, e)
+            self.fail(f"protocol error: {type(e).__name__}: {e}")
+        return None
+
+    def fail(self, reason: str) -> None:
+        """Close the connection; the peer counts as lost."""
+        if not self.closed:
+            self.closed = True
+            self.conn.close()
+        self.core._peer_lost(self.peer, reason)
+
+
+def monitor(core) -> None:
+    """Body of a node's monitor thread: promote channels stuck on one inline request."""
+    seen: dict = {}
+    while not core.closed_down:
+        time.sleep(MONITOR_TICK)   # a periodic check, not synchronization
+        for channel in list(core._serves.values()):
+            busy = channel.executing
+            if busy and seen.get(channel) == busy:
+                channel.promote(busy)
+            seen[channel] = busy
