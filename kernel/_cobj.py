@@ -44,7 +44,6 @@ Not supported: switching an object's policy while calls run (hot swap).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import threading
 from time import perf_counter
@@ -57,11 +56,12 @@ from ._cobj_policy import (
 )
 from ._cobj_table import DestroyedEntry, PartitionedEntry, RepEntry, StubEntry, DrainTimeout
 from ._cobj_inspect import ReplicationView, merge_views, root_row, entry_row
+from ._cobj_ref import DRAIN_TIMEOUT, NullObject, ObjectRef, local_ppc_seconds  # noqa: F401 (re-exported)
 
 HOME_BITS = 8
 MAX_NODES = 1 << HOME_BITS
 COS_OID = 1
-DRAIN_TIMEOUT = 60.0
+
 
 _cos = None
 
@@ -251,8 +251,8 @@ class ClusteredObjectSystem:
         root = record.root
         with root.lock:  # registering the rep and taking its state are one step for broadcasts
             if kind == "rep":
-                root._reps.add(node)
                 info["args"] = list(root.rep_args(node))
+                root._reps.add(node)
             else:
                 record.stubs.add(node)
         return info
@@ -398,47 +398,11 @@ class ClusteredObjectSystem:
     def inspect(self) -> ReplicationView:
         """The cluster-wide replication view (every node's table gathered by PPC and merged;
         nodes that are lost are listed in ``view.lost``)."""
+        if lockdebug.enabled:
+            lockdebug.check_call("inspect")
         tables = self._all_nodes("table", [])
         lost = tuple(n for n, t in enumerate(tables) if t is LOST)
         return merge_views(self.nnodes, [t for t in tables if t is not LOST], lost)
-
-
-class ObjectRef:
-    """A reference to a clustered object bound to this node's COS.
-
-    ``ref.oid`` is the integer reference (the same on every node);
-    ``ref.call("m", *a)`` or ``ref.m(*a)`` calls it; ``ref.destroy()``.
-    """
-
-    __slots__ = ("cos", "oid")
-
-    def __init__(self, cos: ClusteredObjectSystem, oid: int) -> None:
-        self.cos, self.oid = cos, oid
-
-    def call(self, method: str, *args):
-        """``cos.call(oid, method, *args)``."""
-        return self.cos.call(self.oid, method, *args)
-
-    def destroy(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """``cos.destroy(oid)``."""
-        self.cos.destroy(self.oid, timeout)
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-        return functools.partial(self.cos.call, self.oid, method)
-
-    def __int__(self) -> int:
-        return self.oid
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, ObjectRef) and other.oid == self.oid
-
-    def __hash__(self) -> int:
-        return hash(self.oid)
-
-    def __repr__(self) -> str:
-        return f"ObjectRef({self.oid:#x}, node {self.cos.node})"
 
 
 def _check_class(cls, policy) -> None:
@@ -479,30 +443,6 @@ def _free_rep(rep) -> None:
 def peek_serial(counter) -> int:
     """The next value of an itertools.count (without advancing it)."""
     return int(repr(counter)[6:-1])
-
-
-class NullObject(ClusteredRoot):
-    """A clustered object whose one method does nothing: the local-PPC floor."""
-
-    class Rep(ClusteredRep):
-        """The rep: ``nop()`` returns None."""
-
-        def nop(self) -> None:
-            """Do nothing."""
-
-
-def local_ppc_seconds(n: int = 100_000) -> float:
-    """Seconds per local PPC: ``n`` calls of ``nop`` on a singleton NullObject on this node."""
-    cos = current_cos()
-    ref = cos.create(NullObject, name="bench-null")
-    call, oid = cos.call, ref.oid
-    call(oid, "nop")  # the miss
-    t0 = perf_counter()
-    for _ in range(n):
-        call(oid, "nop")
-    elapsed = perf_counter() - t0
-    ref.destroy()
-    return elapsed / n
 
 
 def attach(runtime) -> ClusteredObjectSystem:

@@ -414,3 +414,16 @@ class TestConcurrentCounting:
         oid = nodes.run_on(0, create, cls, policy, 2)
         assert nodes.run_on_all(race, oid, "inc", 4, 50) == [[]] * NNODES
         assert nodes.run_on(1, call, oid, "value") == NNODES * 4 * 50
+
+
+def bench_local(n):
+    """local_ppc_seconds on this node."""
+    from tornado_dsm.kernel import local_ppc_seconds
+    return local_ppc_seconds(n)
+
+
+class TestLocalPpcSeconds:
+    def test_times_and_cleans_up(self, nodes):
+        """The local-PPC timer returns a positive time per call on any node and leaves no object behind."""
+        assert nodes.run_on(1, bench_local, 1000) > 0
+        assert not any(v.name == "bench-null" for v in current_cos().inspect().objects)
