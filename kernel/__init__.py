@@ -31,14 +31,14 @@ __all__ = [
 from ._cobj import (
     COS_OID, ClusteredObjectSystem, NullObject, ObjectRef, current_cos, home_of, local_ppc_seconds,
 )
-from ._cobj_inspect import ObjectView, ReplicationView
+from ._cobj_inspect import EntryView, ObjectView, ReplicationView
 from ._cobj_lock import ObjectLock
 from ._cobj_policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
 from ._cobj_table import DrainTimeout
 
 __all__ += [
     "COS_OID", "ClusteredObjectSystem", "NullObject", "ObjectRef", "current_cos", "home_of",
-    "local_ppc_seconds", "ObjectView", "ReplicationView", "ObjectLock", "ClusteredRep",
+    "local_ppc_seconds", "EntryView", "ObjectView", "ReplicationView", "ObjectLock", "ClusteredRep",
     "ClusteredRoot", "Policy", "parse_policy", "DrainTimeout",
 ]
 

@@ -55,7 +55,7 @@ from ._cobj_policy import (
     ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
 )
 from ._cobj_table import DestroyedEntry, PartitionedEntry, RepEntry, StubEntry, DrainTimeout
-from ._cobj_inspect import ReplicationView, merge_views, root_row, entry_row
+from ._cobj_inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
 from ._cobj_ref import DRAIN_TIMEOUT, NullObject, ObjectRef, local_ppc_seconds  # noqa: F401 (re-exported)
 
 HOME_BITS = 8
@@ -394,6 +394,12 @@ class ClusteredObjectSystem:
             "entries": rows,
             "roots": [root_row(r.root, r.info, r.stubs) for r in roots],
         }
+
+    def table(self) -> tuple[EntryView, ...]:
+        """This node's translation table (live entries, by oid): rep or stub, calls, misses."""
+        with self._lock:
+            entries = [e for e in self._table.values() if not isinstance(e, DestroyedEntry)]
+        return tuple(sorted((entry_view(e) for e in entries), key=lambda v: v.oid))
 
     def inspect(self) -> ReplicationView:
         """The cluster-wide replication view (every node's table gathered by PPC and merged;

@@ -35,6 +35,29 @@ class ObjectView:
 
 
 @attrs.frozen
+class EntryView:
+    """One entry of one node's translation table (``cos.table()``)."""
+
+    oid: int
+    name: str
+    cls: str
+    policy: str
+    home: int
+    kind: str  # "rep", "stub" or "destroyed"
+    calls_local: int
+    served: int
+    calls_remote: int
+    misses: int
+
+
+def entry_view(entry) -> EntryView:
+    """The EntryView of a live table entry."""
+    local, served, remote = entry.counts()
+    return EntryView(entry.oid, entry.name, entry.cls, entry.policy, entry.home, entry.kind,
+                     local, served, remote, entry.misses)
+
+
+@attrs.frozen
 class ReplicationView:
     """Cluster-wide replication levels: one ObjectView per live object, by oid."""
 

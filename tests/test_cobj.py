@@ -427,3 +427,22 @@ class TestLocalPpcSeconds:
         """The local-PPC timer returns a positive time per call on any node and leaves no object behind."""
         assert nodes.run_on(1, bench_local, 1000) > 0
         assert not any(v.name == "bench-null" for v in current_cos().inspect().objects)
+
+
+def local_table(oid):
+    """This node's table entry for ``oid`` as (kind, local, served, remote, misses), or None."""
+    for e in current_cos().table():
+        if e.oid == oid:
+            return (e.kind, e.calls_local, e.served, e.calls_remote, e.misses)
+    return None
+
+
+class TestNodeTable:
+    def test_each_node_lists_its_entries(self, nodes):
+        """Each node's own table shows its rep or stub and the calls through it (served on the rep's node)."""
+        oid = nodes.run_on(0, create, Where, "singleton", 1)
+        assert nodes.run_on(0, local_table, oid) is None
+        for n in (0, 0, 2, 1):
+            nodes.run_on(n, where_am_i_call, oid)
+        assert [nodes.run_on(n, local_table, oid) for n in range(NNODES)] == [
+            ("stub", 0, 0, 2, 1), ("rep", 1, 3, 0, 1), ("stub", 0, 0, 1, 1)]
