@@ -91,6 +91,11 @@ class FCMPages:
         self.owned = np.zeros(npages, dtype=np.uint8)
         self.cond = threading.Condition()
         self.stale_grants = 0
+        # The fault path reads single pages: memoryviews of the same arrays index
+        # about 3x faster than numpy scalars (the arrays stay the storage).
+        self._access, self._requesting = memoryview(self.access), memoryview(self.requesting)
+        self._hat_prot = memoryview(memory.hat.prot)
+        self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
         self.release_owned = None  # manager hook: (page, version, data, dirty) -> RELEASED | KEPT | None
         if frames is not None:
@@ -107,10 +112,12 @@ class FCMPages:
         remote = False
         while True:
             with self.cond:
-                while self.requesting[page]:
+                while self._requesting[page]:
                     self.cond.wait()
-                if self.access[page] >= want:
-                    self._locked_map(page)
+                access = self._access[page]
+                if access >= want:
+                    if self._hat_prot[self.vpage + page] != access:
+                        self._map_page(self.vpage + page, access)
                     return remote
                 self.requesting[page] = 1
                 have = int(self.version[page]) if self.access[page] >= READ else -1

@@ -127,7 +127,7 @@ class FCMRep(ClusteredRep):
             self.pages.request = self.dyn.request
         else:
             self.pages.release_owned = self._release_owned
-        self.faults = np.zeros(2, dtype=np.int64)  # in-core, coherence
+        self.incore_faults = self.coherence_faults = 0
 
     # -- the fault path (local calls on the faulting node) -------------------
 
@@ -137,7 +137,10 @@ class FCMRep(ClusteredRep):
         Under ``migrate`` every fault takes the page read-write (single
         reader / single writer: the page moves to where it is accessed)."""
         remote = self.pages.get_page(page, WRITE if self.protocol == "migrate" else want)
-        self.faults[1 if remote else 0] += 1
+        if remote:
+            self.coherence_faults += 1
+        else:
+            self.incore_faults += 1
         return remote
 
     def _request(self, page: int, want: int, have: int) -> Grant:
@@ -197,7 +200,7 @@ class FCMRep(ClusteredRep):
 
     def statistics(self) -> dict:
         """Fault and protocol counters of this rep."""
-        d = {"incore_faults": int(self.faults[0]), "coherence_faults": int(self.faults[1]),
+        d = {"incore_faults": self.incore_faults, "coherence_faults": self.coherence_faults,
              "stale_grants": self.pages.stale_grants, "resident": self.pages.resident()}
         if self.dyn is not None:
             d.update(forwards=self.dyn.forwards, invalidations=self.dyn.invalidations)

@@ -25,6 +25,7 @@ from ._frames import FrameAccount
 from ._vmobjects import CORRoot, DSMRoot, ProcessRoot, RegionRoot
 
 _process_oid: int | None = None
+_cos_call = None
 
 
 @attrs.frozen
@@ -41,6 +42,8 @@ class VMConfig:
 
 def start_node(config: VMConfig) -> None:
     """On every node: map the window, account frames, take the trap's hook."""
+    global _cos_call
+    _cos_call = current_cos().call  # bound once: the fault path makes three calls through it
     memory = NodeMemory(base=config.base, size=config.size, node=current_cos().node, handler=handle_fault)
     frames = FrameAccount(memory, config.memory_per_node)
     _nodestate.install(_nodestate.NodeState(memory, frames, config.debug))
@@ -62,15 +65,15 @@ def set_process(oid: int) -> None:
 
 def handle_fault(address: int, access: int) -> None:
     """The trap's fault handler on every node (see module docstring)."""
-    cos = current_cos()
+    call = _cos_call
     try:
-        region = cos.call(_process_oid, "find_region", address)
+        region = call(_process_oid, "find_region", address)
         if region is None:
             raise FaultRefused("no region at this address (never allocated, or freed)")
-        where = cos.call(region, "translate", address, access)
-        if isinstance(where, str):
+        where = call(region, "translate", address, access)
+        if where.__class__ is str:
             raise FaultRefused(where)
-        cos.call(where[0], "get_page", where[1], access)
+        call(where[0], "get_page", where[1], access)
     except ObjectDestroyed as exc:
         raise FaultRefused(f"use after free: {exc}") from None
     except (NodeLost, PPCTimeout) as exc:

@@ -18,7 +18,6 @@ on that host).  DSM: per_node; each rep reports its node's frames.
 
 from __future__ import annotations
 
-import numpy as np
 
 from tornado_dsm.kernel import PAGE, ClusteredRep, ClusteredRoot
 
@@ -117,8 +116,7 @@ class RegionRep(ClusteredRep):
     def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
         self.start, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
         self.end = start + npages * PAGE
-        self.faults = np.zeros(2, dtype=np.int64)  # read, write
-        self.refused = 0
+        self.read_faults = self.write_faults = self.refused = 0
 
     def translate(self, address: int, access: int):
         """[fcm oid, page] for a legal access, else the reason it is refused."""
@@ -128,11 +126,14 @@ class RegionRep(ClusteredRep):
         if access == _ACCESS_WRITE and self.prot == READ_ONLY:
             self.refused += 1
             return "write to a read-only region"
-        self.faults[access - 1] += 1
-        return [self.fcm_oid, (address - self.start) // PAGE]
+        if access == _ACCESS_WRITE:
+            self.write_faults += 1
+        else:
+            self.read_faults += 1
+        return [self.fcm_oid, (address - self.start) >> 12]
 
     def statistics(self) -> dict:
-        return {"read_faults": int(self.faults[0]), "write_faults": int(self.faults[1]),
+        return {"read_faults": self.read_faults, "write_faults": self.write_faults,
                 "refused": self.refused}
 
 
