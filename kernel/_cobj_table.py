@@ -39,7 +39,7 @@ from time import perf_counter
 
 from ._errors import ObjectDestroyed
 from . import _cobj_lock as lockdebug
-from ._cobj_policy import ClusteredRep, public_methods
+from ._cobj_policy import ClusteredRep, load_class, public_methods
 
 
 def peek(counter: itertools.count) -> int:
@@ -49,6 +49,15 @@ def peek(counter: itertools.count) -> int:
 
 class DrainTimeout(TimeoutError):
     """Calls through a destroyed object's entry did not finish in time."""
+
+
+def _no_method(entry, method) -> AttributeError:
+    """The error of a call naming a method a stub must not forward."""
+    methods = ", ".join(public_methods(load_class(entry.path).Rep))
+    return AttributeError(
+        f"clustered object {entry.name} ({entry.oid:#x}, {entry.cls}) has no method {method!r}; "
+        f"its methods: {methods}"
+    )
 
 
 def _destroyed(oid: int, name: str, node: int) -> ObjectDestroyed:
@@ -63,7 +72,7 @@ class Entry:
 
     def __init__(self, cos, oid: int, info: dict) -> None:
         self.cos, self.oid = cos, oid
-        self.name, self.cls, self.policy = info["name"], info["cls"], info["policy"]
+        self.name, self.cls, self.policy, self.path = info["name"], info["cls"], info["policy"], info["path"]
         self.home, self.node = info["home"], cos.node
         self.misses = 1
         self.rep = None
@@ -169,6 +178,8 @@ class StubEntry(Entry):
         """A call by a thread of this node: one remote PPC to the target node."""
         if lockdebug.enabled:
             lockdebug.check_call(f"{self.name} ({self.oid:#x}).{method}")
+        if not isinstance(method, str) or method.startswith("root."):
+            raise _no_method(self, method)  # "root.*" is the reps' forward to the root
         next(self._enter_remote)
         try:
             target = self.target
@@ -209,6 +220,8 @@ class PartitionedEntry(RepEntry):
             return self._local_invoke(method, args)
         if lockdebug.enabled:
             lockdebug.check_call(f"{self.name} ({self.oid:#x}).{method}")
+        if method.startswith("root."):
+            raise _no_method(self, method)
         next(self._enter_remote)
         try:
             if self.rep is None:
