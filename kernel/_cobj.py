@@ -337,6 +337,8 @@ class ClusteredObjectSystem:
         New misses fail, then every node's entry raises ObjectDestroyed, the
         calls in flight drain (DrainTimeout after ``timeout`` s on a node),
         then reps and root are cleaned up.  ObjectDestroyed if already destroyed.
+        Never call it from inside a call on the same object: the drain would
+        wait for that call (DrainTimeout).
         """
         if lockdebug.enabled:
             lockdebug.check_call(f"destroy of {oid:#x}")
