@@ -63,6 +63,7 @@ class DynamicManager:
         self.serving = np.zeros(n, dtype=np.uint8)
         self.forwards = 0
         self.invalidations = 0
+        self.debug_check = None  # (page, owner, copyset) -> None; raises on a broken invariant
 
     # -- requester side ----------------------------------------------------------
 
@@ -98,7 +99,10 @@ class DynamicManager:
         if target is not None:
             return self.call(target, "serve", page, requester, want, have_version, hops + 1)
         try:
-            return self._serve_owned(page, requester, want, have_version)
+            grant, owner = self._serve_owned(page, requester, want, have_version)
+            if self.debug_check is not None:  # the page is still held: no request can interleave
+                self.debug_check(page, owner, int(self.copyset[page]) if owner == self.node else 0)
+            return grant, owner
         finally:
             with cond:
                 self.serving[page] = 0

@@ -125,6 +125,8 @@ class FCMRep(ClusteredRep):
             spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
             self.dyn = DynamicManager(self.pages, self.node, nnodes, self.home, self._call_dyn, fill, spill)
             self.pages.request = self.dyn.request
+            if debug:
+                self.dyn.debug_check = self._check_page
         else:
             self.pages.release_owned = self._release_owned
         self.incore_faults = self.coherence_faults = 0
@@ -180,6 +182,12 @@ class FCMRep(ClusteredRep):
 
     def take_back(self, page: int, version: int, copyset: int) -> None:
         self.dyn.take_back(page, version, copyset)
+
+    def _check_page(self, page: int, owner: int, copyset: int) -> None:
+        """Debug mode (dynamic manager): IVY's invariants for ``page`` across all nodes."""
+        call = rep_caller(self.oid)
+        access = np.array([call(n, "access_of", page) for n in range(self._cos.nnodes)], dtype=np.uint8)
+        check_page(page, access, owner if access[owner] else -1, copyset, self.protocol)
 
     def access_of(self, page: int) -> int:
         return int(self.pages.access[page])
