@@ -13,6 +13,8 @@ The fault path, in the faulting thread of the faulting node (DESIGN.md):
 
 from __future__ import annotations
 
+from time import perf_counter_ns
+
 import attrs
 
 from tornado_dsm.kernel import (
@@ -63,8 +65,25 @@ def set_process(oid: int) -> None:
     _process_oid = oid
 
 
+# Fault latency on this node: _latency[b] counts faults that took [2**(b-1), 2**b) ns.
+_latency = [0] * 64
+
+
+def fault_latency_histogram() -> list:
+    """This node's fault-latency histogram (log2 ns buckets), a copy."""
+    return list(_latency)
+
+
 def handle_fault(address: int, access: int) -> None:
     """The trap's fault handler on every node (see module docstring)."""
+    t0 = perf_counter_ns()
+    try:
+        _resolve(address, access)
+    finally:
+        _latency[(perf_counter_ns() - t0).bit_length()] += 1
+
+
+def _resolve(address: int, access: int) -> None:
     call = _cos_call
     try:
         region = call(_process_oid, "find_region", address)
@@ -144,3 +163,14 @@ class VirtualMemory:
             if oid:
                 self.cos.destroy(oid)
         self.process.release((a.start - self.config.base) // PAGE)
+
+
+def drop_mappings(region_oids: list) -> int:
+    """On one node: unmap the HAT mappings of these regions' pages but keep the
+    cached copies (the next faults are in-core).  Returns the pages cached here."""
+    cos, cached = current_cos(), 0
+    for region in region_oids:
+        fcm = cos.call(region, "translate", cos.call(region, "start"), 1)[0]
+        cos.call(fcm, "drop_mappings")
+        cached += cos.call(fcm, "statistics")["resident"]
+    return cached

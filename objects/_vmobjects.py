@@ -114,15 +114,15 @@ class RegionRep(ClusteredRep):
     """Range checks, protection and fault counts of one region."""
 
     def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
-        self.start, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
+        self.start_address, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
         self.end = start + npages * PAGE
         self.read_faults = self.write_faults = self.refused = 0
 
     def translate(self, address: int, access: int):
         """[fcm oid, page] for a legal access, else the reason it is refused."""
-        if not self.start <= address < self.end:
+        if not self.start_address <= address < self.end:
             self.refused += 1
-            return f"address {address:#x} is outside region [{self.start:#x}, {self.end:#x})"
+            return f"address {address:#x} is outside region [{self.start_address:#x}, {self.end:#x})"
         if access == _ACCESS_WRITE and self.prot == READ_ONLY:
             self.refused += 1
             return "write to a read-only region"
@@ -130,7 +130,11 @@ class RegionRep(ClusteredRep):
             self.write_faults += 1
         else:
             self.read_faults += 1
-        return [self.fcm_oid, (address - self.start) >> 12]
+        return [self.fcm_oid, (address - self.start_address) >> 12]
+
+    def start(self) -> int:
+        """First address of the region."""
+        return self.start_address
 
     def statistics(self) -> dict:
         return {"read_faults": self.read_faults, "write_faults": self.write_faults,

@@ -71,3 +71,18 @@ class TestCapacity:
         with td.Cluster(nodes=2, memory_per_node=8 * 4096, base=fresh_base(), size=16 << 20) as c:
             with pytest.raises(MemoryError, match="memory_per_node"):
                 c.zeros((17 * 512,), np.int64)
+
+
+class TestInCore:
+    def test_drop_mappings_makes_incore_faults(self):
+        """After drop_mappings, faults are resolved from the node's FCM cache: no coherence traffic."""
+        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((8 * 512,), np.int64)
+            c.run(progs.write_pages, a, 3, nodes=[1], threads=1)
+            assert c.drop_mappings(a, nodes=[1]) == [8]
+            before = c.statistics().nodes[1]
+            assert c.run(progs.sum_pages, a, nodes=[1], threads=1) == [24]
+            after = c.statistics().nodes[1]
+            assert after.incore_faults - before.incore_faults == 8
+            assert after.coherence_faults == before.coherence_faults
+            assert after.fault_p50_us > 0 and after.fault_p99_us >= after.fault_p50_us

@@ -13,12 +13,8 @@ def touch_pages(a: np.ndarray, write: int) -> None:
 
 
 def drop_mappings(a: np.ndarray) -> None:
-    """Drop this node's HAT mappings of ``a``'s pages, keeping the cached copies
-    (the next faults are in-core: Process -> Region -> local FCM -> HAT)."""
-    from tornado_dsm.objects._vm import _process_oid
+    """Drop this node's HAT mappings of ``a``'s pages, keeping the cached copies."""
+    from tornado_dsm.objects._vm import _process_oid, drop_mappings as drop
 
-    cos = current_cos()
-    address = a.__array_interface__["data"][0]
-    region = cos.call(_process_oid, "find_region", address)
-    fcm = cos.call(region, "translate", address, 1)[0]
-    cos.call(fcm, "drop_mappings")
+    region = current_cos().call(_process_oid, "find_region", a.__array_interface__["data"][0])
+    drop([region])

@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
-from tornado_dsm.objects._vm import VirtualMemory, VMConfig, set_process, start_node, stop_node
+from tornado_dsm.objects._vm import (
+    VirtualMemory, VMConfig, drop_mappings, set_process, start_node, stop_node,
+)
 
 from . import _runner
 from ._config import check_cluster_args
@@ -104,6 +106,14 @@ class Cluster:
         with self._lock:
             self._arrays.pop(a.start, None)
         self.vm.free(a)
+
+    def drop_mappings(self, array: np.ndarray, nodes="all") -> list:
+        """On each chosen node, unmap the array's pages in the HAT but keep the
+        copies cached in the node's FCM rep, so the next faults there are in-core
+        (Tornado's in-core page-fault test).  Returns the pages cached per node."""
+        a, _ = self._allocation(array)
+        chosen = _runner.check_nodes(nodes, self.nnodes)
+        return [self._nodes.run_on(n, drop_mappings, [a.region]) for n in chosen]
 
     # ---- work --------------------------------------------------------------------------
 

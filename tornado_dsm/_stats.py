@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+import numpy as np
 
 from tornado_dsm.kernel import current_cos, home_of
 
@@ -27,10 +28,32 @@ class NodeStatistics:
     ppc_remote: int = 0         # remote PPCs this node made: one request + one reply each
     messages: int = 0
     bytes: int = 0
+    latency_histogram: tuple = (0,) * 64  # faults per log2-ns bucket: [2**(b-1), 2**b) ns
+
+    def fault_latency_us(self, q: float) -> float:
+        """Upper bound of the q-quantile (0..1) fault latency, in microseconds."""
+        h = np.asarray(self.latency_histogram)
+        if not h.sum():
+            return 0.0
+        b = int(np.searchsorted(np.cumsum(h), q * h.sum()))
+        return (1 << b) / 1000.0
+
+    @property
+    def fault_p50_us(self) -> float:
+        return self.fault_latency_us(0.5)
+
+    @property
+    def fault_p90_us(self) -> float:
+        return self.fault_latency_us(0.9)
+
+    @property
+    def fault_p99_us(self) -> float:
+        return self.fault_latency_us(0.99)
 
     def __add__(self, other: "NodeStatistics") -> "NodeStatistics":
         fields = {f.name: getattr(self, f.name) + getattr(other, f.name)
-                  for f in attrs.fields(NodeStatistics) if f.name != "node"}
+                  for f in attrs.fields(NodeStatistics) if f.name not in ("node", "latency_histogram")}
+        fields["latency_histogram"] = tuple(a + b for a, b in zip(self.latency_histogram, other.latency_histogram))
         return NodeStatistics(node=-1, **fields)
 
 
@@ -89,7 +112,9 @@ def _ppc_totals(cluster, node: int) -> dict:
 
 
 def ppc_totals() -> dict:
-    """This node's PPC totals (runs on the node)."""
+    """This node's PPC totals and fault-latency histogram (runs on the node)."""
+    from tornado_dsm.objects._vm import fault_latency_histogram
+
     stats = current_cos().runtime.ppc_statistics()
     local = remote = nbytes = 0
     for row in stats.counters:
@@ -98,4 +123,5 @@ def ppc_totals() -> dict:
         else:
             remote += row.calls
             nbytes += row.bytes
-    return {"ppc_local": local, "ppc_remote": remote, "messages": 2 * remote, "bytes": nbytes}
+    return {"ppc_local": local, "ppc_remote": remote, "messages": 2 * remote, "bytes": nbytes,
+            "latency_histogram": tuple(fault_latency_histogram())}
