@@ -50,7 +50,7 @@ import time
 import msgpack
 
 from ._errors import NodeLost, PPCTimeout
-from ._transport import ERROR, REPLY, REQUEST, Connection, FrameReader
+from ._transport import ERROR, HEADER_SIZE, REPLY, REQUEST, Connection, FrameReader
 
 log = logging.getLogger("tornado_dsm.ppc")
 
@@ -214,7 +214,8 @@ class CallChannel:
         if call is None:
             log.debug("node %s: late reply %d from node %s dropped", self.core.node_id, rid, self.peer)
         else:
-            call.complete(result, error, len(body) + (len(payload) if payload is not None else 0))
+            call.complete(result, error,
+                          HEADER_SIZE + len(body) + (len(payload) if payload is not None else 0))
         return True
 
     def _handoff(self) -> None:

@@ -37,3 +37,34 @@ _os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
 from tornado_dsm.kernel import _cobj_lock as _cobj_lockdebug  # noqa: E402
 
 _cobj_lockdebug.refresh()
+
+# ---- nodes: clusters that clean up (test_node, test_ppc, test_transport) -------
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def cluster_factory():
+    """``start(n, **kw)`` -> a started cluster; each is closed after the test and
+    none of its spawned node processes may remain."""
+    from tornado_dsm.kernel import start_nodes
+
+    started = []
+
+    def start(*args, **kwargs):
+        cluster = start_nodes(*args, **kwargs)
+        started.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.close()
+    leftovers = [pid for c in started for pid in c.pids.values() if not process_gone(pid)]
+    assert not leftovers, f"node processes left behind: {leftovers}"
