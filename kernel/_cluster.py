@@ -30,7 +30,7 @@ from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
 log = logging.getLogger("tornado_dsm.node")
 
 TRANSPORTS = ("unix", "tcp")
-_open_clusters: set = set()
+_open_clusters: list = []   # in start order; the newest open one is "current"
 _atexit_registered = False
 
 
@@ -175,8 +175,10 @@ class Cluster:
         self._reap(time.monotonic() + EXIT_GRACE)
         rt.stop()
         cleanup_dir(self._tmpdir)
-        _open_clusters.discard(self)
-        _set_current(None)
+        if self in _open_clusters:
+            _open_clusters.remove(self)
+        # another cluster of this process still open becomes current again
+        _set_current(_open_clusters[-1].runtime if _open_clusters else None)
 
     def _reap(self, deadline: float) -> None:
         for proc in self.processes.values():
@@ -226,7 +228,7 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     tmpdir = tempfile.mkdtemp(prefix="tornado-dsm-") if transport == "unix" else None
     cluster = Cluster(rt, tmpdir)
     _register_atexit()
-    _open_clusters.add(cluster)
+    _open_clusters.append(cluster)
     try:
         _start(cluster, transport, address, join, start_timeout, announce, log_level)
         if init is not None:

@@ -246,13 +246,7 @@ def _svc_quiesce(rt, conn, args, payload):
 
 
 def _svc_shutdown(rt, conn, args, payload):
-    rt.stopping = True
-    # stop after the reply has been written: a pool thread waits for that
-    threading.Thread(target=_stop_soon, args=(rt,), daemon=True).start()
-
-
-def _stop_soon(rt) -> None:
-    rt.stopped.wait(0.05)   # give the reply its chance; stop() is idempotent
+    # No reply: the caller (node 0, closing) sees this node's channels close.
     rt.stop()
 
 

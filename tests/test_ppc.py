@@ -163,6 +163,15 @@ class TestTimeout:
         assert rt.call(2, OID, "echo", "after") == "after"
 
 
+    @pytest.mark.timeout(60)
+    def test_cluster_default_timeout(self, cluster_factory):
+        """start_nodes(timeout=...) is the default of every call on every node."""
+        nodes = cluster_factory(2, timeout=0.3, init=install_dispatcher)
+        with pytest.raises(PPCTimeout, match="within 0.3 s"):
+            nodes.runtime.call(1, OID, "block", ["default", 20.0])
+        nodes.runtime.call(1, OID, "release", ["default"])
+
+
 class TestConcurrency:
     @pytest.mark.timeout(60)
     def test_many_threads_get_their_own_results(self, nodes):
@@ -234,3 +243,20 @@ class TestNodeLost:
         with pytest.raises(NodeLost):
             rt.call(2, OID, "echo", None)
         assert rt.call(1, OID, "echo", "alive") == "alive" and lost == [2]
+
+
+class TestBenchPPC:
+    @pytest.mark.timeout(120)
+    def test_json_shape(self, tmp_path):
+        """bench ppc writes the shared JSON shape: the floor, remote paths with ratios, local PPC."""
+        import json
+
+        from tornado_dsm._cli import main
+
+        out = tmp_path / "ppc.json"
+        assert main(["bench", "ppc", "--calls", "50", "--rounds", "1", "--json", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        results = {r["name"]: r for r in doc["results"]}
+        assert doc["bench"] == "ppc" and len(results) == 4
+        assert all(r["median_us"] > 0 for r in results.values())
+        assert sum(r["ratio_to_floor"] is not None for r in results.values()) == 2
