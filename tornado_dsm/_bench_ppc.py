@@ -14,6 +14,13 @@ every path sees the same machine:
 * local PPC through the COS: a call on a singleton NullObject homed on node 0
   (translation table lookup, entry count, direct method call), timed in
   batches because a single call is close to the clock's resolution.
+
+Where the scheduler puts the two processes decides the floor: on one CPU a
+round trip is two context switches (about 5 µs here), across CPUs two
+cross-CPU wake-ups (about 40-60 µs).  ``--pin`` fixes the placement so runs
+compare; the remote PPC's extra cost is Python work (framing, msgpack, the
+call bookkeeping) that the raw loop does not do, so its ratio is highest
+when the floor is lowest (same CPU).
 """
 
 from __future__ import annotations
@@ -41,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
     parser.add_argument("--transport", choices=("unix", "tcp"), default="unix",
                         help="transport between the two nodes (default unix)")
+    parser.add_argument("--pin", choices=("none", "same", "split"), default="none",
+                        help="CPU placement: leave it to the scheduler (default), both nodes on "
+                             "CPU 0 (same), or node 0 on CPU 0 and node 1 on CPU 1 (split)")
 
 
 def measure(args: argparse.Namespace) -> list[BenchResult]:
@@ -50,8 +60,16 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     from tornado_dsm.kernel import start_nodes
 
     with start_nodes(2, transport=args.transport) as nodes:
-        samples = _collect(nodes, args.calls, args.rounds, args.transport)
-    floor = summarize(f"floor: raw socket round trip ({args.transport})", samples["raw"])
+        saved = os.sched_getaffinity(0)
+        try:
+            if args.pin != "none":
+                pin_process(0)
+                nodes.run_on(1, pin_process, 0 if args.pin == "same" else 1)
+            samples = _collect(nodes, args.calls, args.rounds, args.transport)
+        finally:
+            pin_process(saved)
+    where = "" if args.pin == "none" else f", pinned {args.pin}"
+    floor = summarize(f"floor: raw socket round trip ({args.transport}{where})", samples["raw"])
     return [
         floor,
         summarize("remote PPC, transport (node service ping)", samples["ppc"], floor,
@@ -88,6 +106,16 @@ def _collect(nodes, calls: int, rounds: int, transport: str) -> dict:
     finally:
         raw.close()
     return {k: np.concatenate(v) for k, v in samples.items()}
+
+
+def pin_process(cpus) -> None:
+    """Pin every thread of this process (and so the threads it starts) to ``cpus``."""
+    cpus = {cpus} if isinstance(cpus, int) else set(cpus)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, OSError):
+            pass   # a thread that has just exited
 
 
 def _time_each(fn, n: int) -> np.ndarray:
