@@ -213,10 +213,11 @@ class NodeRuntime(PPCCore):
         """Stop accepting and serving; close every connection (idempotent)."""
         self.stopping = True
         if self.listener is not None:
-            try:
-                self.listener.close()
+            try:   # shutdown wakes the accept thread (close alone does not on Linux)
+                self.listener.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            self.listener.close()
         self.close_channels()
         self.stopped.set()
 

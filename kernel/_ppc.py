@@ -153,6 +153,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._count = itertools.count(1)
         self.threads_started = 0
+        self.closed = False
 
     def submit(self, fn, args: tuple) -> None:
         """Run ``fn(*args)`` on an idle worker, or on a new one if none is idle."""
@@ -181,6 +182,8 @@ class WorkerPool:
     def _wait(self, worker: _Worker):
         """Park ``worker`` until a task comes (returns it) or it retires (None)."""
         with self._lock:
+            if self.closed:
+                return None
             self._idle.append(worker)
         if not worker.wake.acquire(timeout=self.idle_timeout):
             with self._lock:
@@ -193,6 +196,15 @@ class WorkerPool:
     def idle(self) -> int:
         """How many workers are parked."""
         return len(self._idle)
+
+    def close(self) -> None:
+        """Let every parked worker exit now; busy ones exit when their task ends."""
+        with self._lock:
+            self.closed = True
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.task = None
+            worker.wake.release()
 
 
 # ---- the messaging core ------------------------------------------------------------
@@ -331,6 +343,7 @@ class PPCCore:
     def close_channels(self) -> None:
         """Close every channel (their pending calls fail with NodeLost)."""
         self.closed_down = True
+        self.pool.close()
         for peer in set(self._calls) | set(self._serves):
             self._peer_lost(peer, "this node is stopping")
 
