@@ -297,6 +297,8 @@ def run_node(config: dict) -> int:
     try:
         _join(rt, config)
     except BaseException as e:
+        if rt.stopping:   # node 0 closed the cluster while we were starting: not a failure
+            return 0
         _report_failure(rt, e)
         rt.stop()
         return 1
