@@ -192,6 +192,34 @@ class TestConcurrency:
         assert errors == []
 
 
+    @pytest.mark.timeout(60)
+    def test_timeouts_mixed_with_calls(self, nodes):
+        """Callers timing out among callers waiting on the same channel never hang or mix replies."""
+        rt, errors = nodes.runtime, []
+
+        def caller(t: int) -> None:
+            for i in range(30):
+                if (t + i) % 5 == 0:   # a slow call that times out; its late reply is dropped
+                    try:
+                        rt.call(1, OID, "block", [f"late-{t}-{i}", 30.0], timeout=0.01)
+                        errors.append(("no timeout", t, i))
+                    except PPCTimeout:
+                        pass
+                elif rt.call(1, OID, "echo", [t, i]) != [t, i]:
+                    errors.append(("mixed", t, i))
+
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for t in range(6):   # let the slow handlers answer (late: dropped)
+            for i in range(0, 30):
+                if (t + i) % 5 == 0:
+                    rt.call(1, OID, "release", [f"late-{t}-{i}"])
+        assert errors == [] and rt.call(1, OID, "echo", "end") == "end"
+
+
 class TestStatistics:
     @pytest.mark.timeout(30)
     def test_remote_calls_are_counted_exactly(self, nodes):
