@@ -30,9 +30,9 @@ handler may block:
   inline request has been running for more than one ``MONITOR_TICK``
   (a lock wait, a long computation): a bounded delay, never a deadlock.
 
-The executing worker and a promoter agree through ``executing`` under the
-channel's lock: whoever clears it first decides; a worker that finds it
-cleared after its request lost the role and returns to the pool.
+The executing worker and a promoter agree through one atomic ``dict.pop``
+(see ``ServeChannel``): whoever takes the entry first decides; a worker
+that finds it gone after its request lost the role and returns to the pool.
 
 Both ends fail the same way: a read error closes the connection and fails
 every pending call at once with ``NodeLost`` (callers register, then check
@@ -90,8 +90,7 @@ class PendingCall:
 
     def __init__(self, channel, rid: int, oid: int, method: str) -> None:
         self.channel, self.rid, self.oid, self.method = channel, rid, oid, method
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.wake = None   # made only if the caller has to sleep (see ``sleep``)
         self.done = self.finished = False
         self.value = self.error = None
         self.sent = 0
@@ -107,15 +106,32 @@ class PendingCall:
         self.value, self.error = value, error
         self.sent += nbytes
         self.done = True
-        self.wake.release()
+        wake = self.wake   # read after setting done: see ``sleep``
+        if wake is not None:
+            wake.release()
+
+    def sleep(self, timeout: float | None) -> bool:
+        """Block the calling thread (the caller) until done; False after ``timeout``.
+
+        The lock is made here, then ``done`` is checked: ``complete`` sets
+        ``done`` before reading ``wake``, so under the GIL either we see done
+        or it sees the lock and releases it, never neither.
+        """
+        if self.wake is None:
+            wake = threading.Lock()
+            wake.acquire()
+            self.wake = wake
+        if self.done:
+            return True
+        return self.wake.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
 
     def result(self, timeout: float | None = None):
         """The call's result; raises its exception, PPCTimeout or NodeLost."""
         if not self.finished:
             self.channel.wait(self, timeout)
             self.finished = True
-            self.channel.core.counters.record(self.oid, self.method, True, self.sent,
-                                              time.perf_counter() - self.t0)
+            self.channel.record(self.oid, self.method, True, self.sent,
+                                time.perf_counter() - self.t0)
         if self.error is not None:
             raise self.error
         return self.value
@@ -128,6 +144,7 @@ class CallChannel:
         self.core, self.conn, self.reader, self.peer = core, conn, reader, peer
         conn.peer = peer
         self.pending: dict[int, PendingCall] = {}
+        self.record = core.counters.record
         self.token = threading.Lock()
         self.closed = False
         self.reason = ""
@@ -169,7 +186,7 @@ class CallChannel:
                 self._handoff()
             if call.done:
                 return
-        elif call.wake.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+        elif call.sleep(None if deadline is None else deadline - time.monotonic()):
             return
         self._give_up(call, timeout)
 
@@ -177,8 +194,8 @@ class CallChannel:
         if self.pending.pop(call.rid, None) is not None:
             call.error = PPCTimeout(f"PPC {call.method!r} on oid {call.oid:#x} at node {self.peer} "
                                     f"did not answer within {timeout} s")
-        elif not call.done:   # whoever popped it is delivering the outcome right now
-            call.wake.acquire()
+        else:   # whoever popped it is delivering the outcome right now
+            call.sleep(None)
 
     def _read_until(self, call: PendingCall, deadline: float | None) -> None:
         reader = self.reader
@@ -255,10 +272,17 @@ class ServeChannel:
         self.core, self.conn, self.reader, self.peer = core, conn, reader, peer
         conn.peer = peer
         self.closed = False
-        self.lock = threading.Lock()
-        self.seq = 0          # requests read so far
-        self.executing = 0    # seq of the request the reader runs inline, 0 if none
+        self.seq = 0          # requests read so far (only the reading worker writes it)
+        # {0: seq} while the reading worker runs request seq inline.  Whoever pops
+        # the entry first decides (dict.pop is atomic under the GIL): the worker
+        # keeps reading, or a promoter hands reading to a new worker.
+        self._role: dict[int, int] = {}
         self.promotions = 0
+
+    @property
+    def executing(self) -> int:
+        """seq of the request the reading worker runs inline, 0 if none."""
+        return self._role.get(0, 0)
 
     def start(self) -> None:
         """Start reading requests (on a pool worker)."""
@@ -266,32 +290,31 @@ class ServeChannel:
 
     def _run(self) -> None:
         """Hold the reading role: read a request, run it inline, repeat while we keep the role."""
-        serve, lock = self.core.serve, self.lock
+        serve, role = self.core.serve, self._role
         while True:
             request = self._read_request()
             if request is None:
                 return
-            with lock:
-                self.seq += 1
-                self.executing = self.seq
+            self.seq += 1
+            role[0] = self.seq
             _tls.serving = self
             try:
                 serve(self.conn, *request)
             finally:
                 _tls.serving = None
-            with lock:
-                keep, self.executing = self.executing != 0, 0
-            if not keep:
+            if role.pop(0, None) is None:
                 return   # promoted away while running: another worker reads now
 
     def promote(self, seq: int | None = None) -> None:
         """Give the reading role to a new worker if the reader is running
         request ``seq`` (any request if None) inline."""
-        with self.lock:
-            if not self.executing or (seq is not None and self.executing != seq):
-                return
-            self.executing = 0
-            self.promotions += 1
+        if seq is not None and self._role.get(0) != seq:
+            return
+        if self._role.pop(0, None) is None:
+            return   # the worker finished first and keeps reading
+        # (if the worker moved on to a newer request in between, that one is
+        # promoted instead: one extra worker, never a lost reader)
+        self.promotions += 1
         self.core.pool.submit(self._run, ())
 
     def _read_request(self):
