@@ -56,7 +56,7 @@ log = logging.getLogger("tornado_dsm.ppc")
 
 F_PAYLOAD = 1          # REPLY flag: the result is a Payload (value in body, bytes after)
 
-MONITOR_TICK = 0.002   # seconds between the monitor's checks of inline requests
+MONITOR_TICK = 0.005   # seconds between the monitor's checks of inline requests
 
 _unpackb = msgpack.unpackb
 _tls = threading.local()   # .pack: this thread's Packer; .serving: the channel it reads inline
