@@ -25,6 +25,7 @@ from ._errors import NodeLost
 from ._node import (EXIT_GRACE, NodeRuntime, NodeStartupError, _attach_cos, _set_current,
                     cleanup_dir, spawned_main, unpack_run_on)
 from ._ppc import Payload
+from ._ppc_stats import from_wire
 from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
 
 log = logging.getLogger("tornado_dsm.node")
@@ -160,7 +161,7 @@ class Cluster:
         """Every node's ``PPCStatistics``, by node id."""
         stats = [self.runtime.ppc_statistics()]
         for k in range(1, self.nnodes):
-            stats.append(pickle.loads(self.runtime.call(k, 0, "stats", None).data))
+            stats.append(from_wire(k, self.runtime.call(k, 0, "stats", None)))
         return stats
 
     def close(self) -> None:

@@ -41,9 +41,9 @@ import sys
 import threading
 import traceback
 
-from ._errors import NodeLost
 from ._ppc import Payload, PPCCore, decode_error, encode_error, _pack, _unpackb
-from ._transport import (DEFAULT_MAX_FRAME, HELLO, AuthenticationError, Connection,
+from ._ppc_stats import to_wire
+from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection,
                          FrameReader, check_key, connect, handshake_accept, listen,
                          local_address)
 
@@ -260,7 +260,7 @@ def _svc_ready(rt, conn, args, payload):
 
 
 def _svc_stats(rt, conn, args, payload):
-    return Payload(pickle.dumps(rt.ppc_statistics()))
+    return to_wire(rt.ppc_statistics())
 
 
 _SERVICE = {
@@ -376,4 +376,4 @@ def cleanup_dir(path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-__all__ = ["NodeRuntime", "NodeStartupError", "current_runtime", "run_node", "NodeLost"]
+__all__ = ["NodeRuntime", "NodeStartupError", "current_runtime", "run_node", "spawned_main"]

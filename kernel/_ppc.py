@@ -34,7 +34,6 @@ import threading
 import traceback
 
 import attrs
-import msgpack
 
 from ._errors import NodeLost
 from ._ppc_channel import (F_PAYLOAD, CallChannel, PendingCall, ServeChannel, _pack, _unpackb,

@@ -65,6 +65,20 @@ class PPCStatistics:
         return "\n".join(lines)
 
 
+def to_wire(stats: PPCStatistics) -> list:
+    """``stats`` as msgpack-able rows (the node service's ``stats`` reply)."""
+    return [[c.oid, c.method, c.kind, c.calls, c.bytes, list(c.histogram)] for c in stats.counters]
+
+
+def from_wire(node: int, rows) -> PPCStatistics:
+    """The ``PPCStatistics`` of ``node`` from its ``to_wire`` rows."""
+    return PPCStatistics(node=node, counters=tuple(
+        PPCCounter(oid=oid, method=method, kind=kind, calls=calls, bytes=nbytes,
+                   histogram=tuple(hist), median_us=_percentile(hist, 0.5),
+                   p90_us=_percentile(hist, 0.9))
+        for oid, method, kind, calls, nbytes, hist in rows))
+
+
 def _percentile(hist, q: float) -> float:
     total = sum(hist)
     if total == 0:

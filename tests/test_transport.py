@@ -12,7 +12,7 @@ import pytest
 
 from tornado_dsm.kernel import current_runtime, start_nodes
 from tornado_dsm.kernel._transport import (
-    HEADER, HEADER_SIZE, HELLO, MAGIC, NONCE, REQUEST, AuthenticationError, Connection, FrameError,
+    HEADER, HELLO, MAGIC, NONCE, REQUEST, AuthenticationError, Connection, FrameError,
     FrameReader, connect, handshake_accept, handshake_connect, new_key, parse_address,
     read_key_file, write_key_file,
 )
