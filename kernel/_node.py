@@ -36,6 +36,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -317,6 +318,7 @@ def _join(rt: NodeRuntime, config: dict) -> None:
     reply = rt.call(0, 0, "register", {"address": rt.address}, timeout=None)
     rt.node_id, rt.nnodes = reply["node"], reply["nnodes"]
     rt.registered.set()
+    log.info("registered as node %d of %d", rt.node_id, rt.nnodes)
     rt.pool.name = f"ppc-node{rt.node_id}"
     for j in range(1, rt.nnodes):
         if j != rt.node_id:
@@ -363,6 +365,9 @@ def _watchdog() -> None:
 
 def spawned_main(config: dict) -> None:
     """Entry point of a spawned node process (multiprocessing target)."""
+    # Ctrl-C in a terminal reaches the whole process group: node 0 handles it
+    # (closing the cluster stops this node); a spawned node ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=config.get("log_level", logging.WARNING),
                         format=f"tornado_dsm node {config.get('node')}: %(levelname)s %(message)s")
     code = run_node(config)

@@ -47,4 +47,7 @@ def run(args: argparse.Namespace) -> int:
     config = {"node": None, "address": [host, port], "key": key, "timeout": args.timeout,
               "start_timeout": args.start_timeout,
               "listen": [args.listen, 0] if args.listen else None}
-    return run_node(config)
+    try:
+        return run_node(config)
+    except KeyboardInterrupt:
+        return 130
