@@ -135,8 +135,14 @@ def local_address(sock: socket.socket):
 
 
 def _tune(sock: socket.socket) -> None:
+    """TCP: no Nagle delay; keepalive probes so a peer host that vanishes
+    without closing (crash, network cut) is noticed in about 10 s."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
