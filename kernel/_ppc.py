@@ -236,7 +236,13 @@ class PPCCore:
     # -- public API --
 
     def set_object_dispatcher(self, fn) -> None:
-        """Serve every incoming request with oid != 0 by ``fn(oid, method, args, payload)``."""
+        """Serve every incoming request with oid != 0 by ``fn(oid, method, args, payload)``.
+
+        ``fn`` runs on a pool worker; ``args`` is the decoded msgpack value
+        (sequences as lists), ``payload`` a bytearray or None.  Its result
+        (msgpack-able, or a ``Payload``) is the reply; its exception is
+        re-raised in the caller.
+        """
         self._dispatcher = fn
 
     def record_ppc(self, oid: int, method: str, remote: bool, nbytes: int, seconds: float) -> None:
