@@ -337,6 +337,11 @@ def _guess_listen(config: dict):
 
 
 def _report_failure(rt: NodeRuntime, exc: BaseException) -> None:
+    """Tell node 0 why start-up failed, or say it on stderr if node 0 is out of reach."""
+    if 0 not in rt._calls and isinstance(exc, (OSError, ConnectionError)):
+        print(f"tornado_dsm node: cannot join the cluster: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return
     text = "".join(traceback.format_exception(exc))
     try:
         rt.call(0, 0, "ready", {"error": text}, timeout=5.0)
