@@ -1,0 +1,127 @@
+"""``tornado-dsm run | inspect | list``: scenarios from the command line.
+
+Each subcommand is a namespace with HELP, add_arguments(parser) and
+run(args) -> exit status, registered in _cli.SUBCOMMANDS.  Heavy imports
+(numpy work, matplotlib) happen only when a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+
+def scenario_dirs() -> list[Path]:
+    """Where shipped scenarios are looked for: the repository's scenarios/, then ./scenarios."""
+    repo = Path(__file__).resolve().parent.parent / "scenarios"
+    return [d for d in (repo, Path.cwd() / "scenarios") if d.is_dir()]
+
+
+def find_scenario(name: str) -> str:
+    """``name`` if it is a file, else the shipped scenario of that name (with or without .toml)."""
+    if Path(name).is_file():
+        return name
+    for d in scenario_dirs():
+        for candidate in (d / name, d / f"{name}.toml"):
+            if candidate.is_file():
+                return str(candidate)
+    return name  # load() reports the missing file
+
+
+def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a scenario file, or the name of a shipped one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key (e.g. nodes=2, workload.repeats=1); repeatable")
+    parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                        help="compare values of a key (replaces [vary] for that key); repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _load(args):
+    from ._scenario_config import ScenarioError, load
+
+    try:
+        return load(find_scenario(args.file), args.set, args.vary)
+    except ScenarioError as exc:
+        print(f"tornado-dsm: error: {exc}", file=sys.stderr)
+        return None
+
+
+def _execute(scenario, args):
+    from ._scenario_run import run_scenario
+
+    return run_scenario(scenario, progress=not args.no_progress)
+
+
+# ---- run -----------------------------------------------------------------------------
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_scenario_args(parser)
+    parser.add_argument("--json", metavar="PATH", help="write every figure to PATH (JSON, see the schema)")
+    parser.add_argument("--plot", metavar="PATH", help="draw the comparison to PATH (PNG)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run every combination, print the table, write the JSON and the plot if asked."""
+    from . import _report
+
+    scenario = _load(args)
+    if scenario is None:
+        return 2
+    runs = _execute(scenario, args)
+    print(_report.render_table(scenario, runs))
+    if args.json:
+        _report.write_json(args.json, _report.to_json(scenario, runs))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        _report.plot(scenario, runs, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+# ---- inspect ---------------------------------------------------------------------------
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Run the scenario and print the replication levels of every combination."""
+    from . import _report
+
+    scenario = _load(args)
+    if scenario is None:
+        return 2
+    print(_report.render_inspect(_execute(scenario, args)))
+    return 0
+
+
+# ---- list ------------------------------------------------------------------------------
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _list(args: argparse.Namespace) -> int:
+    """One line per shipped scenario: its file name and description."""
+    import tomllib
+
+    dirs = scenario_dirs()
+    if not dirs:
+        print("no scenarios/ directory found (looked next to the package and in the current directory)",
+              file=sys.stderr)
+        return 1
+    files = sorted(dirs[0].glob("*.toml"))
+    width = max((len(f.stem) for f in files), default=0)
+    for f in files:
+        with open(f, "rb") as fh:
+            description = tomllib.load(fh).get("description", "")
+        print(f"{f.stem:<{width}}  {description}")
+    print(f"({dirs[0]}; run one with: tornado-dsm run NAME)", file=sys.stderr)
+    return 0
+
+
+RUN = types.SimpleNamespace(HELP="run a scenario file: progress bar, then a table (--json, --plot)",
+                            add_arguments=_run_arguments, run=_run)
+INSPECT = types.SimpleNamespace(HELP="run a scenario and print the replication levels of its objects",
+                                add_arguments=_add_scenario_args, run=_inspect)
+LIST = types.SimpleNamespace(HELP="list the shipped scenarios, one line each",
+                             add_arguments=_list_arguments, run=_list)

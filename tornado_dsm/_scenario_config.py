@@ -1,0 +1,294 @@
+"""Scenario files: TOML parsing, validation, --set/--vary overrides, combinations.
+
+A scenario is a TOML file with the sections [cluster], [policies], [region],
+[workload] and [vary] (see docs/scenarios.md).  Every key is declared once in
+KEYS with its type, default and accepted values, so validation, --set, --vary
+and the reference page all agree.  Errors are `ScenarioError`s naming the
+file, the key, the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from pathlib import Path
+
+import attrs
+
+KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
+MAX_NODES = 64
+
+
+class ScenarioError(ValueError):
+    """A bad scenario file or override: names the file, key, value and what is accepted."""
+
+    def __init__(self, source: str, key: str, value, accepted: str) -> None:
+        self.source, self.key, self.value, self.accepted = source, key, value, accepted
+        shown = "(missing)" if value is _MISSING else repr(value)
+        super().__init__(f"{source}: {key} = {shown}: {accepted}")
+
+
+_MISSING = object()
+
+
+@attrs.frozen
+class Key:
+    """One scenario key: its type, default and the check of its value."""
+
+    type: type | tuple
+    default: object
+    accepted: str                  # what is accepted, in words (errors and docs)
+    choices: tuple = ()            # allowed values, if a closed set
+    low: float | None = None       # numeric lower bound (inclusive)
+    high: float | None = None      # numeric upper bound (inclusive)
+    kinds: tuple = KINDS           # workload kinds the key applies to
+    doc: str = ""
+
+
+def _int(default, low=None, high=None, doc="", kinds=KINDS):
+    bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    return Key(int, default, f"an integer {bound}", low=low, high=high, doc=doc, kinds=kinds)
+
+
+def _choice(default, choices, doc="", kinds=KINDS):
+    return Key(str, default, "one of " + ", ".join(repr(c) for c in choices), choices=choices,
+               doc=doc, kinds=kinds)
+
+
+KEYS: dict[str, Key] = {
+    "name": Key(str, "", "a string", doc="Scenario name (default: the file name without .toml)."),
+    "description": Key(str, "", "a string", doc="One line shown by `tornado-dsm list`."),
+    "cluster.nodes": _int(2, 1, MAX_NODES, "Node processes (node 0 is the tornado-dsm process)."),
+    "cluster.threads_per_node": _int(1, 1, 64, "Threads running the workload on each node."),
+    "cluster.protocol": _choice("ivy", ("ivy", "migrate"),
+                                "Coherence: IVY multiple readers/single writer, or migrate (one copy moves)."),
+    "cluster.manager": _choice("dynamic", ("centralized", "fixed", "dynamic"),
+                               "IVY manager: one directory on node 0, page p on node p mod N, or probOwner hints."),
+    "cluster.memory_per_node": _int(0, 0, None, "Bytes of frames a node may hold (0: no limit)."),
+    "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
+    "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
+    "policies.process": _choice("replicated", ("replicated", "singleton"),
+                                "Process object: a rep per node, or one rep on node 0 (remote lookups)."),
+    "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",
+                           doc="Region objects: a rep per node, one on node 0, or one per group of k nodes."),
+    "region.pages": _int(16, 1, 1 << 20, "Pages of each region (what a page means depends on the kind)."),
+    "region.backing": _choice("anonymous", ("anonymous", "file"),
+                              "Zero-filled memory, or a real file read on first touch."),
+    "region.path": Key(str, "", "a file path (empty: a temporary file per run)",
+                       doc="File backing: the file (created and sized as needed)."),
+    "workload.kind": _choice("infault", KINDS, "The built-in workload (see the table of kinds)."),
+    "workload.form": _choice("multithreaded", ("multithreaded", "multiprogrammed"),
+                             "infault: one shared region, or one region per thread.", kinds=("infault",)),
+    "workload.pattern": _choice("sequential", ("sequential", "random", "strided"),
+                                "Order in which a thread touches its pages.",
+                                kinds=("infault", "shared-read", "producer-consumer")),
+    "workload.stride": _int(2, 1, 1 << 20, "strided pattern: pages between touches (wraps around).",
+                            kinds=("infault", "shared-read", "producer-consumer")),
+    "workload.write_fraction": Key((float, int), 0.0, "a number from 0 to 1", low=0.0, high=1.0,
+                                   kinds=("infault", "shared-read", "false-sharing", "ping-pong"),
+                                   doc="Access mix: the fraction of touches that write (seeded)."),
+    "workload.repeats": _int(3, 1, 1 << 20, "Measured passes (rounds, iterations)."),
+    "workload.ops": _int(200, 1, 1 << 24, "Accesses per thread per pass (false-sharing, ping-pong).",
+                         kinds=("false-sharing", "ping-pong")),
+    "workload.n": _int(64, 2, 4096, "matmul: matrix side (float64).", kinds=("matmul",)),
+    "workload.block": _int(16, 1, 4096, "matmul: block side.", kinds=("matmul",)),
+    "workload.seed": _int(1, 0, None, "Seed of every random choice (patterns, mixes, data)."),
+}
+SECTIONS = ("cluster", "policies", "region", "workload")
+
+
+@attrs.frozen
+class Scenario:
+    """A validated scenario: ``values`` maps every dotted key to its value."""
+
+    source: str                 # the file (or "<string>") the scenario came from
+    values: dict                # dotted key -> value (defaults filled in)
+    vary: tuple = ()            # ((dotted key or section, (value, ...)), ...)
+    explicit: frozenset = frozenset()  # keys set in the file or by --set
+
+    def __getitem__(self, key: str):
+        return self.values[key]
+
+    @property
+    def name(self) -> str:
+        return self.values["name"] or Path(self.source).stem
+
+    def combinations(self) -> list[dict]:
+        """One {dotted key: value} override per combination of [vary] (product order)."""
+        if not self.vary:
+            return [{}]
+        combos = []
+        for choice in itertools.product(*(values for _key, values in self.vary)):
+            override: dict = {}
+            for (key, _values), value in zip(self.vary, choice):
+                override.update(_expand(key, value))
+            combos.append(override)
+        return combos
+
+    def with_values(self, override: dict) -> "Scenario":
+        """This scenario with ``override`` applied and checked (no vary)."""
+        values = dict(self.values, **override)
+        return check(Scenario(self.source, values, (), self.explicit | set(override)))
+
+
+def _expand(key: str, value) -> dict:
+    """A vary value: a table sets several keys of the section ``key``."""
+    if isinstance(value, dict):
+        return {f"{key}.{k}": v for k, v in value.items()}
+    return {key: value}
+
+
+# ---- loading ---------------------------------------------------------------------------
+
+def load(path, sets=(), varies=()) -> Scenario:
+    """Read, override and validate a scenario file.
+
+    ``sets``: "key=value" strings (--set), ``varies``: "key=v1,v2" (--vary,
+    replacing [vary] entries of the same key).  Raises ScenarioError.
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ScenarioError(path, "(file)", path, "no such file; `tornado-dsm list` shows the shipped ones") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(path, "(syntax)", str(exc), "valid TOML (https://toml.io)") from None
+    return from_dict(doc, path, sets, varies)
+
+
+def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenario:
+    """Validate a parsed TOML document (see `load`)."""
+    values, explicit = _flatten(doc, source)
+    vary = dict(_parse_vary(doc.get("vary", {}), source))
+    for text in sets:
+        key, raw = _split_assignment(text, source, "--set")
+        values[key] = _coerce(key, raw, source)
+        explicit.add(key)
+        vary.pop(key, None)
+    for text in varies:
+        key, raw = _split_assignment(text, source, "--vary")
+        vary[key] = tuple(_coerce(key, part, source) for part in raw.split(","))
+    scenario = check(Scenario(source, values, (), frozenset(explicit)))
+    for key, options in vary.items():
+        for option in options:
+            scenario.with_values(_expand(key, option))  # every value must be valid on its own
+    return attrs.evolve(scenario, vary=tuple(vary.items()))
+
+
+def _flatten(doc: dict, source: str) -> tuple[dict, set]:
+    values = {k: key.default for k, key in KEYS.items()}
+    explicit: set = set()
+    for name, value in doc.items():
+        if name == "vary":
+            continue
+        if name in SECTIONS:
+            if not isinstance(value, dict):
+                raise ScenarioError(source, name, value, "a table ([" + name + "])")
+            for k, v in value.items():
+                _known(f"{name}.{k}", v, source)
+                values[f"{name}.{k}"] = v
+                explicit.add(f"{name}.{k}")
+        else:
+            _known(name, value, source)
+            values[name] = value
+            explicit.add(name)
+    return values, explicit
+
+
+def _known(key: str, value, source: str) -> None:
+    if key not in KEYS:
+        section = key.split(".")[0] if "." in key else ""
+        names = [k for k in KEYS if k.startswith(section + ".")] if section in SECTIONS else \
+            [k for k in KEYS if "." not in k] + [f"[{s}]" for s in SECTIONS] + ["[vary]"]
+        raise ScenarioError(source, key, value, "unknown key; accepted: " + ", ".join(names))
+
+
+def resolve_key(key: str, source: str) -> str:
+    """The dotted key named by ``key`` ("nodes" -> "cluster.nodes" when unambiguous)."""
+    if key in KEYS or key in SECTIONS:
+        return key
+    matches = [k for k in KEYS if k.rpartition(".")[2] == key]
+    if len(matches) == 1:
+        return matches[0]
+    raise ScenarioError(source, key, _MISSING if not matches else key,
+                        "unknown key; accepted: " + ", ".join(KEYS) if not matches
+                        else "ambiguous; write one of " + ", ".join(matches))
+
+
+def _split_assignment(text: str, source: str, option: str) -> tuple[str, str]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ScenarioError(source, option, text, "KEY=VALUE (e.g. nodes=2 or workload.pages=8)")
+    return resolve_key(key.strip(), source), raw.strip()
+
+
+def _coerce(key: str, raw: str, source: str):
+    """A command-line string as the type of ``key`` (TOML syntax for numbers/booleans)."""
+    spec = KEYS.get(key)
+    if spec is None:
+        raise ScenarioError(source, key, raw, f"--set/--vary take single keys, not the section [{key}]")
+    if spec.type is str:
+        return raw.strip("'\"")
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise ScenarioError(source, key, raw, spec.accepted) from None
+
+
+def _parse_vary(vary, source: str):
+    if not isinstance(vary, dict):
+        raise ScenarioError(source, "vary", vary, "a table of key = [values]")
+    for key, options in vary.items():
+        full = resolve_key(key, source)
+        if not isinstance(options, list) or not options:
+            raise ScenarioError(source, f"vary.{key}", options, "a non-empty list of values")
+        if full in SECTIONS and not all(isinstance(o, dict) for o in options):
+            raise ScenarioError(source, f"vary.{key}", options,
+                                f"a list of tables of [{full}] keys, e.g. [{{...}}, {{...}}]")
+        yield full, tuple(options)
+
+
+# ---- checking --------------------------------------------------------------------------
+
+def check(scenario: Scenario) -> Scenario:
+    """Check every value of ``scenario`` (types, ranges, choices, kind, cross-key rules)."""
+    source, values = scenario.source, scenario.values
+    for key, value in values.items():
+        _known(key, value, source)
+        _check_value(key, KEYS[key], value, source)
+    kind = values["workload.kind"]
+    for key in sorted(scenario.explicit):
+        if kind not in KEYS[key].kinds and values[key] != KEYS[key].default:
+            raise ScenarioError(source, key, values[key], f"does not apply to workload kind {kind!r}; "
+                                f"it applies to {', '.join(KEYS[key].kinds)}")
+    _check_cross(source, values)
+    return scenario
+
+
+def _check_value(key: str, spec: Key, value, source: str) -> None:
+    types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        raise ScenarioError(source, key, value, f"wrong type {type(value).__name__}; expected {spec.accepted}")
+    if spec.choices and value not in spec.choices:
+        raise ScenarioError(source, key, value, f"expected {spec.accepted}")
+    if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+        raise ScenarioError(source, key, value, f"out of range; expected {spec.accepted}")
+
+
+def _check_cross(source: str, v: dict) -> None:
+    region = v["policies.region"]
+    if region.startswith("group:"):
+        k = region[len("group:"):]
+        if not k.isdigit() or not 1 <= int(k) <= v["cluster.nodes"]:
+            raise ScenarioError(source, "policies.region", region,
+                                f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})")
+    elif region not in ("per_node", "singleton"):
+        raise ScenarioError(source, "policies.region", region, f"expected {KEYS['policies.region'].accepted}")
+    if v["workload.kind"] == "ping-pong" and v["cluster.nodes"] < 2:
+        raise ScenarioError(source, "cluster.nodes", 1, "ping-pong needs at least 2 nodes")
+    if v["workload.kind"] == "matmul" and v["workload.n"] % v["workload.block"]:
+        raise ScenarioError(source, "workload.block", v["workload.block"],
+                            f"a divisor of workload.n ({v['workload.n']})")
+    if v["region.backing"] == "anonymous" and v["region.path"]:
+        raise ScenarioError(source, "region.path", v["region.path"], "only with region.backing = 'file'")

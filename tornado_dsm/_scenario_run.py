@@ -1,0 +1,281 @@
+"""Running a scenario: one Cluster per combination of [vary], figures from the
+statistics taken around every measured step.
+
+Around a measured step the runner takes the cluster statistics (faults by
+kind, latency histogram), the backing stores' zero fills and every node's PPC
+counters, before and after; the differences are what the step did.  The PPC
+snapshot is taken innermost (after the statistics before the step, before the
+statistics after it), so the statistics' own calls are not counted; the node
+service (oid 0) is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+
+import attrs
+import numpy as np
+
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos
+
+from ._scenario_config import Scenario
+from ._stats import NodeStatistics
+from ._workloads import DRIVERS, ThreadResult, steps_of
+
+SLOT = 1 << 36  # distance between the windows of successive clusters in one process
+
+
+@attrs.frozen
+class PPCRow:
+    """Remote or local PPCs one node made on one object's method in the measured steps."""
+
+    node: int
+    object: str
+    method: str
+    kind: str
+    calls: int
+    bytes: int
+
+
+@attrs.frozen
+class ObjectRow:
+    """One clustered object at the end of the run (from Cluster.inspect)."""
+
+    name: str
+    cls: str
+    policy: str
+    home: int
+    rep_nodes: tuple
+    stub_nodes: tuple
+    calls_local: int
+    calls_remote: int
+    misses: int
+
+
+@attrs.frozen
+class RunResult:
+    """The figures of one combination (one cluster run)."""
+
+    scenario: str
+    params: dict                       # the [vary] values of this combination
+    values: dict                       # every key of the scenario, as run
+    threads: tuple[ThreadResult, ...]  # per thread, summed over the measured steps
+    nodes: tuple[NodeStatistics, ...]  # per node, measured steps only
+    busy_seconds: tuple[float, ...]    # per node: sum over steps of its slowest thread
+    wall_seconds: float                # sum over steps of the slowest thread anywhere
+    zero_fills: int
+    ppc: tuple[PPCRow, ...]
+    objects: tuple[ObjectRow, ...]
+    elapsed_seconds: float             # the whole combination, cluster start to close
+
+    @property
+    def total(self) -> NodeStatistics:
+        """The measured statistics summed over nodes."""
+        total = self.nodes[0]
+        for s in self.nodes[1:]:
+            total = total + s
+        return attrs.evolve(total, node=-1)
+
+    def faults(self, node: int | None = None) -> int:
+        """Faults resolved in the measured steps, on ``node`` or in total.
+
+        Counted by the FCM reps (in-core + coherence), which always run on the
+        faulting node; the Region's read/write counts sit at its reps, which
+        for a singleton Region is the home node, not the faulting one.
+        """
+        s = self.total if node is None else self.nodes[node]
+        return s.incore_faults + s.coherence_faults
+
+    def faults_per_second(self, node: int | None = None) -> float:
+        """Faults per second of measured time, on ``node`` or over the cluster."""
+        seconds = self.wall_seconds if node is None else self.busy_seconds[node]
+        return self.faults(node) / seconds if seconds > 0 else 0.0
+
+    def cost_us(self) -> float:
+        """Mean over working threads of their measured µs per access (Tornado's cost)."""
+        per = [t.seconds / t.ops * 1e6 for t in self.threads if t.ops]
+        return float(np.mean(per)) if per else 0.0
+
+    def ppc_calls(self, obj: str, kind: str = "remote", node: int | None = None) -> int:
+        """PPCs of ``kind`` on objects named ``obj`` or ``obj:...`` (made by ``node``, or all)."""
+        return sum(r.calls for r in self.ppc if r.kind == kind and _is(r.object, obj)
+                   and (node is None or r.node == node))
+
+    def ppc_per_fault(self, obj: str, kind: str = "remote", node: int | None = None) -> float:
+        """PPCs of ``kind`` to ``obj`` per measured fault (of ``node``, or in total)."""
+        faults = self.faults(node)
+        return self.ppc_calls(obj, kind, node) / faults if faults else 0.0
+
+    def home_of(self, obj: str) -> int:
+        """The home node of the (first) object named ``obj`` or ``obj:...`` (0 if none)."""
+        return next((o.home for o in self.objects if _is(o.name, obj)), 0)
+
+    def ppc_per_fault_off_home(self, obj: str) -> float:
+        """Remote PPCs to ``obj`` per fault, counting only nodes other than its home."""
+        others = [n for n in range(len(self.nodes)) if n != self.home_of(obj)]
+        faults = sum(self.faults(n) for n in others)
+        return sum(self.ppc_calls(obj, "remote", n) for n in others) / faults if faults else 0.0
+
+
+def _is(name: str, obj: str) -> bool:
+    return name == obj or name.startswith(obj + ":")
+
+
+class RunContext:
+    """What a workload driver uses: the cluster, shared regions and measured steps."""
+
+    def __init__(self, cluster, s: Scenario, tmpdir: str, on_step) -> None:
+        self.cluster, self.s, self.tmpdir, self.on_step = cluster, s, tmpdir, on_step
+        self.threads: dict = {}
+        self.node_stats = [_zero_stats(n) for n in range(s["cluster.nodes"])]
+        self.busy = [0.0] * s["cluster.nodes"]
+        self.wall = 0.0
+        self.zero_fills = 0
+        self.ppc: dict = {}
+
+    def params(self) -> dict:
+        """The scenario values node functions need, as a small picklable dict."""
+        s = self.s
+        return {"tpn": s["cluster.threads_per_node"], "nodes": s["cluster.nodes"],
+                "pages": s["region.pages"], "form": s["workload.form"], "pattern": s["workload.pattern"],
+                "stride": s["workload.stride"], "write_fraction": float(s["workload.write_fraction"]),
+                "seed": s["workload.seed"], "ops": s["workload.ops"], "block": s["workload.block"]}
+
+    def region(self, pages: int, dtype=np.int64) -> np.ndarray:
+        """A new shared region of ``pages`` pages (anonymous or file-backed, per [region])."""
+        words = pages * PAGE // np.dtype(dtype).itemsize
+        if self.s["region.backing"] == "anonymous":
+            return self.cluster.zeros((words,), dtype)
+        path = self.s["region.path"] or os.path.join(self.tmpdir, "region")
+        path = f"{path}.{len(self.cluster._arrays)}"
+        with open(path, "ab") as f:  # create it, and make it long enough (never shorter)
+            if f.seek(0, os.SEEK_END) < pages * PAGE:
+                f.truncate(pages * PAGE)
+        return self.cluster.map_file(path, (words,), dtype, "r+")
+
+    def step(self, fn, *args, nodes="all", measured: bool = True, label: str = "") -> list:
+        """Run ``fn`` on the nodes; if ``measured``, add what it did to the figures."""
+        if not measured:
+            results = self.cluster.run(fn, *args, nodes=nodes)
+        else:
+            before = self._snapshot()
+            ppc_before = _ppc_counts(self.cluster)
+            results = self.cluster.run(fn, *args, nodes=nodes)
+            ppc_after = _ppc_counts(self.cluster)
+            self._add(before, self._snapshot(), ppc_before, ppc_after, results)
+        self.on_step(label)
+        return results
+
+    def _snapshot(self):
+        return self.cluster.statistics(), _zero_fills(self.cluster)
+
+    def _add(self, before, after, ppc_before, ppc_after, results) -> None:
+        for n, (b, a) in enumerate(zip(before[0].nodes, after[0].nodes)):
+            self.node_stats[n] = _plus(self.node_stats[n], _minus(a, b))
+        self.zero_fills += after[1] - before[1]
+        for key, (calls, nbytes) in ppc_after.items():
+            c0, b0 = ppc_before.get(key, (0, 0))
+            if calls > c0:
+                old = self.ppc.get(key, (0, 0))
+                self.ppc[key] = (old[0] + calls - c0, old[1] + nbytes - b0)
+        self._add_times(results)
+
+    def _add_times(self, results: list) -> None:
+        slowest: dict = {}
+        for r in results:
+            key = (r.node, r.thread)
+            t = self.threads.get(key, ThreadResult(r.node, r.thread, 0, 0.0))
+            self.threads[key] = ThreadResult(r.node, r.thread, t.ops + r.ops, t.seconds + r.seconds,
+                                             t.checksum + r.checksum)
+            slowest[r.node] = max(slowest.get(r.node, 0.0), r.seconds)
+        for node, seconds in slowest.items():
+            self.busy[node] += seconds
+        self.wall += max(slowest.values(), default=0.0)
+
+
+def _zero_stats(node: int) -> NodeStatistics:
+    return NodeStatistics(node=node)
+
+
+def _minus(a: NodeStatistics, b: NodeStatistics) -> NodeStatistics:
+    """Field-wise a - b (the histogram bucket by bucket); resident pages as of ``a``."""
+    fields = {f.name: getattr(a, f.name) - getattr(b, f.name) for f in attrs.fields(NodeStatistics)
+              if f.name not in ("node", "latency_histogram", "resident_pages")}
+    hist = tuple(x - y for x, y in zip(a.latency_histogram, b.latency_histogram))
+    return NodeStatistics(node=a.node, resident_pages=a.resident_pages, latency_histogram=hist, **fields)
+
+
+def _plus(a: NodeStatistics, b: NodeStatistics) -> NodeStatistics:
+    """a + b keeping the node id and the later resident count."""
+    return attrs.evolve(a + b, node=a.node, resident_pages=b.resident_pages)
+
+
+def _zero_fills(cluster) -> int:
+    """Pages zero-filled so far by the backing stores of the cluster's arrays."""
+    cos = current_cos()
+    return sum(cos.call(a.cor, "statistics")["pages_zero_filled"] for a, _ in list(cluster._arrays.values()))
+
+
+def _ppc_counts(cluster) -> dict:
+    """(node, oid, method, kind) -> (calls, bytes) on every node, the node service left out."""
+    counts = {}
+    for stats in cluster._nodes.ppc_statistics():
+        for c in stats.counters:
+            if c.oid:
+                counts[(stats.node, c.oid, c.method, c.kind)] = (c.calls, c.bytes)
+    return counts
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = True) -> list[RunResult]:
+    """Run every combination of ``scenario`` (one cluster each); results in vary order."""
+    from tqdm import tqdm
+
+    runs = [(override, scenario.with_values(override)) for override in scenario.combinations()]
+    bar = tqdm(total=sum(steps_of(s) for _o, s in runs), desc=scenario.name, unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        return [run_one(s, override, base + i * SLOT, lambda label, o=override: _tick(bar, o, label))
+                for i, (override, s) in enumerate(runs)]
+    finally:
+        bar.close()
+
+
+def _tick(bar, override: dict, label: str) -> None:
+    bar.set_postfix_str(" ".join(f"{k.rpartition('.')[2]}={v}" for k, v in override.items()) + f" {label}")
+    bar.update(1)
+
+
+def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None) -> RunResult:
+    """Run one combination on a new cluster; returns its figures."""
+    import tornado_dsm as td
+
+    t0 = time.perf_counter()
+    window = s["cluster.window_mib"] << 20
+    with contextlib.ExitStack() as stack:
+        tmpdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="tornado-dsm-"))
+        cluster = stack.enter_context(td.Cluster(
+            nodes=s["cluster.nodes"], threads_per_node=s["cluster.threads_per_node"],
+            protocol=s["cluster.protocol"], manager=s["cluster.manager"],
+            policies={"process": s["policies.process"], "region": s["policies.region"]},
+            memory_per_node=s["cluster.memory_per_node"] or None, base=base, size=window,
+            debug=s["cluster.debug"]))
+        ctx = RunContext(cluster, s, tmpdir, on_step)
+        DRIVERS[s["workload.kind"]](ctx, s)
+        return _result(ctx, s, override, cluster, t0)
+
+
+def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) -> RunResult:
+    view = cluster.inspect()
+    names = {o.oid: o.name for o in view.objects}
+    ppc = tuple(PPCRow(node, names.get(oid, "cos" if oid == 1 else f"{oid:#x}"), method, kind, calls, nbytes)
+                for (node, oid, method, kind), (calls, nbytes) in sorted(ctx.ppc.items()))
+    objects = tuple(ObjectRow(o.name, o.cls, o.policy, o.home, o.rep_nodes, o.stub_nodes,
+                              o.calls_local, o.calls_remote, o.misses) for o in view.objects)
+    return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
+                     key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
+                     ctx.wall, ctx.zero_fills, ppc, objects, time.perf_counter() - t0)
