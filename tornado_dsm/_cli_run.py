@@ -37,6 +37,9 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="compare values of a key (replaces [vary] for that key); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--base", type=lambda v: int(v, 0), default=None, metavar="ADDRESS",
+                        help="DSM window base of the first cluster (default: the library's); "
+                             "each further combination's window follows it")
 
 
 def _load(args):
@@ -52,7 +55,8 @@ def _load(args):
 def _execute(scenario, args):
     from ._scenario_run import run_scenario
 
-    return run_scenario(scenario, progress=not args.no_progress)
+    extra = {} if args.base is None else {"base": args.base}
+    return run_scenario(scenario, progress=not args.no_progress, **extra)
 
 
 # ---- run -----------------------------------------------------------------------------

@@ -236,10 +236,12 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     from tqdm import tqdm
 
     runs = [(override, scenario.with_values(override)) for override in scenario.combinations()]
+    largest = max(s["cluster.window_mib"] << 20 for _o, s in runs)
+    slot = -(-largest // SLOT) * SLOT  # windows of successive clusters never overlap
     bar = tqdm(total=sum(steps_of(s) for _o, s in runs), desc=scenario.name, unit="step",
                disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        return [run_one(s, override, base + i * SLOT, lambda label, o=override: _tick(bar, o, label))
+        return [run_one(s, override, base + i * slot, lambda label, o=override: _tick(bar, o, label))
                 for i, (override, s) in enumerate(runs)]
     finally:
         bar.close()
