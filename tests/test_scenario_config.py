@@ -106,3 +106,10 @@ class TestErrors:
             from_dict({}, sets=["colour=red"])
         with pytest.raises(ScenarioError, match="out of range"):
             from_dict({}, sets=["nodes=65"])
+
+
+class TestReference:
+    def test_every_key_documented(self):
+        """docs/scenarios.md has a row for every scenario key."""
+        text = (Path(__file__).resolve().parent.parent / "docs" / "scenarios.md").read_text()
+        assert all(f"| `{key}` |" in text for key in KEYS)

@@ -166,7 +166,7 @@ def _show(value) -> str:
 
 def label(r: RunResult, skip=("cluster.nodes",)) -> str:
     """A short label of a run's varied values (for legends)."""
-    parts = [_show(v) for k, v in r.params.items() if k not in skip]
+    parts = [f"{k.rpartition('.')[2]}={_show(v)}" for k, v in r.params.items() if k not in skip]
     return " ".join(parts) or r.scenario
 
 
