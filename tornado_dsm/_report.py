@@ -21,6 +21,7 @@ PER_FAULT_OBJECTS = ("process", "region", "fcm", "dir", "cor", "dsm", "cos")
 def normalized_costs(runs: list[RunResult]) -> list[float]:
     """Each run's cost over the cost of the fewest-nodes run that differs from it only in nodes."""
     def group(r: RunResult):
+        """Everything varied except the number of nodes."""
         return tuple(sorted((k, repr(v)) for k, v in r.params.items() if k != "cluster.nodes"))
 
     base: dict = {}
@@ -178,32 +179,44 @@ def plot(scenario, runs: list[RunResult], path) -> None:
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
 
-    norm = normalized_costs(runs)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     if any(k == "cluster.nodes" for r in runs for k in r.params):
-        for name, idx in _series(runs).items():
-            xs = [runs[i].values["cluster.nodes"] for i in idx]
-            left.plot(xs, [norm[i] for i in idx], marker="o", label=name)
-            right.plot(xs, [runs[i].faults_per_second() for i in idx], marker="o", label=name)
-        for ax in (left, right):
-            ax.set_xlabel("nodes")
-            ax.set_xticks(sorted({r.values["cluster.nodes"] for r in runs}))
-            ax.legend(fontsize="small")
+        _plot_vs_nodes(left, right, runs)
+        left.set_ylabel("cost per access (normalised)")
+        left.set_title("cost, normalised to the fewest-nodes run")
     else:
-        names = [label(r, skip=()) for r in runs]
-        left.bar(names, norm)
-        right.bar(names, [r.faults_per_second() for r in runs])
-        for ax in (left, right):
-            ax.set_xlabel("combination")
-            ax.tick_params(axis="x", labelrotation=20)
-    left.set_ylabel("cost per access (normalised)")
-    left.set_title("cost, normalised to the fewest-nodes run")
+        _plot_bars(left, right, runs)
+        left.set_ylabel("cost per access (µs, mean over threads)")
+        left.set_title("cost per access")
     right.set_ylabel("faults per second (cluster)")
     right.set_title("fault throughput")
     fig.suptitle(f"tornado-dsm scenario {scenario.name}: {scenario['workload.kind']}")
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": f"matplotlib {matplotlib.__version__}"})
     plt.close(fig)
+
+
+def _plot_vs_nodes(left, right, runs: list[RunResult]) -> None:
+    """One line per setting, nodes on the x axis (Tornado's figures)."""
+    norm = normalized_costs(runs)
+    for name, idx in _series(runs).items():
+        xs = [runs[i].values["cluster.nodes"] for i in idx]
+        left.plot(xs, [norm[i] for i in idx], marker="o", label=name)
+        right.plot(xs, [runs[i].faults_per_second() for i in idx], marker="o", label=name)
+    for ax in (left, right):
+        ax.set_xlabel("nodes")
+        ax.set_xticks(sorted({r.values["cluster.nodes"] for r in runs}))
+        ax.legend(fontsize="small")
+
+
+def _plot_bars(left, right, runs: list[RunResult]) -> None:
+    """One bar per combination (nothing to put on a nodes axis)."""
+    names = [label(r, skip=()) for r in runs]
+    left.bar(names, [r.cost_us() for r in runs])  # one node count: normalising would give 1s
+    right.bar(names, [r.faults_per_second() for r in runs])
+    for ax in (left, right):
+        ax.set_xlabel("combination")
+        ax.tick_params(axis="x", labelrotation=20)
 
 
 def _series(runs: list[RunResult]) -> dict:

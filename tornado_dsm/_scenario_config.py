@@ -111,6 +111,7 @@ class Scenario:
 
     @property
     def name(self) -> str:
+        """The scenario's name: its ``name`` key, else the file name without .toml."""
         return self.values["name"] or Path(self.source).stem
 
     def combinations(self) -> list[dict]:

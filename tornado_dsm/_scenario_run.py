@@ -240,11 +240,19 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     slot = -(-largest // SLOT) * SLOT  # windows of successive clusters never overlap
     bar = tqdm(total=sum(steps_of(s) for _o, s in runs), desc=scenario.name, unit="step",
                disable=not progress, leave=False, dynamic_ncols=True)
+    results = []
     try:
-        return [run_one(s, override, base + i * slot, lambda label, o=override: _tick(bar, o, label))
-                for i, (override, s) in enumerate(runs)]
+        for i, (override, s) in enumerate(runs):
+            try:
+                results.append(run_one(s, override, base + i * slot,
+                                       lambda label, o=override: _tick(bar, o, label)))
+            except Exception as exc:
+                exc.add_note(f"while running scenario {scenario.name} ({scenario.source}) with "
+                             f"{override or 'the values as written'}")
+                raise
     finally:
         bar.close()
+    return results
 
 
 def _tick(bar, override: dict, label: str) -> None:
