@@ -113,3 +113,10 @@ class TestReference:
         """docs/scenarios.md has a row for every scenario key."""
         text = (Path(__file__).resolve().parent.parent / "docs" / "scenarios.md").read_text()
         assert all(f"| `{key}` |" in text for key in KEYS)
+
+
+class TestCombinationErrors:
+    def test_bad_combination_found_at_load(self):
+        """A combination that is invalid only together (group:2 on 1 node) fails at load."""
+        with pytest.raises(ScenarioError, match="group:k needs k from 1 to cluster.nodes"):
+            from_dict({"policies": {"region": "group:2"}, "vary": {"nodes": [1, 2]}})

@@ -170,11 +170,10 @@ def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenar
     for text in varies:
         key, raw = _split_assignment(text, source, "--vary")
         vary[key] = tuple(_coerce(key, part, source) for part in raw.split(","))
-    scenario = check(Scenario(source, values, (), frozenset(explicit)))
-    for key, options in vary.items():
-        for option in options:
-            scenario.with_values(_expand(key, option))  # every value must be valid on its own
-    return attrs.evolve(scenario, vary=tuple(vary.items()))
+    scenario = check(Scenario(source, values, tuple(vary.items()), frozenset(explicit)))
+    for override in scenario.combinations():  # every combination is checked before any runs
+        scenario.with_values(override)
+    return scenario
 
 
 def _flatten(doc: dict, source: str) -> tuple[dict, set]:

@@ -239,7 +239,7 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     largest = max(s["cluster.window_mib"] << 20 for _o, s in runs)
     slot = -(-largest // SLOT) * SLOT  # windows of successive clusters never overlap
     bar = tqdm(total=sum(steps_of(s) for _o, s in runs), desc=scenario.name, unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+               disable=None if progress else True, leave=False, dynamic_ncols=True)
     results = []
     try:
         for i, (override, s) in enumerate(runs):
