@@ -49,6 +49,7 @@ import threading
 from time import perf_counter
 
 from ._errors import NodeLost, ObjectDestroyed
+from . import _node
 from . import _cobj_lock as lockdebug
 from ._cobj_lock import ObjectLock
 from ._cobj_policy import (
@@ -63,7 +64,6 @@ MAX_NODES = 1 << HOME_BITS
 COS_OID = 1
 
 
-_cos = None
 
 
 def home_of(oid: int) -> int:
@@ -272,7 +272,8 @@ class ClusteredObjectSystem:
             else:
                 late, self._table[oid] = False, entry
         if late:  # destroyed between the root's answer and now: this rep never served a call
-            _free_rep(entry.rep)
+            if entry.rep is not None:  # a stub has none
+                _free_rep(entry.rep)
             raise ObjectDestroyed(f"clustered object {info['name']} ({oid:#x}) has been destroyed")
         return entry
 
@@ -455,20 +456,20 @@ def peek_serial(counter) -> int:
 
 def attach(runtime) -> ClusteredObjectSystem:
     """Create this node's COS for ``runtime``, register its dispatcher; re-read the lock-debug mode."""
-    global _cos
     lockdebug.refresh()
     cos = ClusteredObjectSystem(runtime)
     runtime.set_object_dispatcher(cos.dispatch)
     runtime.cos = cos
-    _cos = cos
     return cos
 
 
 def current_cos() -> ClusteredObjectSystem:
-    """The COS of this node (after ``attach``, done by every node at start-up)."""
-    if _cos is None:
+    """The COS of this node: that of ``current_runtime()`` (so it follows nested clusters
+    in node 0's process back to the enclosing one when the inner one closes)."""
+    cos = getattr(_node.current_runtime(), "cos", None)
+    if cos is None:
         raise RuntimeError("no clustered object system: this process is not a node (use start_nodes)")
-    return _cos
+    return cos
 
 
 __all__ = [

@@ -289,3 +289,64 @@ class TestDestroyAfterNodeLoss:
 def current_cos_destroy(oid):
     """Destroy from this node."""
     current_cos().destroy(oid)
+
+
+def start_first_callers(oid, k):
+    """k threads here call ``ping`` in a loop from the object's very first call until ObjectDestroyed."""
+    for _ in range(k):
+        out = []
+
+        def loop(out=out):
+            n = 0
+            while True:
+                result = _outcome(current_cos().call, oid, "ping")
+                if result[0] != "ok":
+                    out.append((result[0], n) if result[0] == "ObjectDestroyed" else result)
+                    return
+                n += 1
+        t = threading.Thread(target=loop)
+        t.start()
+        _callers.setdefault(oid, []).append((t, out))
+
+
+class TestDestroyRacingFirstMisses:
+    @pytest.mark.parametrize("policy", ["per_node", "partitioned", "group:2"])
+    def test_every_rep_freed_once(self, nodes, policy):
+        """Destroy racing the first misses on every node: calls end in ObjectDestroyed and every rep ever built is freed exactly once."""
+        for _ in range(5):
+            oid = nodes.run_on(0, create, policy)
+            for n in range(NNODES):
+                nodes.run_on(n, start_first_callers, oid, 2)
+            nodes.run_on(1, start_destroy, oid)
+            assert nodes.run_on(1, join_destroy, oid) == ("ok", None)
+            outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+            assert [kind for kind, _ in outcomes] == ["ObjectDestroyed"] * 6, outcomes
+            assert all(s == (False, 1) for n in range(NNODES) for s in nodes.run_on(n, reps_state, oid))
+
+
+def late_install(oid):
+    """Ask the root for this node's entry, let the object be destroyed, then install the answer.
+
+    Returns (error type of the install, whether a rep was built, that rep's (alive, cleanups))."""
+    cos = current_cos()
+    info = cos._remote(0, "miss", [oid, cos.node])
+    cos.destroy(oid)
+    before = len(_reps.get(oid, []))
+    try:
+        cos._install(oid, info)
+        kind = "ok"
+    except Exception as e:  # noqa: BLE001
+        kind = type(e).__name__
+    built = _reps.get(oid, [])[before:]
+    return kind, info["kind"], [(r.alive, r.cleaned) for r in built]
+
+
+class TestLateInstall:
+    @pytest.mark.parametrize("policy, expect", [("per_node", "rep"), ("singleton", "stub")])
+    def test_answer_installed_after_reset(self, nodes, policy, expect):
+        """A miss answered before destroy but installed after the reset fails with ObjectDestroyed; its rep is freed."""
+        oid = nodes.run_on(0, create, policy)
+        kind, got, built = nodes.run_on(1, late_install, oid)
+        assert (kind, got) == ("ObjectDestroyed", expect)
+        assert built == ([(False, 1)] if expect == "rep" else [])
+        assert nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
