@@ -50,3 +50,7 @@ from ._cluster import Cluster, start_nodes  # noqa: E402
 
 __all__ += ["Payload", "RemoteError", "PPCCounter", "PPCStatistics", "NodeRuntime",
             "NodeStartupError", "current_runtime", "Cluster", "start_nodes"]
+
+from ._ppc_channel import before_blocking  # noqa: E402  (a handler about to wait hands its channel on)
+
+__all__ += ["before_blocking"]

@@ -24,22 +24,15 @@ every request moves the page and grants read-write.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from tornado_dsm.kernel import DSMInternalError
 
-from ._dynamic import bits
-from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant
+from ._fanout import bits, thread_fanout
+from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
 
 PROTOCOLS = ("ivy", "migrate")
 MAX_NODES = 64  # the copyset is a uint64 bitmask
-
-# Invalidations go out in parallel; each is a blocking PPC, so fan them out
-# on threads (shared by every directory of this process).
-_fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tornado_dsm-inval")
-
 
 class PageDirectory:
     """Owner, copyset and version of ``npages`` pages.
@@ -47,13 +40,16 @@ class PageDirectory:
     ``call(node, method, *args)`` reaches the FCM rep of this memory object on
     a node (send_copy, give_page, invalidate); ``fill(page)`` returns the
     first-touch contents from the COR (None for zeros); ``spill(page, data)``
-    writes an evicted owned page back to the COR.
+    writes an evicted owned page back to the COR.  ``fanout(nodes, method,
+    *args)`` calls the FCM reps of several nodes at once (all requests sent
+    before any reply is awaited); by default, one thread per call.
     """
 
-    def __init__(self, npages: int, call, fill, spill=None, protocol: str = "ivy") -> None:
+    def __init__(self, npages: int, call, fill, spill=None, protocol: str = "ivy", fanout=None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self.npages, self.call, self.fill, self.spill, self.protocol = npages, call, fill, spill, protocol
+        self.fanout = fanout or thread_fanout(call)
         self.owner = np.full(npages, -1, dtype=np.int16)
         self.copyset = np.zeros(npages, dtype=np.uint64)
         self.version = np.zeros(npages, dtype=np.uint32)
@@ -76,7 +72,7 @@ class PageDirectory:
     def _acquire(self, page: int) -> None:
         with self.cond:
             while self.busy[page]:
-                self.cond.wait()
+                wait(self.cond)
             self.busy[page] = 1
 
     def _release(self, page: int) -> None:
@@ -137,9 +133,7 @@ class PageDirectory:
         if not mask:
             return
         readers = bits(mask)
-        futures = [_fanout.submit(self.call, n, "invalidate", page, new_version) for n in readers]
-        for f in futures:
-            f.result()
+        self.fanout(readers, "invalidate", page, new_version)
         self.invalidations += len(readers)
 
     def _first_touch(self, page: int) -> bytes:

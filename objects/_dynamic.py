@@ -20,40 +20,29 @@ instead of endless forwarding.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from tornado_dsm.kernel import DSMInternalError
 
-from ._fcm import KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, Grant
+from ._fanout import bits, thread_fanout
+from ._fcm import KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
 
 MAX_NODES = 64
-
-_fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="tornado_dsm-dyninval")
-
-
-def bits(mask: int) -> list[int]:
-    """Node ids set in a copyset mask."""
-    out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
-    return out
-
 
 class DynamicManager:
     """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 
-    ``call(node, method, *args)`` reaches this FCM's manager on another node;
+    ``call(node, method, *args)`` reaches this FCM's manager on another node
+    (``fanout(nodes, method, *args)`` several at once);
     ``fill(page)`` gives first-touch contents (None for zeros) and
     ``spill(page, data, dirty)`` writes an evicted page back to the COR.
     """
 
-    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill, spill=None) -> None:
+    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill, spill=None,
+                 fanout=None) -> None:
         self.pages, self.node, self.nnodes, self.home = pages, node, nnodes, home
         self.call, self.fill, self.spill = call, fill, spill
+        self.fanout = fanout or thread_fanout(call)
         n = pages.npages
         self.owner = pages.owned  # one ownership array, shared with the FCM pages
         self.owner[:] = node == home
@@ -87,7 +76,7 @@ class DynamicManager:
         cond = self.pages.cond
         with cond:
             while self.serving[page] or (requester != self.node and self.pages.requesting[page]):
-                cond.wait()
+                wait(cond)
             if not self.owner[page]:
                 target = int(self.prob_owner[page])
                 if want == WRITE:
@@ -145,9 +134,7 @@ class DynamicManager:
         if not mask:
             return
         readers = bits(mask)
-        futures = [_fanout.submit(self.call, n, "invalidate", page, new_version, requester) for n in readers]
-        for f in futures:
-            f.result()
+        self.fanout(readers, "invalidate", page, new_version, requester)
         with self.pages.cond:
             self.copyset[page] = 0
         self.invalidations += len(readers)
@@ -158,7 +145,7 @@ class DynamicManager:
         cond = self.pages.cond
         with cond:
             while self.serving[page]:
-                cond.wait()
+                wait(cond)
             if not self.owner[page] or self.pages.version[page] != version:
                 return None
             self.serving[page] = 1

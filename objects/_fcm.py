@@ -39,9 +39,17 @@ import threading
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError
+from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError, before_blocking
 
 NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
+
+
+def wait(cond) -> None:
+    """cond.wait(), first handing on the PPC channel this thread may be serving:
+    a protocol handler that waits for a page in transition must not hold up the
+    other requests arriving on its connection."""
+    before_blocking()
+    cond.wait()
 
 
 # What a manager's release_owned hook reports for an evicted owned page:
@@ -113,7 +121,7 @@ class FCMPages:
         while True:
             with self.cond:
                 while self._requesting[page]:
-                    self.cond.wait()
+                    wait(self.cond)
                 access = self._access[page]
                 if access >= want:
                     if self._hat_prot[self.vpage + page] != access:
@@ -192,7 +200,7 @@ class FCMPages:
 
     def _locked_wait_version(self, page: int, expect_version: int) -> None:
         while self.version[page] < expect_version:
-            self.cond.wait()
+            wait(self.cond)
 
     def _locked_free_frame(self, page: int) -> None:
         """Give the frame of a page we no longer hold back to the node."""

@@ -43,6 +43,19 @@ def grant_from_wire(w) -> Grant:
     return Grant(int(w[0]), int(w[1]), w[2], bool(w[3]), bool(w[4]))
 
 
+def rep_fanout(oid: int):
+    """fanout(nodes, method, *args): the method on the rep of ``oid`` on every
+    node at once, requests sent before any reply is awaited (call_async)."""
+    cos = current_cos()
+    rt = cos.runtime
+
+    def fanout(nodes, method, *args):
+        pending = [rt.call_async(n, oid, method, list(args)) for n in nodes if n != cos.node]
+        local = [cos.call_reps(oid, (cos.node,), method, args)] if cos.node in nodes else []
+        return [p.result() for p in pending] + local
+    return fanout
+
+
 def rep_caller(oid: int):
     """call(node, method, *args) on the rep of ``oid`` on ``node`` (direct if local)."""
     cos = current_cos()
@@ -65,7 +78,8 @@ class PageDirectoryRep(ClusteredRep):
         fill = lambda page: cos.call(cor_oid, "read_page", page)  # noqa: E731
         spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
         self.call = rep_caller(fcm_oid)
-        self.dir = PageDirectory(npages, self._call_fcm, fill, spill, protocol=protocol)
+        self.dir = PageDirectory(npages, self._call_fcm, fill, spill, protocol=protocol,
+                                 fanout=rep_fanout(fcm_oid))
 
     def _call_fcm(self, node, method, *args):
         result = self.call(node, method, *args)
@@ -123,7 +137,8 @@ class FCMRep(ClusteredRep):
         if manager == "dynamic":
             fill = lambda page: cos.call(cor_oid, "read_page", page)  # noqa: E731
             spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
-            self.dyn = DynamicManager(self.pages, self.node, nnodes, self.home, self._call_dyn, fill, spill)
+            self.dyn = DynamicManager(self.pages, self.node, nnodes, self.home, self._call_dyn, fill, spill,
+                                      rep_fanout(self.oid))
             self.pages.request = self.dyn.request
             if debug:
                 self.dyn.debug_check = self._check_page
