@@ -14,9 +14,11 @@ from pathlib import Path
 
 
 def scenario_dirs() -> list[Path]:
-    """Where shipped scenarios are looked for: the repository's scenarios/, then ./scenarios."""
-    repo = Path(__file__).resolve().parent.parent / "scenarios"
-    return [d for d in (repo, Path.cwd() / "scenarios") if d.is_dir()]
+    """Where shipped scenarios are looked for: installed with the package
+    (tornado_dsm/scenarios), the repository's scenarios/, then ./scenarios."""
+    here = Path(__file__).resolve().parent
+    dirs = (here / "scenarios", here.parent / "scenarios", Path.cwd() / "scenarios")
+    return [d for d in dirs if d.is_dir()]
 
 
 def find_scenario(name: str) -> str:
