@@ -169,7 +169,7 @@ def start_hammer(oid, k):
                 if first:
                     entered.release()
                     first = False
-        t = threading.Thread(target=loop)
+        t = threading.Thread(target=loop, daemon=True)  # a failing test must not keep the process alive
         t.start()
         _callers.setdefault(oid, []).append((t, out))
 
@@ -304,7 +304,7 @@ def start_first_callers(oid, k):
                     out.append((result[0], n) if result[0] == "ObjectDestroyed" else result)
                     return
                 n += 1
-        t = threading.Thread(target=loop)
+        t = threading.Thread(target=loop, daemon=True)  # a failing test must not keep the process alive
         t.start()
         _callers.setdefault(oid, []).append((t, out))
 
