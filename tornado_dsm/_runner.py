@@ -17,7 +17,7 @@ import traceback
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import current_cos, view_at
+from tornado_dsm.kernel import PAGE, current_cos, view_at
 
 _local = threading.local()
 
@@ -71,7 +71,7 @@ def _ref(value, arrays: dict):
         return value
     address = value.__array_interface__["data"][0]
     for start, npages in arrays.values():
-        if start <= address < start + npages * 4096:
+        if start <= address < start + npages * PAGE:
             return ArrayRef(address, value.shape, value.dtype.str, value.strides)
     return value  # a private array: sent by value
 
