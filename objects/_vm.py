@@ -18,7 +18,7 @@ from time import perf_counter_ns
 import attrs
 
 from tornado_dsm.kernel import (
-    PAGE, FaultRefused, NodeLost, NodeMemory, ObjectDestroyed, PPCTimeout, current_cos,
+    PAGE, FaultRefused, NodeLost, NodeMemory, ObjectDestroyed, PPCTimeout, current_cos, home_of,
 )
 
 from . import _nodestate
@@ -150,9 +150,14 @@ class VirtualMemory:
         self.process.attach(start, start + npages * PAGE, int(region), name)
         return Allocation(start, npages, int(region), int(fcm), directory, int(cor))
 
+    def rep_nodes(self, oid: int) -> tuple:
+        """Nodes holding a rep of ``oid`` (asked of its root: calling the reps of
+        every node would make the others miss and build reps just to answer)."""
+        return tuple(self.cos.call_root(oid, home_of(oid), "rep_nodes", []))
+
     def flush(self, a: Allocation) -> int:
         """Write every dirty page of ``a``, on every node, back to its COR; fsync."""
-        dirty = self.cos.call_reps(a.fcm, tuple(range(self.cos.nnodes)), "dirty_pages", ())
+        dirty = self.cos.call_reps(a.fcm, self.rep_nodes(a.fcm), "dirty_pages", ())
         pages = [pair for node in sorted(dirty) for pair in dirty[node]]
         return self.cos.call(a.cor, "write_pages", pages)
 
@@ -165,12 +170,12 @@ class VirtualMemory:
         self.process.release((a.start - self.config.base) // PAGE)
 
 
-def drop_mappings(region_oids: list) -> int:
-    """On one node: unmap the HAT mappings of these regions' pages but keep the
-    cached copies (the next faults are in-core).  Returns the pages cached here."""
+def drop_mappings(fcm_oids: list) -> int:
+    """On one node holding reps of these FCMs: unmap their pages in the HAT but
+    keep the cached copies (the next faults are in-core).  Returns the pages
+    cached here."""
     cos, cached = current_cos(), 0
-    for region in region_oids:
-        fcm = cos.call(region, "translate", cos.call(region, "start"), 1)[0]
+    for fcm in fcm_oids:
         cos.call(fcm, "drop_mappings")
         cached += cos.call(fcm, "statistics")["resident"]
     return cached

@@ -132,10 +132,6 @@ class RegionRep(ClusteredRep):
             self.read_faults += 1
         return [self.fcm_oid, (address - self.start_address) >> 12]
 
-    def start(self) -> int:
-        """First address of the region."""
-        return self.start_address
-
     def statistics(self) -> dict:
         return {"read_faults": self.read_faults, "write_faults": self.write_faults,
                 "refused": self.refused}

@@ -86,3 +86,19 @@ class TestInCore:
             assert after.incore_faults - before.incore_faults == 8
             assert after.coherence_faults == before.coherence_faults
             assert after.fault_p50_us > 0 and after.fault_p99_us >= after.fault_p50_us
+
+
+class TestObservation:
+    def test_no_side_effects(self):
+        """statistics, flush and drop_mappings build no reps on untouched nodes and count no faults."""
+        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, a, 1, nodes=[1], threads=1)
+            fcm = next(o for o in c.inspect().objects if o.name.startswith("fcm:"))
+            before = c.statistics().total
+            c.flush(a)
+            assert c.drop_mappings(a) == [0, 4, 0]
+            after = c.statistics().total
+            assert (after.read_faults, after.write_faults) == (before.read_faults, before.write_faults) == (0, 4)
+            now = next(o for o in c.inspect().objects if o.oid == fcm.oid)
+            assert set(now.rep_nodes) == set(fcm.rep_nodes) and 2 not in now.rep_nodes

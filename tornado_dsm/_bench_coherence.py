@@ -96,7 +96,7 @@ def _collect_ivy(args) -> dict:
                 fresh = c.zeros((args.pages * PAGE,), np.uint8)
                 zero_fill = _touch(fresh, 0)
                 upgrade = _touch(fresh, 1)
-                c.run(progs.drop_mappings, fresh, nodes=0, threads=1)
+                c.drop_mappings(fresh, nodes=0)
                 incore = _touch(fresh, 1)
                 c.free(fresh)
                 if keep:

@@ -50,7 +50,7 @@ class Cluster:
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,))
         try:
             self.vm = VirtualMemory(self.config, self.policies)
-            self._on_all_nodes(set_process, int(self.vm.process))
+            self._nodes.run_on_all(set_process, int(self.vm.process))
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
@@ -113,7 +113,8 @@ class Cluster:
         (Tornado's in-core page-fault test).  Returns the pages cached per node."""
         a, _ = self._allocation(array)
         chosen = _runner.check_nodes(nodes, self.nnodes)
-        return [self._nodes.run_on(n, drop_mappings, [a.region]) for n in chosen]
+        holders = self.vm.rep_nodes(a.fcm)  # a node without a rep caches nothing
+        return [self._nodes.run_on(n, drop_mappings, [a.fcm]) if n in holders else 0 for n in chosen]
 
     # ---- work --------------------------------------------------------------------------
 
@@ -166,13 +167,6 @@ class Cluster:
             stop_node()
 
     # ---- helpers ------------------------------------------------------------------------
-
-    def _on_all_nodes(self, fn, *args) -> None:
-        for n in range(self.nnodes):
-            if n == current_cos().node:
-                fn(*args)
-            else:
-                self._nodes.run_on(n, fn, *args)
 
     def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
         with self._lock:

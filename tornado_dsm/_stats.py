@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import current_cos, home_of
+from tornado_dsm.kernel import current_cos
 
 
 @attrs.frozen
@@ -71,44 +71,31 @@ def _sum_stats(stats: dict, into: dict, keys: dict) -> None:
 
 
 def gather_statistics(cluster, oids: list) -> ClusterStatistics:
-    """Ask every node's reps of the arrays' objects (and its DSM rep and PPC counters)."""
-    cos = current_cos()
+    """Ask the reps of the arrays' objects, every node's DSM rep and PPC counters."""
+    cos, reps = current_cos(), cluster.vm.rep_nodes
     nodes = tuple(range(cluster.nnodes))
     per_node = {n: {} for n in nodes}
     for fcm, region, directory, _cor in oids:
-        for n, s in cos.call_reps(fcm, nodes, "statistics", ()).items():
+        for n, s in cos.call_reps(fcm, reps(fcm), "statistics", ()).items():
             _sum_stats(s, per_node[n], {"incore_faults": "incore_faults", "coherence_faults": "coherence_faults",
                                         "stale_grants": "stale_grants", "forwards": "forwards",
                                         "invalidations": "invalidations"})
-        for n, s in cos.call_reps(region, _rep_nodes(cos, region, nodes), "statistics", ()).items():
+        for n, s in cos.call_reps(region, reps(region), "statistics", ()).items():
             _sum_stats(s, per_node[n], {"read_faults": "read_faults", "write_faults": "write_faults",
                                         "refused": "refused_faults"})
         if directory:
-            for n, s in cos.call_reps(directory, _rep_nodes(cos, directory, nodes), "statistics", ()).items():
+            for n, s in cos.call_reps(directory, reps(directory), "statistics", ()).items():
                 _sum_stats(s, per_node[n], {"invalidations": "invalidations"})
     for n, s in cos.call_reps(int(cluster.vm.dsm), nodes, "statistics", ()).items():
         _sum_stats(s, per_node[n], {"resident": "resident_pages", "evicted_copies": "evicted_copies",
                                     "evicted_owned": "evicted_owned"})
-    for n in nodes:
-        per_node[n].update(_ppc_totals(cluster, n))
+    for n, totals in enumerate(cluster._nodes.run_on_all(ppc_totals)):
+        per_node[n].update(totals)
     result = tuple(NodeStatistics(node=n, **per_node[n]) for n in nodes)
     total = result[0]
     for s in result[1:]:
         total = total + s
     return ClusterStatistics(result, attrs.evolve(total, node=-1))
-
-
-def _rep_nodes(cos, oid: int, nodes: tuple) -> tuple:
-    """Nodes holding a rep of ``oid`` (a singleton has one, on its home)."""
-    view = cos.call_root(oid, home_of(oid), "rep_nodes", [])
-    return tuple(view) if view else nodes
-
-
-def _ppc_totals(cluster, node: int) -> dict:
-    """Local/remote PPC counts, messages and bytes of one node."""
-    if node == current_cos().node:
-        return ppc_totals()
-    return cluster._nodes.run_on(node, ppc_totals)
 
 
 def ppc_totals() -> dict:
