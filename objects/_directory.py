@@ -17,8 +17,9 @@ The centralized scheme has one directory (on its home node); the fixed
 scheme has one per node, page p on node p mod N.  Both use this class; the
 difference is only which node a requester sends to.
 
-``migrate`` (single reader / single writer) uses the same serialization but
-every request moves the page and grants read-write.
+``migrate`` (single reader / single writer) needs nothing here: its FCM pages
+ask for WRITE on every fault, so every request moves the page.  ``protocol``
+only tells the debug checks which invariants apply.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class PageDirectory:
             raise DSMInternalError("PageDirectory.request", f"page {page} outside [0, {self.npages})")
         self._acquire(page)
         try:
-            if self.protocol == "migrate" or want == WRITE:
+            if want == WRITE:
                 return self._locked_write(page, node, have_version)
             return self._locked_read(page, node)
         finally:
@@ -102,7 +103,7 @@ class PageDirectory:
         if owner < 0:
             data = self._first_touch(page)
         elif owner != node:
-            need = self.protocol == "migrate" or have_version != version
+            need = have_version != version
             data, dirty = self.call(owner, "give_page", page, version, new, need)
         elif have_version != version:
             raise DSMInternalError("PageDirectory._locked_write", f"owner {node} of page {page} lost its copy")

@@ -83,14 +83,18 @@ class FCMPages:
     ``memory`` is the node's NodeMemory; the object's page i lives at virtual
     page ``vpage + i`` (identity placement: frame i is at that page's file
     offset).  ``request(page, want, have_version)`` is the protocol's
-    requester half: it talks to the manager and returns a Grant.
+    requester half: it talks to the manager and returns a Grant.  With
+    ``migrate`` every fault asks for WRITE (the managers need not know).
     """
 
-    def __init__(self, memory, vpage: int, npages: int, request, frames=None) -> None:
+    def __init__(self, memory, vpage: int, npages: int, request, frames=None, migrate: bool = False) -> None:
         if vpage < 0 or vpage + npages > memory.npages:
             raise ValueError(f"pages [{vpage}, {vpage + npages}) are outside the window's {memory.npages} pages")
         self.memory, self.vpage, self.npages = memory, vpage, npages
         self.request = request
+        # migrate (single reader / single writer): every fault takes the page
+        # read-write, so the one copy moves to wherever it is accessed.
+        self.migrate = migrate
         self.access = np.zeros(npages, dtype=np.uint8)
         self.version = np.zeros(npages, dtype=np.uint32)
         self.inval = np.zeros(npages, dtype=np.uint32)
@@ -117,6 +121,8 @@ class FCMPages:
         Returns True if it needed a request to the manager (a coherence fault),
         False if the copy was already here (an in-core fault).
         """
+        if self.migrate:
+            want = WRITE
         remote = False
         while True:
             with self.cond:

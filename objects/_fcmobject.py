@@ -28,7 +28,7 @@ from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, current_cos
 from . import _nodestate
 from ._directory import PageDirectory
 from ._dynamic import DynamicManager
-from ._fcm import WRITE, FCMPages, Grant
+from ._fcm import FCMPages, Grant
 from ._invariants import check_page
 
 MANAGERS = ("centralized", "fixed", "dynamic")
@@ -130,7 +130,8 @@ class FCMRep(ClusteredRep):
                  dir_oid: int, nnodes: int, debug: bool) -> None:
         state = _nodestate.current()
         self.protocol, self.manager, self.cor_oid, self.dir_oid = protocol, manager, cor_oid, dir_oid
-        self.pages = FCMPages(state.memory, vpage, npages, self._request, state.frames)
+        self.pages = FCMPages(state.memory, vpage, npages, self._request, state.frames,
+                              migrate=protocol == "migrate")
         self.dyn = None
         cos = current_cos()
         self._cos = cos
@@ -149,11 +150,8 @@ class FCMRep(ClusteredRep):
     # -- the fault path (local calls on the faulting node) -------------------
 
     def get_page(self, page: int, want: int) -> bool:
-        """Make ``page`` accessible here for ``want``; True if it took coherence traffic.
-
-        Under ``migrate`` every fault takes the page read-write (single
-        reader / single writer: the page moves to where it is accessed)."""
-        remote = self.pages.get_page(page, WRITE if self.protocol == "migrate" else want)
+        """Make ``page`` accessible here for ``want``; True if it took coherence traffic."""
+        remote = self.pages.get_page(page, want)
         if remote:
             self.coherence_faults += 1
         else:

@@ -42,7 +42,7 @@ class Harness:
         self.fcms, self.dyns = [], []
         self.frames = [FrameAccount(mem, capacity) for mem in self.mems]
         for n, mem in enumerate(self.mems):
-            fcm = FCMPages(mem, 0, PAGES, self._requester(n), self.frames[n])
+            fcm = FCMPages(mem, 0, PAGES, self._requester(n), self.frames[n], migrate=protocol == "migrate")
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
             if manager == "dynamic":
@@ -91,7 +91,8 @@ class Harness:
         self.cor.close()
 
 
-@pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic")])
+@pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic"),
+                        ("migrate", "dynamic")])
 def harness(request):
     h = Harness(*request.param)
     yield h
@@ -255,6 +256,10 @@ class DynamicMachine(ProtocolMachine):
     manager = "dynamic"
 
 
+class MigrateDynamicMachine(ProtocolMachine):
+    protocol, manager = "migrate", "dynamic"
+
+
 class EvictingMachine(ProtocolMachine):
     """Two frames per node for four pages: every few steps a node evicts."""
 
@@ -269,6 +274,8 @@ _settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
 ProtocolMachine.TestCase.settings = _settings
 MigrateMachine.TestCase.settings = _settings
 DynamicMachine.TestCase.settings = _settings
+MigrateDynamicMachine.TestCase.settings = _settings
+TestMigrateDynamicMachine = MigrateDynamicMachine.TestCase
 EvictingMachine.TestCase.settings = _settings
 EvictingDynamicMachine.TestCase.settings = _settings
 TestEvictingMachine = EvictingMachine.TestCase
