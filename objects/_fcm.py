@@ -128,10 +128,8 @@ class FCMPages:
             with self.cond:
                 while self._requesting[page]:
                     wait(self.cond)
-                access = self._access[page]
-                if access >= want:
-                    if self._hat_prot[self.vpage + page] != access:
-                        self._map_page(self.vpage + page, access)
+                if self._access[page] >= want:
+                    self._locked_map(page)
                     return remote
                 self.requesting[page] = 1
                 have = int(self.version[page]) if self.access[page] >= READ else -1
@@ -166,10 +164,11 @@ class FCMPages:
             return True
 
     def _locked_map(self, page: int) -> None:
-        """Map the page in the HAT with this node's access (cond held)."""
-        v = self.vpage + page
-        if self.memory.hat.prot[v] != self.access[page]:
-            self.memory.hat.protect(v, 1, int(self.access[page]))
+        """Map the page in the HAT with this node's access (cond held).  The page
+        is inside the window by construction, so the unchecked form is safe."""
+        v, access = self.vpage + page, self._access[page]
+        if self._hat_prot[v] != access:
+            self._map_page(v, access)
 
     # -- owner / holder side (worker threads answering other nodes) -----------
 
