@@ -46,6 +46,10 @@ class SegmentationFault(MemoryError):
 # thread when it raises, which is the moment the scratch pages go away.
 _pending = threading.local()
 
+# Puts the real frames back under this thread's scratch pages; the trap
+# installs it when it is imported (the trap depends on this module, not back).
+restore_scratch_hook = None
+
 
 def record_refused_fault(address: int, access: str, node: int, reason: str) -> None:
     """Remember the first refused fault of this thread until it is raised."""
@@ -62,9 +66,7 @@ class _AsyncSegmentationFault(SegmentationFault):
             return
         fault = getattr(_pending, "fault", None)
         _pending.fault = None
-        from ._trap import restore_scratch  # noqa: PLC0415 (already imported: no I/O)
-
-        restore_scratch()
+        restore_scratch_hook()
         if fault is None:
             raise DSMInternalError("_AsyncSegmentationFault", "raised with no pending fault")
         super().__init__(*fault)

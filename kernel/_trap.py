@@ -20,6 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
+from . import _errors
 from ._errors import DSMInternalError, record_refused_fault
 from ._lib import PAGE, ffi, lib
 
@@ -178,3 +179,6 @@ def touch_from_foreign_thread(address: int, write: int = 0) -> int:
     if result < 0:
         raise OSError("pthread_create failed")
     return result
+
+
+_errors.restore_scratch_hook = restore_scratch
