@@ -85,6 +85,12 @@ class Harness:
                 owner = -1  # owned without a copy: the backing store has it
             check_page(p, access, owner, copyset, self.protocol)
 
+    def __enter__(self) -> "Harness":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         for m in self.mems:
             m.close()
@@ -94,28 +100,23 @@ class Harness:
 @pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic"),
                         ("migrate", "dynamic")])
 def harness(request):
-    h = Harness(*request.param)
-    yield h
-    h.close()
+    with Harness(*request.param) as h:
+        yield h
 
 
 class TestMessages:
     def test_read_from_third_owner(self):
         """A read fault whose owner is another node fetches a copy and joins the copyset."""
-        h = Harness()
-        try:
+        with Harness() as h:
             h.arrays[1][0] = 5
             assert h.arrays[2][0] == 5
             assert h.holders(0) == (1, 1 << 2)
             assert h.fcms[1].access[0] == READ  # the owner was downgraded
             h.check()
-        finally:
-            h.close()
 
     def test_write_invalidates_readers(self):
         """A write invalidates every reader before it is granted."""
-        h = Harness()
-        try:
+        with Harness() as h:
             h.arrays[0][0] = 1
             assert h.arrays[1][0] == 1 and h.arrays[2][0] == 1
             h.arrays[2][1] = 9
@@ -123,15 +124,12 @@ class TestMessages:
             assert h.directory.invalidations == 1  # node 1; node 0 was the owner
             assert h.arrays[0][1] == 9
             h.check()
-        finally:
-            h.close()
 
 
 class TestCrossingMessages:
     def test_copy_overtaken_by_invalidation_is_refused(self):
         """A read copy older than an invalidation that reached the node first is not installed."""
-        h = Harness()
-        try:
+        with Harness() as h:
             h.arrays[0][0] = 3                                  # node 0 owns page 0
             grant = h.directory.request(0, 2, READ, -1)         # node 2's copy, still "in flight"
             h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
@@ -139,13 +137,10 @@ class TestCrossingMessages:
             assert h.fcms[2].stale_grants == 1 and h.fcms[2].access[0] == 0
             assert h.arrays[2][0] == 4                          # the retry sees the new value
             h.check()
-        finally:
-            h.close()
 
     def test_owner_answers_only_after_installing(self):
         """A copy requested from a node whose ownership grant is not installed yet waits for it."""
-        h = Harness()
-        try:
+        with Harness() as h:
             h.arrays[0][0] = 7
             grant = h.directory.request(0, 1, WRITE, -1)        # node 1 now owns page 0, not installed
             seen = []
@@ -157,16 +152,13 @@ class TestCrossingMessages:
             reader.join(timeout=30)
             assert seen == [7]
             h.check()
-        finally:
-            h.close()
 
 
 class TestEviction:
     @pytest.mark.parametrize("manager", ["centralized", "dynamic"])
     def test_owned_pages_survive_eviction(self, manager):
         """Over capacity, owned pages go to the backing store and come back intact."""
-        h = Harness("ivy", manager, capacity=2)
-        try:
+        with Harness("ivy", manager, capacity=2) as h:
             words = PAGE // 8
             for p in range(PAGES):
                 h.arrays[0][p * words] = 100 + p
@@ -174,13 +166,10 @@ class TestEviction:
             assert h.mems[0].resident_pages() <= 2
             assert [int(h.arrays[1][p * words]) for p in range(PAGES)] == [100 + p for p in range(PAGES)]
             h.check()
-        finally:
-            h.close()
 
     def test_read_copies_go_first(self):
         """With read copies and owned pages resident, a read copy is evicted first."""
-        h = Harness("ivy", "centralized", capacity=2)
-        try:
+        with Harness("ivy", "centralized", capacity=2) as h:
             words = PAGE // 8
             h.arrays[0][0] = 1                   # node 0 owns page 0
             h.arrays[1][words] = 2               # node 1 owns page 1
@@ -190,8 +179,6 @@ class TestEviction:
             assert (stats.evicted_copies, stats.evicted_owned) == (1, 0)
             assert h.fcms[1].owned[1] == 1 and h.fcms[1].access[0] == 0
             h.check()
-        finally:
-            h.close()
 
 
 class TestConcurrentCounters:
