@@ -29,6 +29,7 @@ buffers the stream so a small frame costs one ``recv``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -163,10 +164,24 @@ def _mac(key: bytes, label: bytes, a: bytes, b: bytes) -> bytes:
     return hmac.new(key, label + a + b, hashlib.sha256).digest()
 
 
-def handshake_accept(sock: socket.socket, key: bytes) -> None:
-    """Authenticate the peer that connected on ``sock``; AuthenticationError if it fails."""
+@contextlib.contextmanager
+def _handshaking(sock: socket.socket):
+    """Bound a handshake in time and make any failure an AuthenticationError;
+    once it succeeded, the socket is left blocking and tuned for frames."""
     sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
+        yield
+    except AuthenticationError:
+        raise
+    except (OSError, ValueError) as e:
+        raise AuthenticationError(f"handshake failed: {e}") from None
+    sock.settimeout(None)
+    _tune(sock)
+
+
+def handshake_accept(sock: socket.socket, key: bytes) -> None:
+    """Authenticate the peer that connected on ``sock``; AuthenticationError if it fails."""
+    with _handshaking(sock):
         ns = secrets.token_bytes(NONCE)
         sock.sendall(MAGIC + ns)
         answer = _recv_exact(sock, NONCE + DIGEST)
@@ -174,18 +189,11 @@ def handshake_accept(sock: socket.socket, key: bytes) -> None:
         if not hmac.compare_digest(mac, _mac(key, b"C", ns, nc)):
             raise AuthenticationError("peer did not prove it holds the cluster key")
         sock.sendall(_mac(key, b"S", nc, ns))
-    except (OSError, ValueError) as e:
-        if isinstance(e, AuthenticationError):
-            raise
-        raise AuthenticationError(f"handshake failed: {e}") from None
-    sock.settimeout(None)
-    _tune(sock)
 
 
 def handshake_connect(sock: socket.socket, key: bytes) -> None:
     """Authenticate ourselves to, and the accepting peer on, ``sock``."""
-    sock.settimeout(HANDSHAKE_TIMEOUT)
-    try:
+    with _handshaking(sock):
         hello = _recv_exact(sock, len(MAGIC) + NONCE)
         if not hmac.compare_digest(hello[:len(MAGIC)], MAGIC):
             raise AuthenticationError("peer is not a tornado_dsm node (bad magic)")
@@ -195,12 +203,6 @@ def handshake_connect(sock: socket.socket, key: bytes) -> None:
         mac = _recv_exact(sock, DIGEST)
         if not hmac.compare_digest(mac, _mac(key, b"S", nc, ns)):
             raise AuthenticationError("peer did not prove it holds the cluster key")
-    except (OSError, ValueError) as e:
-        if isinstance(e, AuthenticationError):
-            raise
-        raise AuthenticationError(f"handshake failed: {e}") from None
-    sock.settimeout(None)
-    _tune(sock)
 
 
 def connect(address, key: bytes, timeout: float = HANDSHAKE_TIMEOUT) -> socket.socket:
