@@ -39,7 +39,7 @@ import threading
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError, before_blocking
+from tornado_dsm.kernel import PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError, before_blocking
 
 NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
 

@@ -15,7 +15,7 @@ import threading
 import attrs
 import numpy as np
 
-from ._fcm import NIL, READ
+from ._fcm import NIL
 
 
 @attrs.frozen

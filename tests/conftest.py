@@ -68,3 +68,17 @@ def cluster_factory():
         cluster.close()
     leftovers = [pid for c in started for pid in c.pids.values() if not process_gone(pid)]
     assert not leftovers, f"node processes left behind: {leftovers}"
+
+
+# ---- clustered objects: three nodes shared by a whole module --------------------
+# (test_ppc.py and test_transport.py define their own two-node `nodes`.)
+THREE = 3
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    """Three nodes for the whole module (node 0 is this process)."""
+    from tornado_dsm.kernel import start_nodes
+
+    with start_nodes(THREE) as cluster:
+        yield cluster

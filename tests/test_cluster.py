@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import tornado_dsm as td
-from tornado_dsm.kernel import PAGE
 
 import clusterprogs as progs
 from conftest import fresh_base

@@ -5,19 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tornado_dsm.kernel import (
-    ClusteredRep, ClusteredRoot, DSMInternalError, ObjectDestroyed, current_cos, start_nodes,
+    ClusteredRep, ClusteredRoot, ObjectDestroyed, current_cos,
 )
 from tornado_dsm.objects import PartitionedCounter, PerNodeCounter, SingletonCounter
 
-NNODES = 3
+from conftest import THREE as NNODES  # the shared `nodes` fixture's size
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    """Three nodes for the whole module (node 0 is this process)."""
-    with start_nodes(NNODES) as cluster:
-        yield cluster
 
 
 # ---- helpers that run on a node (module level: nodes import them by name) ------------

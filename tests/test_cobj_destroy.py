@@ -11,16 +11,11 @@ from tornado_dsm.kernel import (
     ClusteredRep, ClusteredRoot, NodeLost, ObjectDestroyed, current_cos, start_nodes,
 )
 
-NNODES = 3
+from conftest import THREE as NNODES  # the shared `nodes` fixture's size
 WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    """Three nodes for the whole module."""
-    with start_nodes(NNODES) as cluster:
-        yield cluster
 
 
 # ---- node-local state (each node process has its own copy) --------------------------

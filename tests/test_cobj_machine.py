@@ -11,21 +11,16 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tornado_dsm.kernel import current_cos, start_nodes
+from tornado_dsm.kernel import current_cos
 from tornado_dsm.kernel._cobj_policy import parse_policy
 from tornado_dsm.objects import counter_class
 
 from strategies import cobj_policies
 
-NNODES = 3
+from conftest import THREE as NNODES  # the shared `nodes` fixture's size
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(150)]
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    """Three nodes for the machine's examples."""
-    with start_nodes(NNODES) as cluster:
-        yield cluster
 
 
 # ---- helpers run on nodes ---------------------------------------------------------------

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from tornado_dsm.kernel import PAGE, READ, NodeMemory, trap
+from tornado_dsm.kernel import PAGE, READ, NodeMemory
 from tornado_dsm.objects._cor import AnonymousCOR
 from tornado_dsm.objects._directory import PageDirectory
 from tornado_dsm.objects._frames import FrameAccount

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tornado_dsm as td
-from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, trap
+from tornado_dsm.kernel import PROT_NONE, PROT_READ, PROT_WRITE, trap
 
 
 class TestCall:
