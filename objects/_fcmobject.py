@@ -45,15 +45,23 @@ def grant_from_wire(w) -> Grant:
 
 def rep_fanout(oid: int):
     """fanout(nodes, method, *args): the method on the rep of ``oid`` on every
-    node at once, requests sent before any reply is awaited (call_async)."""
+    node at once, requests sent before any reply is awaited (call_async);
+    results in ``nodes`` order."""
     cos = current_cos()
     rt = cos.runtime
 
     def fanout(nodes, method, *args):
-        pending = [rt.call_async(n, oid, method, list(args)) for n in nodes if n != cos.node]
-        local = [cos.call_reps(oid, (cos.node,), method, args)] if cos.node in nodes else []
-        return [p.result() for p in pending] + local
+        pending = {n: rt.call_async(n, oid, method, list(args)) for n in nodes if n != cos.node}
+        if cos.node in nodes:
+            local = cos.call_reps(oid, (cos.node,), method, args)[cos.node]
+        return [local if n == cos.node else pending[n].result() for n in nodes]
     return fanout
+
+
+def accesses(oid: int, page: int) -> np.ndarray:
+    """Every node's access to ``page`` of FCM ``oid``, by node (debug checks)."""
+    nodes = tuple(range(current_cos().nnodes))
+    return np.array(rep_fanout(oid)(nodes, "access_of", page), dtype=np.uint8)
 
 
 def rep_caller(oid: int):
@@ -97,13 +105,8 @@ class PageDirectoryRep(ClusteredRep):
         return self.dir.evict(page, node, version, data, dirty)
 
     def _check(self, page: int) -> None:
-        access = self._accesses(page)
         owner, _ = self.dir.holders(page)
-        check_page(page, access, owner, int(self.dir.copyset[page]), self.dir.protocol)
-
-    def _accesses(self, page: int) -> np.ndarray:
-        nnodes = current_cos().nnodes
-        return np.array([self.call(n, "access_of", page) for n in range(nnodes)], dtype=np.uint8)
+        check_page(page, accesses(self.fcm_oid, page), owner, int(self.dir.copyset[page]), self.dir.protocol)
 
     def statistics(self) -> dict:
         """Invalidations sent by this directory rep."""
@@ -198,8 +201,7 @@ class FCMRep(ClusteredRep):
 
     def _check_page(self, page: int, owner: int, copyset: int) -> None:
         """Debug mode (dynamic manager): IVY's invariants for ``page`` across all nodes."""
-        call = rep_caller(self.oid)
-        access = np.array([call(n, "access_of", page) for n in range(self._cos.nnodes)], dtype=np.uint8)
+        access = accesses(self.oid, page)
         check_page(page, access, owner if access[owner] else -1, copyset, self.protocol)
 
     def access_of(self, page: int) -> int:
