@@ -86,12 +86,8 @@ class PageDirectoryRep(ClusteredRep):
         fill = lambda page: cos.call(cor_oid, "read_page", page)  # noqa: E731
         spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
         self.call = rep_caller(fcm_oid)
-        self.dir = PageDirectory(npages, self._call_fcm, fill, spill, protocol=protocol,
+        self.dir = PageDirectory(npages, self.call, fill, spill, protocol=protocol,
                                  fanout=rep_fanout(fcm_oid))
-
-    def _call_fcm(self, node, method, *args):
-        result = self.call(node, method, *args)
-        return tuple(result) if method == "give_page" else result
 
     def request(self, page: int, node: int, want: int, have_version: int) -> list:
         """Serve a fault (see PageDirectory.request); the grant as a list."""
