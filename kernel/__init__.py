@@ -44,11 +44,11 @@ __all__ += [
 
 # nodes, transport and PPC (issue 4a)
 from ._ppc import Payload, RemoteError  # noqa: E402
-from ._ppc_stats import PPCCounter, PPCStatistics  # noqa: E402
+from ._ppc_stats import PPCCounter, PPCStatistics, peek as peek_count  # noqa: E402
 from ._node import NodeRuntime, NodeStartupError, current_runtime  # noqa: E402
 from ._cluster import Cluster, start_nodes  # noqa: E402
 
-__all__ += ["Payload", "RemoteError", "PPCCounter", "PPCStatistics", "NodeRuntime",
+__all__ += ["Payload", "RemoteError", "PPCCounter", "PPCStatistics", "peek_count", "NodeRuntime",
             "NodeStartupError", "current_runtime", "Cluster", "start_nodes"]
 
 from ._ppc_channel import before_blocking  # noqa: E402  (a handler about to wait hands its channel on)

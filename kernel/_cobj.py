@@ -56,6 +56,7 @@ from ._cobj_policy import (
     ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
 )
 from ._cobj_table import DestroyedEntry, PartitionedEntry, RepEntry, StubEntry, DrainTimeout
+from ._ppc_stats import peek
 from ._cobj_inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
 from ._cobj_ref import DRAIN_TIMEOUT, NullObject, ObjectRef, local_ppc_seconds  # noqa: F401 (re-exported)
 
@@ -279,7 +280,7 @@ class ClusteredObjectSystem:
 
     def _unknown(self, oid: int) -> ObjectDestroyed:
         """The error for an oid with no live root here (destroyed, or never created)."""
-        if oid >> HOME_BITS < peek_serial(self._serial):
+        if oid >> HOME_BITS < peek(self._serial):
             return ObjectDestroyed(f"clustered object {oid:#x} has been destroyed")
         return ObjectDestroyed(f"no clustered object {oid:#x} was ever created on node {self.node}")
 
@@ -388,7 +389,7 @@ class ClusteredObjectSystem:
         with self._lock:
             entries = [e for e in self._table.values() if not isinstance(e, DestroyedEntry)]
             roots = [r for r in self._roots.values() if not r.destroyed]
-        aux = {oid: [peek_serial(c) for c in cs] for oid, cs in list(self._root_calls.items())}
+        aux = {oid: [peek(c) for c in cs] for oid, cs in list(self._root_calls.items())}
         rows = [entry_row(e, aux.pop(e.oid, (0, 0))) for e in entries]
         # the root's own calls on a home that has no entry for the object
         rows += [[oid, "none", local, 0, remote, 0] for oid, (local, remote) in aux.items()]
@@ -447,11 +448,6 @@ def _free_rep(rep) -> None:
         rep.cleanup()
     finally:
         rep.alive = False
-
-
-def peek_serial(counter) -> int:
-    """The next value of an itertools.count (without advancing it)."""
-    return int(repr(counter)[6:-1])
 
 
 def attach(runtime) -> ClusteredObjectSystem:

@@ -35,16 +35,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from time import perf_counter
+from time import perf_counter_ns
 
 from ._errors import ObjectDestroyed
 from . import _cobj_lock as lockdebug
 from ._cobj_policy import ClusteredRep, load_class, public_methods
-
-
-def peek(counter: itertools.count) -> int:
-    """The next value of an itertools.count without advancing it."""
-    return int(repr(counter)[6:-1])
+from ._ppc_stats import peek
 
 
 class DrainTimeout(TimeoutError):
@@ -81,7 +77,8 @@ class Entry:
         self._enter_remote = itertools.count()
         self._exit = itertools.count()
         self._methods: dict = {}
-        self._record = cos.runtime.record_ppc
+        self._hists: dict = {}  # method -> the runtime's lock-free local-call histogram
+        self._local_histogram = cos.runtime.counters.local_histogram
 
     def counts(self) -> tuple[int, int, int]:
         """(local, served, remote) calls through this entry so far."""
@@ -141,7 +138,7 @@ class RepEntry(Entry):
         if lockdebug.enabled:
             lockdebug.check_call(f"{self.name} ({self.oid:#x}).{method}")
         next(self._enter_local)
-        t0 = perf_counter()
+        t0 = perf_counter_ns()
         try:
             rep = self.rep
             if rep is None:
@@ -149,8 +146,13 @@ class RepEntry(Entry):
             return (self._methods.get(method) or self.bind(rep, method))(*args)
         finally:
             # counted like a remote PPC is: once, failed or not
-            self._record(self.oid, method, False, 0, perf_counter() - t0)
+            hist = self._hists.get(method) or self._hist(method)
+            next(hist[((perf_counter_ns() - t0) // 1000).bit_length()])
             next(self._exit)
+
+    def _hist(self, method: str) -> list:
+        hist = self._hists[method] = self._local_histogram(self.oid, method)
+        return hist
 
     def serve(self, method: str, args):
         """A call that arrived from another node (the transport counts it as remote)."""

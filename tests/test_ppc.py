@@ -242,6 +242,25 @@ class TestStatistics:
         assert isinstance(stats, PPCStatistics) and c.calls == 1 and c.histogram[2] == 1
         assert stats.get(OID + 2, "get", "remote") is None and "get" in str(stats)
 
+    def test_local_histograms_count_every_thread_exactly(self):
+        """Lock-free local-call histograms lose no count across threads; slow calls fold into the last bucket."""
+        from tornado_dsm.kernel._ppc_stats import NBUCKETS, PPCCounters
+        counters = PPCCounters()
+
+        def work():
+            hist = counters.local_histogram(7, "m")
+            for i in range(5000):
+                next(hist[i % 3])
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        next(counters.local_histogram(7, "m")[60])
+        c = counters.snapshot(0).get(7, "m", "local")
+        assert c.calls == 20001 and c.histogram[:3] == (6668, 6668, 6664)
+        assert c.histogram[NBUCKETS - 1] == 1 and len(c.histogram) == NBUCKETS
+
     @pytest.mark.timeout(30)
     def test_cluster_gathers_every_node(self, nodes):
         """Cluster.ppc_statistics returns one snapshot per node, each naming its node."""
