@@ -19,12 +19,13 @@ only its real bytes are written back.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import PAGE
+from tornado_dsm.kernel import PAGE, peek_count
 
 
 @attrs.frozen
@@ -158,3 +159,51 @@ class FileCOR(AnonymousCOR):
 
     def _bytes_in(self, page: int) -> int:
         return min(PAGE, self.length - page * PAGE)
+
+
+class CORClient:
+    """A manager's handle on its FCM's COR: ``fill`` and ``spill`` as calls
+    ``call(method, *args)`` to the COR (a PPC when it lives elsewhere).
+
+    An anonymous COR holds a page only once it has been spilled to it, and a
+    spill always reaches the manager that fills that page later (the
+    directory's rep of the page, or the dynamic manager's home through
+    ``take_back``), which marks it ``backed``.  So until then the manager knows
+    the page is zeros and answers without calling the COR: a first touch of
+    anonymous memory costs no PPC.  A file's pages are always read from it.
+    """
+
+    def __init__(self, call, npages: int, anonymous: bool) -> None:
+        self.call = call
+        self.backed = np.zeros(npages, dtype=np.uint8) if anonymous else None
+        self._zero_fills = itertools.count()
+
+    def known_zero(self, page: int) -> bool:
+        """True if the page is zeros without asking the COR."""
+        return self.backed is not None and not self.backed[page]
+
+    def fill(self, page: int):
+        """First-touch contents: None for zeros, else the COR's bytes."""
+        if self.known_zero(page):
+            next(self._zero_fills)
+            return None
+        return self.call("read_page", page)
+
+    def count_zero_fill(self) -> None:
+        """A manager zero-filled a page itself (it checked ``known_zero``)."""
+        next(self._zero_fills)
+
+    def spill(self, page: int, data, dirty: bool) -> None:
+        """Write an evicted owned page back to the COR."""
+        self.mark_backed(page)
+        self.call("write_back", page, data, dirty)
+
+    def mark_backed(self, page: int) -> None:
+        """The COR holds ``page`` now (a spill here or, for the dynamic manager, elsewhere)."""
+        if self.backed is not None:
+            self.backed[page] = 1
+
+    @property
+    def zero_fills(self) -> int:
+        """Pages zero-filled without a call to the COR."""
+        return peek_count(self._zero_fills)

@@ -39,17 +39,18 @@ class PageDirectory:
     """Owner, copyset and version of ``npages`` pages.
 
     ``call(node, method, *args)`` reaches the FCM rep of this memory object on
-    a node (send_copy, give_page, invalidate); ``fill(page)`` returns the
-    first-touch contents from the COR (None for zeros); ``spill(page, data)``
-    writes an evicted owned page back to the COR.  ``fanout(nodes, method,
-    *args)`` calls the FCM reps of several nodes at once (all requests sent
-    before any reply is awaited); by default, one thread per call.
+    a node (send_copy, give_page, invalidate); ``store`` is the CORClient:
+    ``store.fill(page)`` returns the first-touch contents (None for zeros)
+    and ``store.spill(page, data, dirty)`` writes an evicted owned page back.
+    ``fanout(nodes, method, *args)`` calls the FCM reps of several nodes at
+    once (all requests sent before any reply is awaited); by default, one
+    thread per call.
     """
 
-    def __init__(self, npages: int, call, fill, spill=None, protocol: str = "ivy", fanout=None) -> None:
+    def __init__(self, npages: int, call, store, protocol: str = "ivy", fanout=None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        self.npages, self.call, self.fill, self.spill, self.protocol = npages, call, fill, spill, protocol
+        self.npages, self.call, self.store, self.protocol = npages, call, store, protocol
         self.fanout = fanout or thread_fanout(call)
         self.owner = np.full(npages, -1, dtype=np.int16)
         self.copyset = np.zeros(npages, dtype=np.uint64)
@@ -120,7 +121,7 @@ class PageDirectory:
         try:
             if self.owner[page] != node or self.version[page] != version:
                 return None
-            self.spill(page, data, dirty)
+            self.store.spill(page, data, dirty)
             self.owner[page] = -1
             return RELEASED
         finally:
@@ -139,7 +140,7 @@ class PageDirectory:
 
     def _first_touch(self, page: int) -> bytes:
         """Contents of a page no node holds yet: from the COR, or zeros."""
-        data = self.fill(page)
+        data = self.store.fill(page)
         return ZERO_FILL if data is None else data
 
     def holders(self, page: int) -> tuple[int, list[int]]:

@@ -33,15 +33,14 @@ class DynamicManager:
     """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 
     ``call(node, method, *args)`` reaches this FCM's manager on another node
-    (``fanout(nodes, method, *args)`` several at once);
-    ``fill(page)`` gives first-touch contents (None for zeros) and
+    (``fanout(nodes, method, *args)`` several at once); ``store`` is the
+    CORClient: ``fill(page)`` gives first-touch contents (None for zeros) and
     ``spill(page, data, dirty)`` writes an evicted page back to the COR.
     """
 
-    def __init__(self, pages, node: int, nnodes: int, home: int, call, fill, spill=None,
-                 fanout=None) -> None:
+    def __init__(self, pages, node: int, nnodes: int, home: int, call, store, fanout=None) -> None:
         self.pages, self.node, self.nnodes, self.home = pages, node, nnodes, home
-        self.call, self.fill, self.spill = call, fill, spill
+        self.call, self.store = call, store
         self.fanout = fanout or thread_fanout(call)
         n = pages.npages
         self.owner = pages.owned  # one ownership array, shared with the FCM pages
@@ -53,6 +52,42 @@ class DynamicManager:
         self.forwards = 0
         self.invalidations = 0
         self.debug_check = None  # (page, owner, copyset) -> None; raises on a broken invariant
+        # The local fast path reads single pages: memoryviews index faster than numpy.
+        self._owner, self._serving = memoryview(self.owner), memoryview(self.serving)
+        self._copyset, self._access = memoryview(self.copyset), memoryview(pages.access)
+        self._version = memoryview(pages.version)
+        pages.local_grant = self.locked_local_grant
+
+    # -- the owner's own faults ----------------------------------------------------
+
+    def locked_local_grant(self, page: int, want: int) -> int:
+        """FCMPages' hook, cond held: our own fault on a page we own, with no
+        reader to invalidate and no COR call to make, is granted here in the
+        faulting thread's lock section, without a message (IVY's owner serves
+        itself).  Returns the new version, or 0: take the full path."""
+        if not self._owner[page] or self._serving[page] or self._copyset[page]:
+            return 0
+        if self._access[page] == NIL:  # first touch: zeros, unless the COR has the page
+            if not self.store.known_zero(page):
+                return 0
+            self.store.count_zero_fill()
+        if self.debug_check is not None:
+            self.serving[page] = 1  # held until local_done has checked the invariants
+        return self._version[page] + 1
+
+    def enable_debug(self, check) -> None:
+        """Check IVY's invariants with ``check(page, owner, copyset)`` after every step."""
+        self.debug_check = check
+        self.pages.local_done = self.local_done
+
+    def local_done(self, page: int) -> None:
+        """Debug mode, after a local grant is installed: check, then let requests in."""
+        try:
+            self.debug_check(page, self.node, 0)
+        finally:
+            with self.pages.cond:
+                self.serving[page] = 0
+                self.pages.cond.notify_all()
 
     # -- requester side ----------------------------------------------------------
 
@@ -111,7 +146,7 @@ class DynamicManager:
         new = version + 1
         self._invalidate(page, requester, new)
         if first_touch:
-            data = self.fill(page)
+            data = self.store.fill(page)
             data, dirty = (ZERO_FILL if data is None else data), False
         elif requester == self.node:
             return Grant(new, WRITE, None, owner=True), self.node
@@ -150,7 +185,7 @@ class DynamicManager:
                 return None
             self.serving[page] = 1
         try:
-            self.spill(page, data, dirty)
+            self.store.spill(page, data, dirty)
             if self.home == self.node:
                 return KEPT
             self.call(self.home, "take_back", page, version, int(self.copyset[page]))
@@ -164,6 +199,7 @@ class DynamicManager:
 
     def take_back(self, page: int, version: int, copyset: int) -> None:
         """At the home: own ``page`` again, without a copy unless we hold a read copy."""
+        self.store.mark_backed(page)  # the COR has it now: the next first touch reads it
         with self.pages.cond:
             self.owner[page] = 1
             self.prob_owner[page] = self.node

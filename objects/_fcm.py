@@ -77,6 +77,11 @@ class Grant:
     owner: bool = False
 
 
+def _no_local_grant(page: int, want: int) -> int:
+    """The default: every fault that needs the manager asks it."""
+    return 0
+
+
 class FCMPages:
     """Per-page coherence state of one memory object on one node.
 
@@ -106,10 +111,17 @@ class FCMPages:
         # The fault path reads single pages: memoryviews of the same arrays index
         # about 3x faster than numpy scalars (the arrays stay the storage).
         self._access, self._requesting = memoryview(self.access), memoryview(self.requesting)
+        self._version, self._owned, self._dirty = memoryview(self.version), memoryview(self.owned), memoryview(self.dirty)
         self._hat_prot = memoryview(memory.hat.prot)
         self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
         self.release_owned = None  # manager hook: (page, version, data, dirty) -> RELEASED | KEPT | None
+        # manager hooks for faults the manager can grant on this node without a
+        # request (the dynamic owner's own faults): local_grant(page, want) ->
+        # the new version, or 0 to ask the manager, runs with cond held;
+        # local_done(page), if set, runs after the grant is installed.
+        self.local_grant = _no_local_grant
+        self.local_done = None
         if frames is not None:
             frames.register(self)
 
@@ -118,11 +130,13 @@ class FCMPages:
     def get_page(self, page: int, want: int) -> bool:
         """Make ``page`` accessible here with at least ``want``; map it in the HAT.
 
-        Returns True if it needed a request to the manager (a coherence fault),
-        False if the copy was already here (an in-core fault).
+        Returns True if the manager granted it (a coherence fault, maybe
+        served locally), False if the copy was already here (an in-core fault).
         """
         if self.migrate:
             want = WRITE
+        if self.frames is not None and self._access[page] == NIL:
+            self.frames.make_room(self, page)
         remote = False
         while True:
             with self.cond:
@@ -131,11 +145,13 @@ class FCMPages:
                 if self._access[page] >= want:
                     self._locked_map(page)
                     return remote
+                version = self.local_grant(page, want)
+                if version:
+                    self._locked_install_owned(page, version, want)
+                    break
                 self.requesting[page] = 1
-                have = int(self.version[page]) if self.access[page] >= READ else -1
+                have = int(self.version[page]) if self._access[page] >= READ else -1
             remote = True
-            if have < 0 and self.frames is not None:
-                self.frames.make_room(self, page)
             try:
                 grant = self.request(page, want, have)
             finally:
@@ -144,6 +160,9 @@ class FCMPages:
                     self.cond.notify_all()
             if self._install(page, grant):
                 return remote
+        if self.local_done is not None:
+            self.local_done(page)
+        return True
 
     def _install(self, page: int, grant: Grant) -> bool:
         """Install a grant unless an invalidation overtook it; True if installed."""
@@ -151,17 +170,34 @@ class FCMPages:
             if grant.version < self.inval[page]:
                 self.stale_grants += 1
                 return False
-            if grant.data:  # ZERO_FILL needs nothing: a page not held here is a hole
-                self.memory.frame(self.vpage + page)[:] = np.frombuffer(grant.data, dtype=np.uint8)
-            elif grant.data is None and self.access[page] == NIL and grant.version != self.version[page]:
-                raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
-            self.access[page] = grant.access
-            self.version[page] = grant.version
-            self.owned[page] = grant.owner
-            self.dirty[page] = grant.dirty or grant.access == WRITE
-            self._locked_map(page)
+            self._locked_install(page, grant)
             self.cond.notify_all()
             return True
+
+    def _locked_install_owned(self, page: int, version: int, want: int) -> None:
+        """Install the manager's local grant (cond held; nothing was marked
+        requesting, so no waiter to wake): ownership with ``want`` at
+        ``version``, keeping the frame (a page not held is a hole: zeros).
+        An owner's grant cannot be overtaken by an invalidation."""
+        if version < self.inval[page]:
+            raise DSMInternalError("FCMPages._locked_install_owned",
+                                   f"page {page}: local grant {version} older than invalidation {self.inval[page]}")
+        self._access[page] = want
+        self._version[page] = version
+        self._owned[page] = 1
+        self._dirty[page] = want == WRITE
+        self._locked_map(page)
+
+    def _locked_install(self, page: int, grant: Grant) -> None:
+        if grant.data:  # ZERO_FILL needs nothing: a page not held here is a hole
+            self.memory.write_frame(self.vpage + page, grant.data)
+        elif grant.data is None and self._access[page] == NIL and grant.version != self.version[page]:
+            raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
+        self.access[page] = grant.access
+        self.version[page] = grant.version
+        self.owned[page] = grant.owner
+        self.dirty[page] = grant.dirty or grant.access == WRITE
+        self._locked_map(page)
 
     def _locked_map(self, page: int) -> None:
         """Map the page in the HAT with this node's access (cond held).  The page

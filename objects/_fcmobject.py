@@ -26,6 +26,7 @@ import numpy as np
 from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, current_cos
 
 from . import _nodestate
+from ._cor import CORClient
 from ._directory import PageDirectory
 from ._dynamic import DynamicManager
 from ._fcm import FCMPages, Grant
@@ -64,6 +65,12 @@ def accesses(oid: int, page: int) -> np.ndarray:
     return np.array(rep_fanout(oid)(nodes, "access_of", page), dtype=np.uint8)
 
 
+def cor_client(cor_oid: int, npages: int, anonymous: bool) -> CORClient:
+    """A manager's CORClient reaching COR ``cor_oid`` through the COS."""
+    call = current_cos().call
+    return CORClient(lambda method, *args: call(cor_oid, method, *args), npages, anonymous)
+
+
 def rep_caller(oid: int):
     """call(node, method, *args) on the rep of ``oid`` on ``node`` (direct if local)."""
     cos = current_cos()
@@ -80,14 +87,12 @@ class PageDirectoryRep(ClusteredRep):
 
     KEYED = frozenset({"request", "evict"})
 
-    def __init__(self, fcm_oid: int, npages: int, protocol: str, cor_oid: int, debug: bool) -> None:
+    def __init__(self, fcm_oid: int, npages: int, protocol: str, cor_oid: int, anonymous: bool,
+                 debug: bool) -> None:
         self.fcm_oid, self.cor_oid, self.debug = fcm_oid, cor_oid, debug
-        cos = current_cos()
-        fill = lambda page: cos.call(cor_oid, "read_page", page)  # noqa: E731
-        spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
+        self.store = cor_client(cor_oid, npages, anonymous)
         self.call = rep_caller(fcm_oid)
-        self.dir = PageDirectory(npages, self.call, fill, spill, protocol=protocol,
-                                 fanout=rep_fanout(fcm_oid))
+        self.dir = PageDirectory(npages, self.call, self.store, protocol=protocol, fanout=rep_fanout(fcm_oid))
 
     def request(self, page: int, node: int, want: int, have_version: int) -> list:
         """Serve a fault (see PageDirectory.request); the grant as a list."""
@@ -105,8 +110,8 @@ class PageDirectoryRep(ClusteredRep):
         check_page(page, accesses(self.fcm_oid, page), owner, int(self.dir.copyset[page]), self.dir.protocol)
 
     def statistics(self) -> dict:
-        """Invalidations sent by this directory rep."""
-        return {"invalidations": self.dir.invalidations}
+        """Invalidations sent and pages zero-filled by this directory rep."""
+        return {"invalidations": self.dir.invalidations, "zero_fills": self.store.zero_fills}
 
 
 class PageDirectoryRoot(ClusteredRoot):
@@ -125,7 +130,7 @@ class PageDirectoryRoot(ClusteredRoot):
 class FCMRep(ClusteredRep):
     """The pages of one memory object as cached on this node."""
 
-    def __init__(self, vpage: int, npages: int, protocol: str, manager: str, cor_oid: int,
+    def __init__(self, vpage: int, npages: int, protocol: str, manager: str, cor_oid: int, anonymous: bool,
                  dir_oid: int, nnodes: int, debug: bool) -> None:
         state = _nodestate.current()
         self.protocol, self.manager, self.cor_oid, self.dir_oid = protocol, manager, cor_oid, dir_oid
@@ -135,13 +140,12 @@ class FCMRep(ClusteredRep):
         cos = current_cos()
         self._cos = cos
         if manager == "dynamic":
-            fill = lambda page: cos.call(cor_oid, "read_page", page)  # noqa: E731
-            spill = lambda page, data, dirty: cos.call(cor_oid, "write_back", page, data, dirty)  # noqa: E731
-            self.dyn = DynamicManager(self.pages, self.node, nnodes, self.home, self._call_dyn, fill, spill,
+            store = cor_client(cor_oid, npages, anonymous)
+            self.dyn = DynamicManager(self.pages, self.node, nnodes, self.home, self._call_dyn, store,
                                       rep_fanout(self.oid))
             self.pages.request = self.dyn.request
             if debug:
-                self.dyn.debug_check = self._check_page
+                self.dyn.enable_debug(self._check_page)
         else:
             self.pages.release_owned = self._release_owned
         self.incore_faults = self.coherence_faults = 0
@@ -222,7 +226,8 @@ class FCMRep(ClusteredRep):
         d = {"incore_faults": self.incore_faults, "coherence_faults": self.coherence_faults,
              "stale_grants": self.pages.stale_grants, "resident": self.pages.resident()}
         if self.dyn is not None:
-            d.update(forwards=self.dyn.forwards, invalidations=self.dyn.invalidations)
+            d.update(forwards=self.dyn.forwards, invalidations=self.dyn.invalidations,
+                     zero_fills=self.dyn.store.zero_fills)
         return d
 
     def cleanup(self) -> None:
@@ -238,17 +243,17 @@ class FCMRoot(ClusteredRoot):
     Rep = FCMRep
     POLICIES = ("per_node",)
 
-    def __init__(self, vpage: int, npages: int, protocol: str, manager: str, cor_oid: int,
+    def __init__(self, vpage: int, npages: int, protocol: str, manager: str, cor_oid: int, anonymous: bool,
                  nnodes: int, debug: bool) -> None:
         if manager not in MANAGERS:
             raise ValueError(f"manager must be one of {MANAGERS}, not {manager!r}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        self.args = [vpage, npages, protocol, manager, cor_oid, 0, nnodes, debug]
+        self.args = [vpage, npages, protocol, manager, cor_oid, anonymous, 0, nnodes, debug]
 
     def set_directory(self, dir_oid: int) -> None:
         """Record the directory (created by the VM right after the FCM)."""
-        self.args[5] = dir_oid
+        self.args[6] = dir_oid
 
     def rep_args(self, node: int) -> list:
         return self.args

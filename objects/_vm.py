@@ -136,12 +136,13 @@ class VirtualMemory:
         cfg, cos = self.config, self.cos
         kind = "file" if path else "anonymous"
         cor = cos.create(CORRoot, kind, npages, path, nbytes, mode, name=f"cor:{name}")
-        fcm = cos.create(FCMRoot, first, npages, cfg.protocol, cfg.manager, int(cor), cos.nnodes,
+        anonymous = kind == "anonymous"
+        fcm = cos.create(FCMRoot, first, npages, cfg.protocol, cfg.manager, int(cor), anonymous, cos.nnodes,
                          cfg.debug, policy="per_node", name=f"fcm:{name}")
         directory = 0
         if cfg.manager != "dynamic":
             policy = "singleton" if cfg.manager == "centralized" else "partitioned"
-            directory = int(cos.create(PageDirectoryRoot, int(fcm), npages, cfg.protocol, int(cor),
+            directory = int(cos.create(PageDirectoryRoot, int(fcm), npages, cfg.protocol, int(cor), anonymous,
                                        cfg.debug, policy=policy, name=f"dir:{name}"))
             cos.call_root(int(fcm), cos.node, "set_directory", [directory])
         start = cfg.base + first * PAGE

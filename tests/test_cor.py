@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tornado_dsm.kernel import PAGE
-from tornado_dsm.objects._cor import AnonymousCOR, FileCOR
+from tornado_dsm.objects._cor import AnonymousCOR, CORClient, FileCOR
 
 
 class TestAnonymousCOR:
@@ -71,3 +71,34 @@ class TestFileCOR:
         args = dict(offset=0, length=PAGE, mode="r+") | kwargs
         with pytest.raises(ValueError, match=match):
             FileCOR(str(path), args["offset"], args["length"], args["mode"])
+
+
+class TestCORClient:
+    @staticmethod
+    def client(anonymous: bool):
+        calls = []
+
+        def call(method, *args):
+            calls.append((method, args[0]))
+            return b"x" * PAGE if method == "read_page" else None
+        return CORClient(call, 4, anonymous), calls
+
+    def test_anonymous_pages_are_zeros_without_a_call(self):
+        """An anonymous page never spilled is zero-filled without calling the COR, and counted."""
+        store, calls = self.client(anonymous=True)
+        assert store.fill(1) is None and store.known_zero(1)
+        store.count_zero_fill()
+        assert calls == [] and store.zero_fills == 2
+
+    def test_spilled_page_is_read_back(self):
+        """After a spill (here or reported by take_back), the page is read from the COR."""
+        store, calls = self.client(anonymous=True)
+        store.spill(2, b"y" * PAGE, True)
+        store.mark_backed(3)
+        assert store.fill(2) == b"x" * PAGE and store.fill(3) == b"x" * PAGE
+        assert calls == [("write_back", 2), ("read_page", 2), ("read_page", 3)] and store.zero_fills == 0
+
+    def test_file_pages_always_read(self):
+        """A file's pages are never assumed zero."""
+        store, calls = self.client(anonymous=False)
+        assert not store.known_zero(0) and store.fill(0) == b"x" * PAGE and calls == [("read_page", 0)]

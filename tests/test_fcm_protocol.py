@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory
-from tornado_dsm.objects._cor import AnonymousCOR
+from tornado_dsm.objects._cor import AnonymousCOR, CORClient
 from tornado_dsm.objects._directory import PageDirectory
 from tornado_dsm.objects._frames import FrameAccount
 from tornado_dsm.objects._dynamic import DynamicManager
@@ -37,8 +37,8 @@ class Harness:
         self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
         self.protocol, self.manager = protocol, manager
         self.cor = AnonymousCOR(PAGES)
-        fill, spill = self.cor.read_page, lambda page, data, dirty: self.cor.write_back(page, data)
-        self.directory = PageDirectory(PAGES, self._call, fill, spill, protocol=protocol)
+        self.store = CORClient(self._cor_call, PAGES, anonymous=True)
+        self.directory = PageDirectory(PAGES, self._call, self.store, protocol=protocol)
         self.fcms, self.dyns = [], []
         self.frames = [FrameAccount(mem, capacity) for mem in self.mems]
         for n, mem in enumerate(self.mems):
@@ -46,11 +46,16 @@ class Harness:
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
             if manager == "dynamic":
-                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, fill, spill))
+                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, self.store))
                 fcm.request = self.dyns[n].request
             else:
                 fcm.release_owned = self._evicter(n)
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
+
+    def _cor_call(self, method, *args):
+        if method == "write_back":
+            return self.cor.write_back(*args[:2])  # the COR object itself has no dirty flag
+        return getattr(self.cor, method)(*args)
 
     def _call(self, node, method, *args):
         if method in ("serve", "take_back") or (self.dyns and method == "invalidate"):

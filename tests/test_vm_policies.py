@@ -72,6 +72,22 @@ class TestCapacity:
                 c.zeros((17 * 512,), np.int64)
 
 
+class TestLocalGrants:
+    def test_owner_faults_need_no_message(self):
+        """The dynamic owner's first touches and upgrades are granted in place: no PPC, no COR call."""
+        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+            a = c.zeros((8 * 512,), np.int64)
+            assert c.run(progs.sum_pages, a, nodes=[0], threads=1) == [0]
+            c.run(progs.write_pages, a, 2, nodes=[0], threads=1)
+            stats = c.statistics()
+            by_name = {o.name.split(":")[0]: o.oid for o in c.inspect().objects}
+            ppc = c._nodes.ppc_statistics()
+            cor_calls = sum(s.calls(oid=by_name["cor"]) for s in ppc)
+            fcm_remote = sum(s.calls(kind="remote", oid=by_name["fcm"]) for s in ppc)
+            assert (stats.total.zero_fills, stats.total.coherence_faults, cor_calls, fcm_remote) == (8, 16, 0, 0)
+            assert c.run(progs.sum_pages, a, nodes=[1], threads=1) == [16]
+
+
 class TestInCore:
     def test_drop_mappings_makes_incore_faults(self):
         """After drop_mappings, faults are resolved from the node's FCM cache: no coherence traffic."""

@@ -19,7 +19,7 @@ import time
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE
 
 from ._scenario_config import Scenario
 from ._stats import NodeStatistics
@@ -170,7 +170,8 @@ class RunContext:
         return results
 
     def _snapshot(self):
-        return self.cluster.statistics(), _zero_fills(self.cluster)
+        stats = self.cluster.statistics()
+        return stats, stats.total.zero_fills
 
     def _add(self, before, after, ppc_before, ppc_after, results) -> None:
         for n, (b, a) in enumerate(zip(before[0].nodes, after[0].nodes)):
@@ -211,12 +212,6 @@ def _minus(a: NodeStatistics, b: NodeStatistics) -> NodeStatistics:
 def _plus(a: NodeStatistics, b: NodeStatistics) -> NodeStatistics:
     """a + b keeping the node id and the later resident count."""
     return attrs.evolve(a + b, node=a.node, resident_pages=b.resident_pages)
-
-
-def _zero_fills(cluster) -> int:
-    """Pages zero-filled so far by the backing stores of the cluster's arrays."""
-    cos = current_cos()
-    return sum(cos.call(a.cor, "statistics")["pages_zero_filled"] for a, _ in list(cluster._arrays.values()))
 
 
 def _ppc_counts(cluster) -> dict:

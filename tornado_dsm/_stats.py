@@ -18,6 +18,7 @@ class NodeStatistics:
     refused_faults: int = 0
     incore_faults: int = 0      # resolved from this node's FCM cache, no coherence traffic
     coherence_faults: int = 0   # needed the manager (includes first-touch zero fills)
+    zero_fills: int = 0         # first touches of anonymous pages the managers on this node zero-filled
     invalidations: int = 0      # sent by managers on this node
     forwards: int = 0           # dynamic manager: requests forwarded along probOwner
     stale_grants: int = 0
@@ -79,13 +80,13 @@ def gather_statistics(cluster, oids: list) -> ClusterStatistics:
         for n, s in cos.call_reps(fcm, reps(fcm), "statistics", ()).items():
             _sum_stats(s, per_node[n], {"incore_faults": "incore_faults", "coherence_faults": "coherence_faults",
                                         "stale_grants": "stale_grants", "forwards": "forwards",
-                                        "invalidations": "invalidations"})
+                                        "invalidations": "invalidations", "zero_fills": "zero_fills"})
         for n, s in cos.call_reps(region, reps(region), "statistics", ()).items():
             _sum_stats(s, per_node[n], {"read_faults": "read_faults", "write_faults": "write_faults",
                                         "refused": "refused_faults"})
         if directory:
             for n, s in cos.call_reps(directory, reps(directory), "statistics", ()).items():
-                _sum_stats(s, per_node[n], {"invalidations": "invalidations"})
+                _sum_stats(s, per_node[n], {"invalidations": "invalidations", "zero_fills": "zero_fills"})
     for n, s in cos.call_reps(int(cluster.vm.dsm), nodes, "statistics", ()).items():
         _sum_stats(s, per_node[n], {"resident": "resident_pages", "evicted_copies": "evicted_copies",
                                     "evicted_owned": "evicted_owned"})
