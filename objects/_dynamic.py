@@ -105,7 +105,12 @@ class DynamicManager:
     # -- every node: serve or forward ---------------------------------------------
 
     def serve(self, page: int, requester: int, want: int, have_version: int, hops: int):
-        """Answer a request as owner, or forward it; returns (Grant, owner node)."""
+        """Answer a request as owner, or forward it; returns (Grant, owner node).
+
+        A read of a page we hold is answered in the one lock section that
+        finds us owner (IVY's read service: downgrade, copy, join the
+        copyset); everything else holds the page (``serving``) across the
+        invalidations, COR reads and transfers it needs."""
         if hops > 4 * self.nnodes:
             raise DSMInternalError("DynamicManager.serve", f"page {page}: request of node {requester} forwarded {hops} times")
         cond = self.pages.cond
@@ -118,12 +123,20 @@ class DynamicManager:
                     self.prob_owner[page] = requester
                 self.forwards += 1
             else:
-                self.serving[page] = 1
                 target = None
+                share = want == READ and self._access[page] != NIL
+                grant = self._locked_share(page, requester) if share else None
+                held = grant is None or self.debug_check is not None
+                self.serving[page] = held
         if target is not None:
             return self.call(target, "serve", page, requester, want, have_version, hops + 1)
+        if not held:
+            return grant, self.node
         try:
-            grant, owner = self._serve_owned(page, requester, want, have_version)
+            if grant is None:
+                grant, owner = self._serve_owned(page, requester, want, have_version)
+            else:
+                owner = self.node
             if self.debug_check is not None:  # the page is still held: no request can interleave
                 self.debug_check(page, owner, int(self.copyset[page]) if owner == self.node else 0)
             return grant, owner
@@ -132,17 +145,18 @@ class DynamicManager:
                 self.serving[page] = 0
                 cond.notify_all()
 
+    def _locked_share(self, page: int, requester: int) -> Grant:
+        """A read copy of our page for ``requester`` (cond held)."""
+        if requester == self.node:
+            raise DSMInternalError("DynamicManager._locked_share", f"owner {self.node} of page {page} asks for a copy")
+        data = self.pages.locked_copy_for_reader(page)
+        self.copyset[page] |= np.uint64(1 << requester)
+        return Grant(int(self.pages.version[page]), READ, data, owner=False)
+
     def _serve_owned(self, page: int, requester: int, want: int, have_version: int):
         pages = self.pages
         version = int(pages.version[page])
         first_touch = pages.access[page] == NIL  # owned without a copy: the COR has it
-        if want == READ and not first_touch:
-            if requester == self.node:
-                raise DSMInternalError("DynamicManager._serve_owned", f"owner {self.node} of page {page} asks for a copy")
-            data = pages.send_copy(page, version)
-            with pages.cond:
-                self.copyset[page] |= np.uint64(1 << requester)
-            return Grant(version, READ, data, owner=False), self.node
         new = version + 1
         self._invalidate(page, requester, new)
         if first_touch:

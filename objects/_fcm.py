@@ -151,28 +151,27 @@ class FCMPages:
                     break
                 self.requesting[page] = 1
                 have = int(self.version[page]) if self._access[page] >= READ else -1
-            remote = True
+            remote, grant = True, None
             try:
                 grant = self.request(page, want, have)
             finally:
-                with self.cond:
+                with self.cond:  # one section: end the request, install its grant, wake waiters
                     self.requesting[page] = 0
+                    installed = grant is not None and self._locked_try_install(page, grant)
                     self.cond.notify_all()
-            if self._install(page, grant):
+            if installed:
                 return remote
         if self.local_done is not None:
             self.local_done(page)
         return True
 
-    def _install(self, page: int, grant: Grant) -> bool:
+    def _locked_try_install(self, page: int, grant: Grant) -> bool:
         """Install a grant unless an invalidation overtook it; True if installed."""
-        with self.cond:
-            if grant.version < self.inval[page]:
-                self.stale_grants += 1
-                return False
-            self._locked_install(page, grant)
-            self.cond.notify_all()
-            return True
+        if grant.version < self.inval[page]:
+            self.stale_grants += 1
+            return False
+        self._locked_install(page, grant)
+        return True
 
     def _locked_install_owned(self, page: int, version: int, want: int) -> None:
         """Install the manager's local grant (cond held; nothing was marked
@@ -212,10 +211,14 @@ class FCMPages:
         """As owner: downgrade to READ and return the page's bytes."""
         with self.cond:
             self._locked_wait_version(page, expect_version)
-            if self.access[page] == WRITE:
-                self.access[page] = READ
-                self._locked_map(page)  # revoke write first: no store races the copy
-            return self.memory.frame(self.vpage + page).tobytes()
+            return self.locked_copy_for_reader(page)
+
+    def locked_copy_for_reader(self, page: int) -> bytes:
+        """As owner with a copy (cond held): downgrade to READ, return the bytes."""
+        if self._access[page] == WRITE:
+            self._access[page] = READ
+            self._locked_map(page)  # revoke write first: no store races the copy
+        return self.memory.frame(self.vpage + page).tobytes()
 
     def give_page(self, page: int, expect_version: int, new_version: int, need_data: bool):
         """As owner: give the page up (ownership moves); returns (bytes or None, dirty)."""

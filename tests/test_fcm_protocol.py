@@ -131,6 +131,14 @@ class TestMessages:
             h.check()
 
 
+def install(fcm, page, grant) -> bool:
+    """A grant arriving now at ``fcm`` (as the requester's thread installs it)."""
+    with fcm.cond:
+        installed = fcm._locked_try_install(page, grant)
+        fcm.cond.notify_all()
+    return installed
+
+
 class TestCrossingMessages:
     def test_copy_overtaken_by_invalidation_is_refused(self):
         """A read copy older than an invalidation that reached the node first is not installed."""
@@ -138,7 +146,7 @@ class TestCrossingMessages:
             h.arrays[0][0] = 3                                  # node 0 owns page 0
             grant = h.directory.request(0, 2, READ, -1)         # node 2's copy, still "in flight"
             h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
-            assert not h.fcms[2]._install(0, grant)
+            assert not install(h.fcms[2], 0, grant)
             assert h.fcms[2].stale_grants == 1 and h.fcms[2].access[0] == 0
             assert h.arrays[2][0] == 4                          # the retry sees the new value
             h.check()
@@ -153,7 +161,7 @@ class TestCrossingMessages:
             reader.start()
             reader.join(timeout=0.3)
             assert reader.is_alive() and not seen               # blocked on node 1's transition
-            assert h.fcms[1]._install(0, grant)
+            assert install(h.fcms[1], 0, grant)
             reader.join(timeout=30)
             assert seen == [7]
             h.check()
