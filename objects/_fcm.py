@@ -112,6 +112,7 @@ class FCMPages:
         # about 3x faster than numpy scalars (the arrays stay the storage).
         self._access, self._requesting = memoryview(self.access), memoryview(self.requesting)
         self._version, self._owned, self._dirty = memoryview(self.version), memoryview(self.owned), memoryview(self.dirty)
+        self._inval = memoryview(self.inval)
         self._hat_prot = memoryview(memory.hat.prot)
         self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
@@ -178,7 +179,7 @@ class FCMPages:
         requesting, so no waiter to wake): ownership with ``want`` at
         ``version``, keeping the frame (a page not held is a hole: zeros).
         An owner's grant cannot be overtaken by an invalidation."""
-        if version < self.inval[page]:
+        if version < self._inval[page]:
             raise DSMInternalError("FCMPages._locked_install_owned",
                                    f"page {page}: local grant {version} older than invalidation {self.inval[page]}")
         self._access[page] = want
