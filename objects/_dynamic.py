@@ -9,6 +9,11 @@ carries the owner, so the requester's hint becomes exact.
 Initially the FCM's home node owns every page without a copy; the first
 toucher anywhere becomes the owner (first-touch placement).
 
+The owner's own faults (a first touch of a page it owns without a copy, an
+upgrade of its read copy) need no message when no other node holds a copy
+and the COR has nothing to read: ``locked_local_grant`` grants them in the
+faulting thread's lock section, as IVY's owner serves itself.
+
 Serialization: the owner serves one request of a page at a time
 (``serving``), holding it across the invalidations it sends.  A request that
 reaches a node with its own request for that page outstanding waits for it

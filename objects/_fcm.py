@@ -29,7 +29,9 @@ are closed here:
 Locking: one Condition per rep, held only for local state and HAT changes,
 never across a remote call; remote requests run with the page marked
 ``requesting`` so that other local threads faulting on the same page wait
-for the one request instead of sending their own.
+for the one request instead of sending their own.  A fault the manager can
+grant on this node (``local_grant``) is checked, granted and mapped in one
+lock section: the fast path of a local fault.
 """
 
 from __future__ import annotations
