@@ -185,7 +185,7 @@ class CORClient:
     def fill(self, page: int):
         """First-touch contents: None for zeros, else the COR's bytes."""
         if self.known_zero(page):
-            next(self._zero_fills)
+            self.count_zero_fill()
             return None
         return self.call("read_page", page)
 
