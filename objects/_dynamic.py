@@ -128,15 +128,14 @@ class DynamicManager:
                     self.prob_owner[page] = requester
                 self.forwards += 1
             else:
-                target = None
-                share = want == READ and self._access[page] != NIL
-                grant = self._locked_share(page, requester) if share else None
-                held = grant is None or self.debug_check is not None
-                self.serving[page] = held
+                target, grant = None, None
+                if want == READ and self._access[page] != NIL:
+                    grant = self._locked_share(page, requester)
+                    if self.debug_check is None:
+                        return grant, self.node
+                self.serving[page] = 1  # held until the grant is made (and checked)
         if target is not None:
             return self.call(target, "serve", page, requester, want, have_version, hops + 1)
-        if not held:
-            return grant, self.node
         try:
             if grant is None:
                 grant, owner = self._serve_owned(page, requester, want, have_version)

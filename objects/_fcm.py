@@ -184,21 +184,21 @@ class FCMPages:
         if version < self._inval[page]:
             raise DSMInternalError("FCMPages._locked_install_owned",
                                    f"page {page}: local grant {version} older than invalidation {self.inval[page]}")
-        self._access[page] = want
-        self._version[page] = version
-        self._owned[page] = 1
-        self._dirty[page] = want == WRITE
-        self._locked_map(page)
+        self._locked_set(page, want, version, True, want == WRITE)
 
     def _locked_install(self, page: int, grant: Grant) -> None:
         if grant.data:  # ZERO_FILL needs nothing: a page not held here is a hole
             self.memory.write_frame(self.vpage + page, grant.data)
-        elif grant.data is None and self._access[page] == NIL and grant.version != self.version[page]:
-            raise DSMInternalError("FCMPages._install", f"page {page}: grant without data for a page not held")
-        self.access[page] = grant.access
-        self.version[page] = grant.version
-        self.owned[page] = grant.owner
-        self.dirty[page] = grant.dirty or grant.access == WRITE
+        elif grant.data is None and self._access[page] == NIL and grant.version != self._version[page]:
+            raise DSMInternalError("FCMPages._locked_install", f"page {page}: grant without data for a page not held")
+        self._locked_set(page, grant.access, grant.version, grant.owner, grant.dirty or grant.access == WRITE)
+
+    def _locked_set(self, page: int, access: int, version: int, owned: bool, dirty: bool) -> None:
+        """Record what was granted and map the page with it."""
+        self._access[page] = access
+        self._version[page] = version
+        self._owned[page] = owned
+        self._dirty[page] = dirty
         self._locked_map(page)
 
     def _locked_map(self, page: int) -> None:
