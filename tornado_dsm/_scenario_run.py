@@ -133,7 +133,6 @@ class RunContext:
         self.node_stats = [_zero_stats(n) for n in range(s["cluster.nodes"])]
         self.busy = [0.0] * s["cluster.nodes"]
         self.wall = 0.0
-        self.zero_fills = 0
         self.ppc: dict = {}
 
     def params(self) -> dict:
@@ -161,22 +160,17 @@ class RunContext:
         if not measured:
             results = self.cluster.run(fn, *args, nodes=nodes)
         else:
-            before = self._snapshot()
+            before = self.cluster.statistics()
             ppc_before = _ppc_counts(self.cluster)
             results = self.cluster.run(fn, *args, nodes=nodes)
             ppc_after = _ppc_counts(self.cluster)
-            self._add(before, self._snapshot(), ppc_before, ppc_after, results)
+            self._add(before, self.cluster.statistics(), ppc_before, ppc_after, results)
         self.on_step(label)
         return results
 
-    def _snapshot(self):
-        stats = self.cluster.statistics()
-        return stats, stats.total.zero_fills
-
     def _add(self, before, after, ppc_before, ppc_after, results) -> None:
-        for n, (b, a) in enumerate(zip(before[0].nodes, after[0].nodes)):
+        for n, (b, a) in enumerate(zip(before.nodes, after.nodes)):
             self.node_stats[n] = _plus(self.node_stats[n], _minus(a, b))
-        self.zero_fills += after[1] - before[1]
         for key, (calls, nbytes) in ppc_after.items():
             c0, b0 = ppc_before.get(key, (0, 0))
             if calls > c0:
@@ -283,4 +277,4 @@ def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) ->
                               o.calls_local, o.calls_remote, o.misses) for o in view.objects)
     return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
                      key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
-                     ctx.wall, ctx.zero_fills, ppc, objects, time.perf_counter() - t0)
+                     ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0)
