@@ -50,6 +50,33 @@ class TestBenchFaults:
             main(["bench", "faults", "--pages", "0"])
 
 
+@pytest.mark.multinode
+@pytest.mark.timeout(240)
+class TestBenchCoherence:
+    def test_json_shape(self, tmp_path):
+        """bench coherence reports every path with its ratio, the zero-fill floor and the invalidation ratios."""
+        out = tmp_path / "coherence.json"
+        cmd = ["tornado-dsm", "bench", "coherence", "--nodes", "3", "--pages", "16", "--rounds", "1",
+               "--json", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=200)  # own process: its own windows
+        assert r.returncode == 0, r.stderr
+        results = {x["name"]: x for x in json.loads(out.read_text())["results"]}
+        assert {"floor: C-resolved zero-fill fault", "remote PPC (node service ping)", "local upgrade",
+                "remote read fault", "remote write, invalidating 1", "migrate ping-pong fault"} <= set(results)
+        for x in results.values():
+            assert x["median_us"] > 0 and (x["ratio_to_floor"] is None) == x["name"].startswith("floor")
+        zf = results["local zero-fill fault"]
+        assert zf["ratio_to_floor"] == pytest.approx(
+            zf["median_us"] / results["floor: C-resolved zero-fill fault"]["median_us"], rel=1e-3)
+        assert "(remote PPC + C fault)" in results["remote read fault"]["note"]
+        assert results["remote write, invalidating 1"]["note"].startswith("1.00x")
+
+    def test_bad_arguments(self):
+        """Fewer than 3 nodes is refused with a message naming --nodes."""
+        with pytest.raises(SystemExit, match="--nodes"):
+            main(["bench", "coherence", "--nodes", "2"])
+
+
 class TestMissingCore:
     def test_import_error_explains(self):
         """Without the compiled core, importing tornado_dsm says what to install and how to rebuild."""
