@@ -54,7 +54,7 @@ class TestBenchFaults:
 @pytest.mark.timeout(240)
 class TestBenchCoherence:
     def test_json_shape(self, tmp_path):
-        """bench coherence reports every path with its ratio, the zero-fill floor and the invalidation ratios."""
+        """bench coherence reports every path with its ratio, the zero-fill and kernel-work floors and the invalidation ratios."""
         out = tmp_path / "coherence.json"
         cmd = ["tornado-dsm", "bench", "coherence", "--nodes", "3", "--pages", "16", "--rounds", "1",
                "--json", str(out)]
@@ -69,6 +69,11 @@ class TestBenchCoherence:
         assert zf["ratio_to_floor"] == pytest.approx(
             zf["median_us"] / results["floor: C-resolved zero-fill fault"]["median_us"], rel=1e-3)
         assert "(remote PPC + C fault)" in results["remote read fault"]["note"]
+        assert "x kernel work" in results["remote read fault"]["note"]
+        kernel = results["floor: kernel work of a remote read"]
+        assert kernel["median_us"] > results["floor: raw socket round trip"]["median_us"]
+        parts = [float(x.rsplit(" ", 1)[1]) for x in kernel["note"].removeprefix("context: ").split(" + ")]
+        assert len(parts) == 4 and kernel["median_us"] == pytest.approx(sum(parts), abs=0.21)  # 4 parts, each rounded to 0.1
         assert results["remote write, invalidating 1"]["note"].startswith("1.00x")
 
     def test_bad_arguments(self):
