@@ -227,6 +227,6 @@ class DynamicManager:
 
     def invalidate(self, page: int, new_version: int, new_owner: int) -> None:
         """Drop our read copy; the page's next owner is ``new_owner`` (a better hint)."""
-        self.pages.invalidate(page, new_version)
         with self.pages.cond:
+            self.pages.locked_invalidate(page, new_version)
             self.prob_owner[page] = new_owner

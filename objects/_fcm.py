@@ -239,20 +239,25 @@ class FCMPages:
     def invalidate(self, page: int, new_version: int) -> None:
         """Drop our read copy: a write of ``new_version`` is being granted elsewhere."""
         with self.cond:
-            self.inval[page] = max(int(self.inval[page]), new_version)
-            if self.version[page] < new_version and self.access[page] != NIL:
-                self.access[page] = NIL
-                self._locked_map(page)
-                self._locked_free_frame(page)
+            self.locked_invalidate(page, new_version)
+
+    def locked_invalidate(self, page: int, new_version: int) -> None:
+        """``invalidate`` with cond held (a manager updating its own state in the same section)."""
+        if self._inval[page] < new_version:
+            self._inval[page] = new_version
+        if self._version[page] < new_version and self._access[page] != NIL:
+            self._access[page] = NIL
+            self._locked_map(page)
+            self._locked_free_frame(page)
 
     def _locked_wait_version(self, page: int, expect_version: int) -> None:
         while self.version[page] < expect_version:
             wait(self.cond)
 
     def _locked_free_frame(self, page: int) -> None:
-        """Give the frame of a page we no longer hold back to the node."""
-        v = self.vpage + page
-        self.memory.release(v, 1)
+        """Give the frame of a page we no longer hold back to the node; every
+        caller has just unmapped it (``_locked_map`` with access NIL)."""
+        self.memory.discard(self.vpage + page, 1)
 
     # -- eviction (the DSM object asks when the node is over capacity) ----------
 

@@ -80,6 +80,27 @@ class TestTwoViews:
         assert int(a[2 * PAGE // 8]) == 0 and int(a[0]) == 7
 
 
+class TestDiscard:
+    def test_discard_punches_unmapped_frames(self, memory):
+        """discard() gives back the frames of pages already unmapped, with no mprotect of its own."""
+        a = memory.array(0, (memory.size // 8,), np.int64)
+        a[:] = 7
+        memory.hat.unmap(2, 4)
+        calls, before = memory.hat.statistics().mprotect_calls, memory.resident_pages()
+        memory.discard(2, 4)
+        assert memory.resident_pages() == before - 4
+        assert memory.hat.statistics().mprotect_calls == calls
+        assert bytes(memory.frame(3)) == bytes(PAGE)
+
+    def test_discard_of_mapped_page_is_an_internal_error(self, memory):
+        """discard() of a page still mapped stops loudly and keeps the page's bytes."""
+        a = memory.array(0, (memory.size // 8,), np.int64)
+        a[:] = 7
+        with pytest.raises(td.DSMInternalError, match="still mapped"):
+            memory.discard(0, 2)
+        assert int(a[0]) == 7 and int(a[PAGE // 8]) == 7
+
+
 class TestMapLimit:
     def test_enomem_names_sysctl(self):
         """Running out of kernel mappings gives an error naming vm.max_map_count."""
