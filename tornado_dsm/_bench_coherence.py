@@ -11,8 +11,8 @@ One run, with the floors measured beside the paths:
 * context: the kernel's share of an IVY read fault, each part timed alone:
   the round trip, the owner's downgrade ``mprotect`` (write -> read, with its
   TLB shootdown), the ``pwrite`` that installs the page into a hole of the
-  requester's memfd, and the C-resolved fault on that fresh frame.  No
-  implementation of the protocol, in any language, does less kernel work;
+  requester's memfd, and the C-resolved fault on that fresh frame: what a
+  remote read asks of the kernel here, whatever language serves it;
 * local zero-fill fault and local upgrade (read copy -> write) through
   Process -> Region -> FCM -> manager -> COR -> HAT, all on node 0;
 * in-core fault: the page is cached in node 0's FCM rep, only the HAT
@@ -29,15 +29,14 @@ touch, so only the fault is measured, never the set-up on other nodes.
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
 import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
 from tornado_dsm._bench_ppc import _RawPair, _time_each
-import os
-import time
-
 from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, PROT_READ, NodeMemory, trap
 
 HELP = "fault latency through the VM objects: local, in-core, remote, invalidations, migration"
