@@ -53,7 +53,14 @@ class HAT:
         self.base = base
         self.npages = npages
         self.prot = np.zeros(npages, dtype=np.uint8)
+        self._prot = memoryview(self.prot)  # one page: ~20x faster to read than numpy
         self.slot = -1
+
+    def unmapped(self, first: int, count: int = 1) -> bool:
+        """Whether every page of [first, first + count) has no access."""
+        if count == 1:
+            return not self._prot[first]
+        return not self.prot[first:first + count].any()
 
     def bind(self, slot: int) -> None:
         """Attach to the trap window registered with this HAT's prot array."""

@@ -99,14 +99,17 @@ class NodeMemory:
     def release(self, first: int, count: int = 1) -> None:
         """Unmap a run of pages and give their frames back (they read as zeros after)."""
         self.hat.unmap(first, count)
-        self.discard(first, count)
+        self._punch(first, count)
 
     def discard(self, first: int, count: int = 1) -> None:
         """Give back the frames of a run the HAT already maps with no access
         (the fault path unmaps first, then frees: one mprotect, not two).
         A mapped page here is a caller's bug: DSMInternalError."""
-        if self.hat.prot[first:first + count].any():
+        if not self.hat.unmapped(first, count):
             raise DSMInternalError("NodeMemory.discard", f"pages [{first}, {first + count}) are still mapped")
+        self._punch(first, count)
+
+    def _punch(self, first: int, count: int) -> None:
         flags = lib.FALLOC_FL_PUNCH_HOLE | lib.FALLOC_FL_KEEP_SIZE
         if lib.fallocate(self.memfd, flags, first * PAGE, count * PAGE) != 0:
             raise OSError(ffi.errno, f"fallocate(PUNCH_HOLE) of pages [{first}, {first + count}) failed")

@@ -96,8 +96,9 @@ class TestDiscard:
         """discard() of a page still mapped stops loudly and keeps the page's bytes."""
         a = memory.array(0, (memory.size // 8,), np.int64)
         a[:] = 7
-        with pytest.raises(td.DSMInternalError, match="still mapped"):
-            memory.discard(0, 2)
+        for count in (1, 2):   # a single page and a run take different checks
+            with pytest.raises(td.DSMInternalError, match="still mapped"):
+                memory.discard(0, count)
         assert int(a[0]) == 7 and int(a[PAGE // 8]) == 7
 
 

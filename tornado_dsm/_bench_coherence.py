@@ -29,8 +29,6 @@ touch, so only the fault is measured, never the set-up on other nodes.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import attrs
 import numpy as np
@@ -106,16 +104,15 @@ def _floors(s: dict) -> list[BenchResult]:
     net = summarize("floor: raw socket round trip", s["raw"])
     remote_floor = BenchResult("floor: round trip + C fault", net.median_us + c_floor.median_us,
                                net.p90_us + c_floor.p90_us, None, net.samples)
-    kernel = _sum_of("floor: kernel work of a remote read", net, [
+    kernel = _sum_of("floor: kernel work of a remote read", [net] + [
         summarize(name, s[name]) for name in ("owner's downgrade mprotect", "pwrite install",
                                               "C fault on the new frame")])
     return [c_floor, zero_floor, net, remote_floor, kernel]
 
 
-def _sum_of(name: str, first: BenchResult, parts: list[BenchResult]) -> BenchResult:
+def _sum_of(name: str, parts: list[BenchResult]) -> BenchResult:
     """A floor made of parts timed separately: medians and p90s added; the
     note names each part's median."""
-    parts = [first] + parts
     note = "context: " + " + ".join(f"{p.name.removeprefix('floor: ')} {p.median_us:.1f}" for p in parts)
     return BenchResult(name, sum(p.median_us for p in parts), sum(p.p90_us for p in parts),
                        None, min(p.samples for p in parts), note)
@@ -124,19 +121,14 @@ def _sum_of(name: str, first: BenchResult, parts: list[BenchResult]) -> BenchRes
 def _kernel_work(pages: int) -> dict:
     """The kernel operations of an IVY read fault besides the round trip, each
     timed alone on a scratch window (see the module docstring)."""
-    clock, page = time.perf_counter_ns, b"\x5a" * PAGE
-    install, downgrade = np.zeros(pages, np.int64), np.zeros(pages, np.int64)
+    data = b"\x5a" * PAGE
     with NodeMemory(base=DEFAULT_BASE + (64 << 30), size=pages * PAGE, mode=MODE_FLOOR) as mem:
-        for i in range(pages):   # the requester: the grant's bytes into a hole
-            t0 = clock()
-            os.pwrite(mem.memfd, page, i * PAGE)
-            install[i] = clock() - t0
+        it = iter(range(pages))  # the requester: the grant's bytes into a hole, as an install does
+        install = _time_each(lambda: mem.write_frame(next(it), data), pages)
         fault = np.zeros(pages, dtype=np.uint64)
         trap.touch(mem.base, pages, PAGE, 1, fault)  # ...then its access maps the new frame
-        for i in range(pages):   # the owner: revoke write on a page it wrote
-            t0 = clock()
-            mem.hat.protect(i, 1, PROT_READ)
-            downgrade[i] = clock() - t0
+        it = iter(range(pages))  # the owner: revoke write on a page it wrote
+        downgrade = _time_each(lambda: mem.hat.protect(next(it), 1, PROT_READ), pages)
     return {"pwrite install": install, "C fault on the new frame": fault,
             "owner's downgrade mprotect": downgrade}
 
