@@ -32,8 +32,7 @@ from tornado_dsm.kernel import DSMInternalError
 from ._fanout import bits, thread_fanout
 from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
 
-PROTOCOLS = ("ivy", "migrate")
-MAX_NODES = 64  # the copyset is a uint64 bitmask
+PROTOCOLS = ("ivy", "migrate")  # the one list of protocols (the FCM and the API import it)
 
 class PageDirectory:
     """Owner, copyset and version of ``npages`` pages.

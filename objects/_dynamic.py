@@ -32,8 +32,6 @@ from tornado_dsm.kernel import DSMInternalError
 from ._fanout import bits, thread_fanout
 from ._fcm import KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
 
-MAX_NODES = 64
-
 class DynamicManager:
     """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 

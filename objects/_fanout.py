@@ -17,6 +17,9 @@ def thread_fanout(call):
     return fanout
 
 
+MAX_NODES = 64  # a copyset is a uint64 bitmask of nodes
+
+
 def bits(mask: int) -> list[int]:
     """Node ids set in a copyset mask."""
     out = []

@@ -27,13 +27,12 @@ from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, current_cos
 
 from . import _nodestate
 from ._cor import CORClient
-from ._directory import PageDirectory
+from ._directory import PROTOCOLS, PageDirectory
 from ._dynamic import DynamicManager
 from ._fcm import FCMPages, Grant
 from ._invariants import check_page
 
-MANAGERS = ("centralized", "fixed", "dynamic")
-PROTOCOLS = ("ivy", "migrate")
+MANAGERS = ("centralized", "fixed", "dynamic")  # the one list of IVY managers
 
 
 def grant_to_wire(g: Grant) -> list:

@@ -31,6 +31,16 @@ class RegionList:
     entries: tuple[RegionEntry, ...] = ()
     starts: tuple[int, ...] = ()
 
+    @classmethod
+    def of(cls, rows) -> "RegionList":
+        """A list from ``to_wire`` rows ([start, end, oid, name], sorted, not overlapping)."""
+        entries = tuple(RegionEntry(*row) for row in rows)
+        return cls(entries, tuple(e.start for e in entries))
+
+    def to_wire(self) -> list:
+        """The entries as msgpack-able rows, in order."""
+        return [[e.start, e.end, e.oid, e.name] for e in self.entries]
+
     def find(self, address: int) -> RegionEntry | None:
         """The region containing ``address``, or None."""
         i = bisect.bisect_right(self.starts, address) - 1
@@ -54,7 +64,7 @@ class RegionList:
         """A new list without the region ``oid``; KeyError if it is not attached."""
         entries = tuple(e for e in self.entries if e.oid != oid)
         if len(entries) == len(self.entries):
-            raise KeyError(f"region {oid} is not attached")
+            raise KeyError(f"region {oid:#x} is not attached")
         return RegionList(entries, tuple(e.start for e in entries))
 
     def __len__(self) -> int:

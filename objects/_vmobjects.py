@@ -38,18 +38,12 @@ class ProcessRep(ClusteredRep):
 
     def set_regions(self, entries: list) -> None:
         """Replace the cached list (the root broadcasts this on attach/detach)."""
-        rl = RegionList()
-        for start, end, oid, name in entries:
-            rl = rl.with_region(RegionEntry(start, end, oid, name))
-        self.regions = rl  # one assignment: lookups see the old or the new list
+        self.regions = RegionList.of(entries)  # one assignment: lookups see the old or the new list
 
     def find_region(self, address: int):
         """The oid of the region holding ``address``, or None."""
         entry = self.regions.find(address)
         return None if entry is None else entry.oid
-
-    def region_count(self) -> int:
-        return len(self.regions)
 
     # Rare operations go to the root (K42: reps forward what needs the whole picture).
 
@@ -75,10 +69,10 @@ class ProcessRoot(ClusteredRoot):
     def __init__(self, base: int, npages: int) -> None:
         self.base = base
         self.space = AddressSpace(npages)
-        self.entries: list[list] = []
+        self.regions = RegionList()
 
     def rep_args(self, node: int) -> list:
-        return [list(self.entries)]
+        return [self.regions.to_wire()]
 
     def allocate(self, npages: int) -> int:
         """Reserve ``npages`` pages of the window; returns the first page."""
@@ -91,22 +85,17 @@ class ProcessRoot(ClusteredRoot):
             self.space.release(first_page)
 
     def attach(self, start: int, end: int, region_oid: int, name: str) -> None:
-        """Add a region; every rep knows it before this returns."""
+        """Add a region; every rep knows it before this returns (ValueError if it overlaps)."""
         with self.lock:
-            entries = sorted(self.entries + [[start, end, region_oid, name]])
-            rl = RegionList()
-            for e in entries:
-                rl = rl.with_region(RegionEntry(*e))  # ValueError if it overlaps
-            self.entries = entries
+            self.regions = self.regions.with_region(RegionEntry(start, end, region_oid, name))
+            entries = self.regions.to_wire()
         self.broadcast("set_regions", entries)
 
     def detach(self, region_oid: int) -> None:
-        """Remove a region; every rep has forgotten it before this returns."""
+        """Remove a region; every rep has forgotten it before this returns (KeyError if unknown)."""
         with self.lock:
-            entries = [e for e in self.entries if e[2] != region_oid]
-            if len(entries) == len(self.entries):
-                raise KeyError(f"region {region_oid:#x} is not attached")
-            self.entries = entries
+            self.regions = self.regions.without(region_oid)
+            entries = self.regions.to_wire()
         self.broadcast("set_regions", entries)
 
 

@@ -34,7 +34,7 @@ def memory():
 import os as _os  # noqa: E402
 
 _os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
-from tornado_dsm.kernel import _cobj_lock as _cobj_lockdebug  # noqa: E402
+from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
 
 _cobj_lockdebug.refresh()
 

@@ -85,7 +85,7 @@ class TestBenchCoherence:
 class TestMissingCore:
     def test_import_error_explains(self):
         """Without the compiled core, importing tornado_dsm says what to install and how to rebuild."""
-        code = ("import sys; sys.modules['tornado_dsm.kernel._core'] = None\n"
+        code = ("import sys; sys.modules['tornado_dsm.kernel.machine._core'] = None\n"
                 "try:\n    import tornado_dsm\nexcept ImportError as e:\n    print(e)\n")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "C compiler" in r.stdout and "pip install -e ." in r.stdout

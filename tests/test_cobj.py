@@ -248,7 +248,7 @@ class TestLockDebug:
 
 def debug_enabled():
     """This node's lock-debug mode."""
-    from tornado_dsm.kernel import _cobj_lock
+    from tornado_dsm.kernel.cobj import _lock as _cobj_lock
     return _cobj_lock.enabled
 
 

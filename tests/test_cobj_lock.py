@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tornado_dsm.kernel import DSMInternalError, ObjectLock
-from tornado_dsm.kernel import _cobj_lock as lockdebug
+from tornado_dsm.kernel.cobj import _lock as lockdebug
 
 
 class TestDebugModeFromEnvironment:

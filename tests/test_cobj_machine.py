@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tornado_dsm.kernel import current_cos
-from tornado_dsm.kernel._cobj_policy import parse_policy
+from tornado_dsm.kernel.cobj._policy import parse_policy
 from tornado_dsm.objects import counter_class
 
 from strategies import cobj_policies

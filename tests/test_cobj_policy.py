@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, Policy, parse_policy
-from tornado_dsm.kernel._cobj_policy import (
+from tornado_dsm.kernel.cobj._policy import (
     class_path, group_leader, load_class, public_methods, stable_partition,
 )
 from tornado_dsm.objects import PerNodeCounter, SingletonCounter, counter_class

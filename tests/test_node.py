@@ -14,7 +14,7 @@ import pytest
 
 from conftest import process_gone
 from tornado_dsm.kernel import NodeStartupError, current_runtime, start_nodes
-from tornado_dsm.kernel._transport import new_key, write_key_file
+from tornado_dsm.kernel.net._transport import new_key, write_key_file
 
 pytestmark = pytest.mark.multinode
 

@@ -244,7 +244,7 @@ class TestStatistics:
 
     def test_local_histograms_count_every_thread_exactly(self):
         """Lock-free local-call histograms lose no count across threads; slow calls fold into the last bucket."""
-        from tornado_dsm.kernel._ppc_stats import NBUCKETS, PPCCounters
+        from tornado_dsm.kernel.net._stats import NBUCKETS, PPCCounters
         counters = PPCCounters()
 
         def work():

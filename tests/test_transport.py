@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tornado_dsm.kernel import current_runtime, start_nodes
-from tornado_dsm.kernel._transport import (
+from tornado_dsm.kernel.net._transport import (
     HEADER, HELLO, MAGIC, NONCE, REQUEST, AuthenticationError, Connection, FrameError,
     FrameReader, connect, handshake_accept, handshake_connect, new_key, parse_address,
     read_key_file, write_key_file,

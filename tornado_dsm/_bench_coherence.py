@@ -36,6 +36,7 @@ import numpy as np
 from tornado_dsm._bench import BenchResult, summarize
 from tornado_dsm._bench_ppc import _RawPair, _time_each
 from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, PROT_READ, NodeMemory, trap
+from tornado_dsm.objects import MANAGERS
 
 HELP = "fault latency through the VM objects: local, in-core, remote, invalidations, migration"
 
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pages", type=int, default=400, help="faults per path per round (default 400)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--nodes", type=int, default=5, help="nodes (>= 3; readers up to nodes-2; default 5)")
-    parser.add_argument("--manager", choices=("centralized", "fixed", "dynamic"), default="dynamic")
+    parser.add_argument("--manager", choices=MANAGERS, default="dynamic")
 
 
 def measure(args: argparse.Namespace) -> list[BenchResult]:

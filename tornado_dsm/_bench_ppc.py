@@ -142,7 +142,7 @@ def _time_batches(fn, n: int) -> np.ndarray:
 def _create_null() -> int:
     """On the calling node: a singleton NullObject homed here; returns its oid."""
     from tornado_dsm.kernel import current_cos
-    from tornado_dsm.kernel._cobj import NullObject
+    from tornado_dsm.kernel import NullObject
 
     return current_cos().create(NullObject, name=f"bench-null-{os.getpid()}").oid
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
-from tornado_dsm.objects._vm import (
+from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, set_process, start_node, stop_node,
 )
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from tornado_dsm.kernel import PAGE
+from tornado_dsm.kernel import PAGE, parse_policy
+from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
-PROTOCOLS = ("ivy", "migrate")
-MANAGERS = ("centralized", "fixed", "dynamic")
 PROCESS_POLICIES = ("replicated", "singleton")
 REGION_POLICIES = ("per_node", "singleton", "group:k")
-MAX_NODES = 64  # copysets are 64-bit masks
 DEFAULT_POLICIES = {"process": "replicated", "region": "per_node"}
 
 
@@ -31,14 +29,17 @@ def check_policies(policies, nodes: int) -> dict:
         raise ValueError(f"unknown object in policies: {sorted(unknown)}; accepted: process, region")
     _one_of("process policy", policies["process"], PROCESS_POLICIES)
     region = policies["region"]
-    if isinstance(region, str) and region.startswith("group:"):
-        k = region[len("group:"):]
-        if not k.isdigit() or not 1 <= int(k) <= nodes:
-            raise ValueError(f"region policy {region!r}: k must be an integer from 1 to {nodes} (the nodes)")
-    else:
-        _one_of("region policy", region, REGION_POLICIES)
+    check_region_policy(region, nodes)
     return {"process": "per_node" if policies["process"] == "replicated" else "singleton",
             "region": region}
+
+
+def check_region_policy(text, nodes: int) -> None:
+    """Refuse a Region policy other than per_node, singleton or group:k (1 <= k <= nodes);
+    the group size is parsed by the COS's own ``parse_policy``."""
+    if not isinstance(text, str) or not (text in REGION_POLICIES[:2] or text.startswith("group:")):
+        _one_of("region policy", text, REGION_POLICIES)
+    parse_policy(text, nodes)
 
 
 def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, memory_per_node,

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Join the cluster and serve; returns the exit status (0 after a clean shutdown)."""
-    from tornado_dsm.kernel._node import run_node
-    from tornado_dsm.kernel._transport import parse_address, read_key_file
+    from tornado_dsm.kernel import attach, run_node
+    from tornado_dsm.kernel import parse_address, read_key_file
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="tornado-dsm node: %(levelname)s %(message)s")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     config = {"node": None, "address": [host, port], "key": key, "timeout": args.timeout,
               "start_timeout": args.start_timeout,
-              "listen": [args.listen, 0] if args.listen else None}
+              "listen": [args.listen, 0] if args.listen else None, "attach": attach}
     try:
         return run_node(config)
     except KeyboardInterrupt:

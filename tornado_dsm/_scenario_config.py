@@ -15,8 +15,11 @@ from pathlib import Path
 
 import attrs
 
+from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
+
+from ._config import check_region_policy
+
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
-MAX_NODES = 64
 
 
 class ScenarioError(ValueError):
@@ -60,9 +63,9 @@ KEYS: dict[str, Key] = {
     "description": Key(str, "", "a string", doc="One line shown by `tornado-dsm list`."),
     "cluster.nodes": _int(2, 1, MAX_NODES, "Node processes (node 0 is the tornado-dsm process)."),
     "cluster.threads_per_node": _int(1, 1, 64, "Threads running the workload on each node."),
-    "cluster.protocol": _choice("ivy", ("ivy", "migrate"),
+    "cluster.protocol": _choice("ivy", PROTOCOLS,
                                 "Coherence: IVY multiple readers/single writer, or migrate (one copy moves)."),
-    "cluster.manager": _choice("dynamic", ("centralized", "fixed", "dynamic"),
+    "cluster.manager": _choice("dynamic", MANAGERS,
                                "IVY manager: one directory on node 0, page p on node p mod N, or probOwner hints."),
     "cluster.memory_per_node": _int(0, 0, None, "Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
@@ -278,13 +281,12 @@ def _check_value(key: str, spec: Key, value, source: str) -> None:
 
 def _check_cross(source: str, v: dict) -> None:
     region = v["policies.region"]
-    if region.startswith("group:"):
-        k = region[len("group:"):]
-        if not k.isdigit() or not 1 <= int(k) <= v["cluster.nodes"]:
-            raise ScenarioError(source, "policies.region", region,
-                                f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})")
-    elif region not in ("per_node", "singleton"):
-        raise ScenarioError(source, "policies.region", region, f"expected {KEYS['policies.region'].accepted}")
+    try:
+        check_region_policy(region, v["cluster.nodes"])
+    except ValueError:
+        raise ScenarioError(source, "policies.region", region,
+                            f"expected {KEYS['policies.region'].accepted}; "
+                            f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})") from None
     if v["workload.kind"] == "ping-pong" and v["cluster.nodes"] < 2:
         raise ScenarioError(source, "cluster.nodes", 1, "ping-pong needs at least 2 nodes")
     if v["workload.kind"] == "matmul" and v["workload.n"] % v["workload.block"]:

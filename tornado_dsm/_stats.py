@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import attrs
-import numpy as np
 
-from tornado_dsm.kernel import current_cos
+from tornado_dsm.kernel import current_cos, log2_percentile
 
 
 @attrs.frozen
@@ -33,11 +32,7 @@ class NodeStatistics:
 
     def fault_latency_us(self, q: float) -> float:
         """Upper bound of the q-quantile (0..1) fault latency, in microseconds."""
-        h = np.asarray(self.latency_histogram)
-        if not h.sum():
-            return 0.0
-        b = int(np.searchsorted(np.cumsum(h), q * h.sum()))
-        return (1 << b) / 1000.0
+        return log2_percentile(self.latency_histogram, q) / 1000.0
 
     @property
     def fault_p50_us(self) -> float:
@@ -101,7 +96,7 @@ def gather_statistics(cluster, oids: list) -> ClusterStatistics:
 
 def ppc_totals() -> dict:
     """This node's PPC totals and fault-latency histogram (runs on the node)."""
-    from tornado_dsm.objects._vm import fault_latency_histogram
+    from tornado_dsm.objects import fault_latency_histogram
 
     stats = current_cos().runtime.ppc_statistics()
     local = remote = nbytes = 0

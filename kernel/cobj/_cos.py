@@ -40,6 +40,10 @@ Destroyed entries stay in the tables (oids are never reused): a late call
 raises ObjectDestroyed at once instead of missing to the home.
 
 Not supported: switching an object's policy while calls run (hot swap).
+
+Nodes get their COS through ``start_nodes`` of this package: it passes
+``attach`` as the net layer's start-up hook, so every node has its COS
+before ``ready`` and before any user code runs.
 """
 
 from __future__ import annotations
@@ -48,20 +52,17 @@ import itertools
 import threading
 from time import perf_counter
 
-from ._errors import NodeLost, ObjectDestroyed
-from . import _node
-from . import _cobj_lock as lockdebug
-from ._cobj_lock import ObjectLock
-from ._cobj_policy import (
+from ..net import NodeLost, current_runtime, peek_count as peek, start_nodes as _start_nodes
+from . import _lock as lockdebug
+from ._policy import (
     ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
 )
-from ._cobj_table import DestroyedEntry, PartitionedEntry, RepEntry, StubEntry, DrainTimeout
-from ._ppc_stats import peek
-from ._cobj_inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
-from ._cobj_ref import DRAIN_TIMEOUT, NullObject, ObjectRef, local_ppc_seconds  # noqa: F401 (re-exported)
+from ._table import DRAIN_TIMEOUT, DestroyedEntry, ObjectDestroyed, PartitionedEntry, RepEntry, StubEntry
+from ._inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
+from ._ref import ObjectRef
 
 HOME_BITS = 8
-MAX_NODES = 1 << HOME_BITS
+MAX_HOMES = 1 << HOME_BITS  # the home field of an oid
 COS_OID = 1
 
 
@@ -69,7 +70,7 @@ COS_OID = 1
 
 def home_of(oid: int) -> int:
     """The home node encoded in ``oid``."""
-    return oid & (MAX_NODES - 1)
+    return oid & (MAX_HOMES - 1)
 
 
 class _RootRecord:
@@ -87,8 +88,8 @@ class ClusteredObjectSystem:
     def __init__(self, runtime) -> None:
         self.runtime = runtime
         self.node, self.nnodes = runtime.node_id, runtime.nnodes
-        if self.nnodes > MAX_NODES:
-            raise ValueError(f"the COS supports at most {MAX_NODES} nodes, not {self.nnodes}")
+        if self.nnodes > MAX_HOMES:
+            raise ValueError(f"the COS supports at most {MAX_HOMES} nodes, not {self.nnodes}")
         self._table: dict[int, object] = {}
         self._lock = threading.Lock()  # the table's structure; never held across a call
         self._installing: dict[int, threading.Event] = {}
@@ -462,13 +463,18 @@ def attach(runtime) -> ClusteredObjectSystem:
 def current_cos() -> ClusteredObjectSystem:
     """The COS of this node: that of ``current_runtime()`` (so it follows nested clusters
     in node 0's process back to the enclosing one when the inner one closes)."""
-    cos = getattr(_node.current_runtime(), "cos", None)
+    cos = getattr(current_runtime(), "cos", None)
     if cos is None:
         raise RuntimeError("no clustered object system: this process is not a node (use start_nodes)")
     return cos
 
 
+def start_nodes(nnodes: int, transport: str = "unix", **kwargs):
+    """``net.start_nodes`` with this package's ``attach`` as the start-up hook:
+    every node, node 0 included, has its COS before ``init`` runs."""
+    return _start_nodes(nnodes, transport, attach=attach, **kwargs)
+
+
 __all__ = [
-    "ClusteredObjectSystem", "ObjectRef", "ObjectLock", "ClusteredRoot", "ClusteredRep",
-    "DrainTimeout", "COS_OID", "attach", "current_cos", "home_of", "local_ppc_seconds", "NullObject",
+    "ClusteredObjectSystem", "COS_OID", "attach", "current_cos", "home_of", "start_nodes",
 ]

@@ -37,10 +37,17 @@ import itertools
 import time
 from time import perf_counter_ns
 
-from ._errors import ObjectDestroyed
-from . import _cobj_lock as lockdebug
-from ._cobj_policy import ClusteredRep, load_class, public_methods
-from ._ppc_stats import peek
+from ..net import peek_count as peek
+from . import _lock as lockdebug
+from ._policy import ClusteredRep, load_class, public_methods
+
+DRAIN_TIMEOUT = 60.0  # seconds destroy waits for a node's calls in flight
+
+
+class ObjectDestroyed(LookupError):
+    """A call reached a clustered object that has been destroyed."""
+
+
 
 
 class DrainTimeout(TimeoutError):

@@ -20,8 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from . import _errors
-from ._errors import DSMInternalError, record_refused_fault
+from ._errors import DSMInternalError, SegmentationFault
 from ._lib import PAGE, ffi, lib
 
 READ = 1
@@ -40,6 +39,40 @@ class FaultRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+# The refused fault of each thread that has not been raised yet.  The trap
+# records it here (in the faulting thread) and arms an asynchronous exception;
+# CPython instantiates _AsyncSegmentationFault with no arguments in that same
+# thread when it raises, which is the moment the scratch pages go away.
+_pending = threading.local()
+
+
+def record_refused_fault(address: int, access: str, node: int, reason: str) -> None:
+    """Remember the first refused fault of this thread until it is raised."""
+    if getattr(_pending, "fault", None) is None:
+        _pending.fault = (address, access, node, reason)
+
+
+class _AsyncSegmentationFault(SegmentationFault):
+    """The form the trap arms with PyThreadState_SetAsyncExc (no arguments);
+    _trap.c binds this class by name (td_trap_bind_python)."""
+
+    def __init__(self, *args) -> None:
+        if args:  # unpickling or an explicit construction
+            super().__init__(*args)
+            return
+        fault = getattr(_pending, "fault", None)
+        _pending.fault = None
+        restore_scratch()
+        if fault is None:
+            raise DSMInternalError("_AsyncSegmentationFault", "raised with no pending fault")
+        super().__init__(*fault)
+
+
+# Shown as tornado_dsm.SegmentationFault in tracebacks.
+_AsyncSegmentationFault.__name__ = _AsyncSegmentationFault.__qualname__ = "SegmentationFault"
+_AsyncSegmentationFault.__module__ = "tornado_dsm"
 
 
 # slot -> (handler, node).  Read by the callback without a lock: assignment of
@@ -180,5 +213,3 @@ def touch_from_foreign_thread(address: int, write: int = 0) -> int:
         raise OSError("pthread_create failed")
     return result
 
-
-_errors.restore_scratch_hook = restore_scratch

@@ -1,4 +1,4 @@
-"""cffi (API mode) build of tornado_dsm.kernel._core from the C files beside it.
+"""cffi (API mode) build of tornado_dsm.kernel.machine._core from the C files beside it.
 
 Run by setuptools through setup.py's ``cffi_modules``; ``pip install .`` and
 ``pip install -e .`` both build it.
@@ -68,7 +68,7 @@ PRELUDE = """
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
-    "tornado_dsm.kernel._core",
+    "tornado_dsm.kernel.machine._core",
     PRELUDE,
     include_dirs=[str(HERE)],
     depends=[str(HERE / "_trap.c"), str(HERE / "_atomic.c")],

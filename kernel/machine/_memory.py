@@ -1,5 +1,5 @@
-"""Node memory: one sparse memfd seen through two views (DESIGN.md, "Physical
-memory of a node").
+"""Node memory: one sparse memfd seen through two views (docs/architecture.md,
+"The machine").
 
 * The application view is mapped MAP_SHARED at the window's fixed base, the
   same on every node, with MAP_FIXED_NOREPLACE so it never silently replaces
@@ -68,12 +68,6 @@ class NodeMemory:
     def end(self) -> int:
         """First address past the window."""
         return self.base + self.size
-
-    def page_of(self, address: int) -> int:
-        """Page index of an address in the window (ValueError outside it)."""
-        if not self.base <= address < self.end:
-            raise ValueError(f"address {address:#x} is outside the window [{self.base:#x}, {self.end:#x})")
-        return (address - self.base) // PAGE
 
     def frame(self, page: int) -> np.ndarray:
         """The kernel-view bytes of a page's frame (always read-write)."""

@@ -1,18 +1,10 @@
-"""Object references (``ObjectRef``) and the local-PPC floor (``NullObject``).
-
-``local_ppc_seconds`` is what ``tornado-dsm bench ppc`` and the tests time:
-a local call through the translation table on an object whose method does
-nothing.
-"""
+"""Object references: ``ObjectRef``, an oid bound to this node's COS."""
 
 from __future__ import annotations
 
 import functools
-from time import perf_counter
 
-from ._cobj_policy import ClusteredRep, ClusteredRoot
-
-DRAIN_TIMEOUT = 60.0  # seconds destroy waits for a node's calls in flight
+from ._table import DRAIN_TIMEOUT
 
 
 class ObjectRef:
@@ -51,29 +43,3 @@ class ObjectRef:
 
     def __repr__(self) -> str:
         return f"ObjectRef({self.oid:#x}, node {self.cos.node})"
-
-
-class NullObject(ClusteredRoot):
-    """A clustered object whose one method does nothing: the local-PPC floor."""
-
-    class Rep(ClusteredRep):
-        """The rep: ``nop()`` returns None."""
-
-        def nop(self) -> None:
-            """Do nothing."""
-
-
-def local_ppc_seconds(n: int = 100_000) -> float:
-    """Seconds per local PPC: ``n`` calls of ``nop`` on a singleton NullObject on this node."""
-    from ._cobj import current_cos  # noqa: PLC0415 (the COS module imports this one)
-
-    cos = current_cos()
-    ref = cos.create(NullObject, name="bench-null")
-    call, oid = cos.call, ref.oid
-    call(oid, "nop")  # the miss
-    t0 = perf_counter()
-    for _ in range(n):
-        call(oid, "nop")
-    elapsed = perf_counter() - t0
-    ref.destroy()
-    return elapsed / n

@@ -1,49 +1,27 @@
-"""Node processes: start-up, the full mesh of connections, the node service, shutdown.
+"""The runtime of one node process: its connections, the node service, stopping.
 
-Design
-------
-Node 0 is the process that calls ``start_nodes``; it listens first.  Nodes
-1..s are spawned (``multiprocessing`` spawn context); nodes s+1..n-1 join
-from other hosts with ``tornado-dsm node --join``.  Start-up of node k:
-
-1. listen on its own address (a socket in node 0's private 0700 directory,
-   or a TCP port);
-2. connect to node 0, authenticate, say HELLO (its id, or none for a joiner:
-   node 0 assigns one), then call node 0's service ``register`` with its
-   address.  Once every node has registered, node 0 connects to each of
-   them and ``register`` answers with the directory of all addresses;
-3. connect to every other node, and wait until every other node has
-   connected: one connection per ordered pair, the dialer's calls go on it
-   (see ``_ppc_channel``);
-4. attach the clustered object system, then call ``ready`` (with the
-   traceback if anything failed: start-up errors are raised in node 0).
-
-Node 0 then runs ``init`` on every node and ``start_nodes`` returns.
-
-Liveness: a node other than 0 stops when its connection to node 0 breaks,
-which is how it notices node 0 dying, even by SIGKILL (the kernel closes the
-socket).  ``Cluster.close`` (the context manager, and an atexit hook) tells
-every node to stop, then joins, terminates and finally kills the processes.
+A ``NodeRuntime`` is a PPC core (``_ppc``) with a node id: it listens and
+admits authenticated peers (HELLO names the peer; node 0 assigns ids to
+joiners), dials the others, serves oid 0 (the node service below) and
+notifies listeners when a peer is lost.  Start-up and shutdown of a whole
+cluster are in ``_startup``.
 
 oid 0 is the node service: register, ready, run_on (pickle, allowed only on
 authenticated connections and only inside its payload), ping, quiesce,
-shutdown.
+shutdown, stats.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import shutil
-import signal
 import socket
-import sys
 import threading
 import traceback
 
-from ._ppc import Payload, PPCCore, decode_error, encode_error, _pack, _unpackb
-from ._ppc_stats import to_wire
+from ._ppc import PPCCore
+from ._stats import to_wire
+from ._wire import Payload, decode_error, encode_error, pack, unpackb
 from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection,
                          FrameReader, check_key, connect, handshake_accept, listen,
                          local_address)
@@ -138,7 +116,7 @@ class NodeRuntime(PPCCore):
             sock.settimeout(None)
             if kind != HELLO or payload is not None:
                 raise ConnectionError(f"first frame is kind {kind}, expected HELLO")
-            hello = _unpackb(body)
+            hello = unpackb(body)
             if not self.registered.wait(60.0):   # a peer may dial before our directory came
                 raise ConnectionError("this node never registered")
             node = self._hello_node(hello)
@@ -169,7 +147,7 @@ class NodeRuntime(PPCCore):
         """Connect to ``node`` at ``address``, authenticate and say HELLO."""
         sock = connect(address, self.key)
         conn = Connection(sock, self.max_frame)
-        conn.send(HELLO, 0, 0, _pack({"node": self.node_id}))
+        conn.send(HELLO, 0, 0, pack({"node": self.node_id}))
         self.add_call_channel(conn, FrameReader(sock, self.max_frame), node)
 
     def wait_connected(self, timeout: float) -> None:
@@ -277,113 +255,10 @@ def unpack_run_on(node: int, reply: Payload):
     if status == "ok":
         return rest[0]
     if status == "err-by-name":
-        raise decode_error(_unpackb(rest[0]), node)
+        raise decode_error(unpackb(rest[0]), node)
     exc, tb = rest
     exc.add_note(f"--- remote traceback (node {node}) ---\n{tb}")
     raise exc
 
 
-# ---- a node other than 0 ------------------------------------------------------------
-
-def run_node(config: dict) -> int:
-    """Body of a node process other than 0; returns its exit status.
-
-    ``config``: node (id or None to join), address (node 0's), key, listen
-    (address to listen on; port 0 picks one), max_frame, timeout,
-    start_timeout.
-    """
-    rt = NodeRuntime(config.get("node"), None, config["key"],
-                     config.get("max_frame", DEFAULT_MAX_FRAME), config.get("timeout"))
-    _set_current(rt)
-    try:
-        _join(rt, config)
-    except BaseException as e:
-        if rt.stopping:   # node 0 closed the cluster while we were starting: not a failure
-            return 0
-        _report_failure(rt, e)
-        rt.stop()
-        return 1
-    rt.stopped.wait()
-    _watchdog()
-    return 0
-
-
-def _join(rt: NodeRuntime, config: dict) -> None:
-    """Start-up steps 1-4 of the module docstring."""
-    rt.start_listening(config["listen"] if config["listen"] else _guess_listen(config))
-    sock = connect(config["address"], rt.key, timeout=config.get("start_timeout", 60))
-    conn = Connection(sock, rt.max_frame)
-    conn.send(HELLO, 0, 0, _pack({"node": rt.node_id}))
-    rt.add_call_channel(conn, FrameReader(sock, rt.max_frame), 0)
-    reply = rt.call(0, 0, "register", {"address": rt.address}, timeout=None)
-    rt.node_id, rt.nnodes = reply["node"], reply["nnodes"]
-    rt.registered.set()
-    log.info("registered as node %d of %d", rt.node_id, rt.nnodes)
-    rt.pool.name = f"ppc-node{rt.node_id}"
-    for j in range(1, rt.nnodes):
-        if j != rt.node_id:
-            rt.dial(j, reply["addresses"][j])
-    rt.wait_connected(config.get("start_timeout", 60))
-    _attach_cos(rt)
-    rt.call(0, 0, "ready", {"error": None})
-
-
-def _guess_listen(config: dict):
-    """Listen on the interface that reaches node 0 (a joiner without --listen)."""
-    host = config["address"][0]
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect((host, int(config["address"][1])))
-        return [s.getsockname()[0], 0]
-
-
-def _report_failure(rt: NodeRuntime, exc: BaseException) -> None:
-    """Tell node 0 why start-up failed, or say it on stderr if node 0 is out of reach."""
-    if 0 not in rt._calls and isinstance(exc, (OSError, ConnectionError)):
-        print(f"tornado_dsm node: cannot join the cluster: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return
-    text = "".join(traceback.format_exception(exc))
-    try:
-        rt.call(0, 0, "ready", {"error": text}, timeout=5.0)
-    except Exception:
-        print(f"tornado_dsm node {rt.node_id} failed to start:\n{text}", file=sys.stderr)
-
-
-def _attach_cos(rt) -> None:
-    """Give this node its clustered object system before any user code runs."""
-    try:
-        from . import _cobj
-    except ImportError:
-        # TODO(COS): kernel/_cobj.py must provide attach(runtime); skipped while absent.
-        return
-    attach = getattr(_cobj, "attach", None)
-    if attach is not None:
-        attach(rt)
-
-
-def _watchdog() -> None:
-    """Force the process out if interpreter shutdown hangs on some user thread."""
-    t = threading.Timer(EXIT_GRACE, os._exit, args=(3,))
-    t.daemon = True
-    t.start()
-
-
-def spawned_main(config: dict) -> None:
-    """Entry point of a spawned node process (multiprocessing target)."""
-    # Ctrl-C in a terminal reaches the whole process group: node 0 handles it
-    # (closing the cluster stops this node); a spawned node ignores it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=config.get("log_level", logging.WARNING),
-                        format=f"tornado_dsm node {config.get('node')}: %(levelname)s %(message)s")
-    code = run_node(config)
-    if code:
-        sys.exit(code)
-
-
-def cleanup_dir(path) -> None:
-    """Remove node 0's private socket directory."""
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-__all__ = ["NodeRuntime", "NodeStartupError", "current_runtime", "run_node", "spawned_main"]
+__all__ = ["NodeRuntime", "NodeStartupError", "current_runtime", "unpack_run_on"]

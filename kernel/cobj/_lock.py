@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 
-from ._errors import DSMInternalError
+from ..machine import DSMInternalError
 
 ENV_VAR = "TORNADO_DSM_DEBUG_LOCKS"
 

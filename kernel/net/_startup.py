@@ -1,12 +1,33 @@
-"""``start_nodes``: node 0's side of a cluster's life (see ``_node`` for the protocol).
+"""Node processes: start-up, the full mesh of connections, the node service, shutdown.
 
-Node 0 listens, spawns nodes 1..s with the ``multiprocessing`` spawn context
-(functions of the user's ``__main__`` stay importable, as with any spawn
-pool), waits for nodes s+1..n-1 to join over TCP, runs ``init`` everywhere and
-returns a ``Cluster``.  Any start-up failure is raised here as
-``NodeStartupError`` with the failing node's traceback, after every process
-already started has been stopped.  ``Cluster.close`` (and the atexit hook,
-registered after multiprocessing's own so it runs first) leaves no process.
+Design
+------
+Node 0 is the process that calls ``start_nodes``; it listens first.  Nodes
+1..s are spawned (``multiprocessing`` spawn context); nodes s+1..n-1 join
+from other hosts with ``tornado-dsm node --join``.  Start-up of node k:
+
+1. listen on its own address (a socket in node 0's private 0700 directory,
+   or a TCP port);
+2. connect to node 0, authenticate, say HELLO (its id, or none for a joiner:
+   node 0 assigns one), then call node 0's service ``register`` with its
+   address.  Once every node has registered, node 0 connects to each of
+   them and ``register`` answers with the directory of all addresses;
+3. connect to every other node, and wait until every other node has
+   connected: one connection per ordered pair, the dialer's calls go on it
+   (see ``_channel``);
+4. run the ``attach`` hook (the clustered object system), then call ``ready`` (with the
+   traceback if anything failed: start-up errors are raised in node 0).
+
+Node 0 then runs ``init`` on every node and ``start_nodes`` returns.
+
+Liveness: a node other than 0 stops when its connection to node 0 breaks,
+which is how it notices node 0 dying, even by SIGKILL (the kernel closes the
+socket).  ``NodeSet.close`` (the context manager, and an atexit hook) tells
+every node to stop, then joins, terminates and finally kills the processes.
+
+oid 0 is the node service: register, ready, run_on (pickle, allowed only on
+authenticated connections and only inside its payload), ping, quiesce,
+shutdown.
 """
 
 from __future__ import annotations
@@ -21,12 +42,17 @@ import tempfile
 import threading
 import time
 
-from ._errors import NodeLost
-from ._node import (EXIT_GRACE, NodeRuntime, NodeStartupError, _attach_cos, _set_current,
-                    cleanup_dir, spawned_main, unpack_run_on)
-from ._ppc import Payload
-from ._ppc_stats import from_wire
-from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
+import shutil
+import signal
+import socket
+import sys
+import traceback
+
+from ._runtime import EXIT_GRACE, NodeRuntime, NodeStartupError, _set_current, unpack_run_on
+from ._stats import from_wire
+from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection, FrameReader, check_key, connect,
+                         new_key, parse_address)
+from ._wire import NodeLost, pack
 
 log = logging.getLogger("tornado_dsm.node")
 
@@ -118,8 +144,8 @@ class _Registrar:
             self.cond.notify_all()
 
 
-class Cluster:
-    """A running cluster, seen from node 0: ``runtime``, ``nnodes``, ``run_on``, ``close``."""
+class NodeSet:
+    """The nodes of a running cluster, seen from node 0: ``runtime``, ``nnodes``, ``run_on``, ``close``."""
 
     def __init__(self, runtime: NodeRuntime, tmpdir: str | None) -> None:
         self.runtime = runtime
@@ -128,7 +154,7 @@ class Cluster:
         self._tmpdir = tmpdir
         self.closed = False
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> "NodeSet":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -212,7 +238,7 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
                 key: bytes | None = None, join: int = 0, init=None, init_args: tuple = (),
                 timeout: float | None = None, start_timeout: float = 60.0,
                 max_frame: int = DEFAULT_MAX_FRAME, announce=None,
-                log_level: int = logging.WARNING) -> Cluster:
+                log_level: int = logging.WARNING, attach=None) -> NodeSet:
     """Start a cluster of ``nnodes`` nodes; this process is node 0.
 
     ``transport``: "unix" (sockets in a private 0700 directory) or "tcp"
@@ -220,18 +246,19 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     many of the nodes join with ``tornado-dsm node --join`` (tcp only); node 0
     calls ``announce(address)`` with its "HOST:PORT" once it listens.  ``key``:
     the cluster secret (default: a fresh random one).  ``init(*init_args)``
-    runs on every node after its COS is attached.  ``timeout``: default PPC
-    timeout.  Returns a ``Cluster`` (a context manager).
+    runs on every node after ``attach(runtime)`` (a module-level function:
+    spawned nodes receive it by reference) gave the node its object system.
+    ``timeout``: default PPC timeout.  Returns a ``NodeSet`` (a context manager).
     """
     _check_args(nnodes, transport, address, join)
     key = new_key() if key is None else check_key(key)
     rt = NodeRuntime(0, nnodes, key, max_frame, timeout)
     tmpdir = tempfile.mkdtemp(prefix="tornado-dsm-") if transport == "unix" else None
-    cluster = Cluster(rt, tmpdir)
+    cluster = NodeSet(rt, tmpdir)
     _register_atexit()
     _open_clusters.append(cluster)
     try:
-        _start(cluster, transport, address, join, start_timeout, announce, log_level)
+        _start(cluster, transport, address, join, start_timeout, announce, log_level, attach)
         if init is not None:
             _run_init(cluster, init, init_args)
     except BaseException as e:
@@ -256,21 +283,23 @@ def _check_args(nnodes, transport, address, join) -> None:
         parse_address(address)
 
 
-def _start(cluster: Cluster, transport, address, join, start_timeout, announce, log_level):
+def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach):
     rt = cluster.runtime
     if transport == "unix":
         rt.start_listening(os.path.join(cluster._tmpdir, "node0.sock"))
     else:
         rt.start_listening(parse_address(address or "127.0.0.1:0"))
     _set_current(rt)
-    _attach_cos(rt)
+    if attach is not None:
+        attach(rt)
     spawned = rt.nnodes - 1 - join
     rt._registrar = _Registrar(rt, spawned)
     ctx = multiprocessing.get_context("spawn")
     for k in range(1, spawned + 1):
         config = {"node": k, "address": rt.address, "key": rt.key, "max_frame": rt.max_frame,
                   "timeout": rt.default_timeout, "start_timeout": start_timeout,
-                  "log_level": log_level, "listen": _child_listen(cluster, transport, k)}
+                  "log_level": log_level, "listen": _child_listen(cluster, transport, k),
+                  "attach": attach}
         proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
         proc.start()
         cluster.processes[k] = proc
@@ -282,13 +311,13 @@ def _start(cluster: Cluster, transport, address, join, start_timeout, announce, 
     rt._registrar.wait(cluster.processes, time.monotonic() + start_timeout)
 
 
-def _child_listen(cluster: Cluster, transport: str, node: int):
+def _child_listen(cluster: NodeSet, transport: str, node: int):
     if transport == "unix":
         return os.path.join(cluster._tmpdir, f"node{node}.sock")
     return [cluster.runtime.address[0], 0]
 
 
-def _run_init(cluster: Cluster, init, init_args) -> None:
+def _run_init(cluster: NodeSet, init, init_args) -> None:
     try:
         cluster.run_on(0, init, *init_args)
     except Exception as e:
@@ -319,4 +348,97 @@ def _close_all() -> None:
             log.exception("closing a cluster at exit failed")
 
 
-__all__ = ["Cluster", "start_nodes", "Payload"]
+# ---- a node other than 0 ------------------------------------------------------------
+
+def run_node(config: dict) -> int:
+    """Body of a node process other than 0; returns its exit status.
+
+    ``config``: node (id or None to join), address (node 0's), key, listen
+    (address to listen on; port 0 picks one), max_frame, timeout,
+    start_timeout, attach (``attach(runtime)`` run before the node is ready:
+    the layer above gives each node its object system here; optional).
+    """
+    rt = NodeRuntime(config.get("node"), None, config["key"],
+                     config.get("max_frame", DEFAULT_MAX_FRAME), config.get("timeout"))
+    _set_current(rt)
+    try:
+        _join(rt, config)
+    except BaseException as e:
+        if rt.stopping:   # node 0 closed the cluster while we were starting: not a failure
+            return 0
+        _report_failure(rt, e)
+        rt.stop()
+        return 1
+    rt.stopped.wait()
+    _watchdog()
+    return 0
+
+
+def _join(rt: NodeRuntime, config: dict) -> None:
+    """Start-up steps 1-4 of the module docstring."""
+    rt.start_listening(config["listen"] if config["listen"] else _guess_listen(config))
+    sock = connect(config["address"], rt.key, timeout=config.get("start_timeout", 60))
+    conn = Connection(sock, rt.max_frame)
+    conn.send(HELLO, 0, 0, pack({"node": rt.node_id}))
+    rt.add_call_channel(conn, FrameReader(sock, rt.max_frame), 0)
+    reply = rt.call(0, 0, "register", {"address": rt.address}, timeout=None)
+    rt.node_id, rt.nnodes = reply["node"], reply["nnodes"]
+    rt.registered.set()
+    log.info("registered as node %d of %d", rt.node_id, rt.nnodes)
+    rt.pool.name = f"ppc-node{rt.node_id}"
+    for j in range(1, rt.nnodes):
+        if j != rt.node_id:
+            rt.dial(j, reply["addresses"][j])
+    rt.wait_connected(config.get("start_timeout", 60))
+    if config.get("attach") is not None:
+        config["attach"](rt)
+    rt.call(0, 0, "ready", {"error": None})
+
+
+def _guess_listen(config: dict):
+    """Listen on the interface that reaches node 0 (a joiner without --listen)."""
+    host = config["address"][0]
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, int(config["address"][1])))
+        return [s.getsockname()[0], 0]
+
+
+def _report_failure(rt: NodeRuntime, exc: BaseException) -> None:
+    """Tell node 0 why start-up failed, or say it on stderr if node 0 is out of reach."""
+    if 0 not in rt._calls and isinstance(exc, (OSError, ConnectionError)):
+        print(f"tornado_dsm node: cannot join the cluster: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return
+    text = "".join(traceback.format_exception(exc))
+    try:
+        rt.call(0, 0, "ready", {"error": text}, timeout=5.0)
+    except Exception:
+        print(f"tornado_dsm node {rt.node_id} failed to start:\n{text}", file=sys.stderr)
+
+
+def _watchdog() -> None:
+    """Force the process out if interpreter shutdown hangs on some user thread."""
+    t = threading.Timer(EXIT_GRACE, os._exit, args=(3,))
+    t.daemon = True
+    t.start()
+
+
+def spawned_main(config: dict) -> None:
+    """Entry point of a spawned node process (multiprocessing target)."""
+    # Ctrl-C in a terminal reaches the whole process group: node 0 handles it
+    # (closing the cluster stops this node); a spawned node ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=config.get("log_level", logging.WARNING),
+                        format=f"tornado_dsm node {config.get('node')}: %(levelname)s %(message)s")
+    code = run_node(config)
+    if code:
+        sys.exit(code)
+
+
+def cleanup_dir(path) -> None:
+    """Remove node 0's private socket directory."""
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["NodeSet", "start_nodes", "run_node", "spawned_main"]

@@ -47,10 +47,8 @@ import select
 import threading
 import time
 
-import msgpack
-
-from ._errors import NodeLost, PPCTimeout
 from ._transport import ERROR, HEADER_SIZE, REPLY, REQUEST, Connection, FrameReader
+from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack, unpackb
 
 log = logging.getLogger("tornado_dsm.ppc")
 
@@ -58,16 +56,7 @@ F_PAYLOAD = 1          # REPLY flag: the result is a Payload (value in body, byt
 
 MONITOR_TICK = 0.005   # seconds between the monitor's checks of inline requests
 
-_unpackb = msgpack.unpackb
-_tls = threading.local()   # .pack: this thread's Packer; .serving: the channel it reads inline
-
-
-def _pack(obj) -> bytes:
-    """msgpack ``obj`` with this thread's Packer (``msgpack.packb`` builds one per call)."""
-    pack = getattr(_tls, "pack", None)
-    if pack is None:
-        pack = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
-    return pack(obj)
+_tls = threading.local()   # .serving: the channel this thread reads inline
 
 
 def before_blocking() -> None:
@@ -153,7 +142,7 @@ class CallChannel:
 
     def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
         """Register and send one request; the caller then waits with ``result``."""
-        body = _pack([method, args])
+        body = pack([method, args])
         call = PendingCall(self, rid, oid, method)
         self.pending[rid] = call
         if self.closed:
@@ -211,12 +200,12 @@ class CallChannel:
         """Read and deliver one reply; False once the channel has failed."""
         try:
             kind, flags, rid, oid, body, payload = self.reader.next()
-            value = _unpackb(body)   # decode fully before popping the call
+            value = unpackb(body)   # decode fully before popping the call
             if kind == REPLY:
-                result = self.core.payload_type(payload, value) if flags & F_PAYLOAD else value
+                result = Payload(payload, value) if flags & F_PAYLOAD else value
                 error = None
             elif kind == ERROR and isinstance(value, dict):
-                result, error = None, self.core.decode_error(value, self.peer)
+                result, error = None, decode_error(value, self.peer)
             else:
                 raise ValueError(f"frame kind {kind} on a call channel")
         except (ConnectionError, OSError) as e:
@@ -277,7 +266,6 @@ class ServeChannel:
         # the entry first decides (dict.pop is atomic under the GIL): the worker
         # keeps reading, or a promoter hands reading to a new worker.
         self._role: dict[int, int] = {}
-        self.promotions = 0
 
     @property
     def executing(self) -> int:
@@ -314,7 +302,6 @@ class ServeChannel:
             return   # the worker finished first and keeps reading
         # (if the worker moved on to a newer request in between, that one is
         # promoted instead: one extra worker, never a lost reader)
-        self.promotions += 1
         self.core.pool.submit(self._run, ())
 
     def _read_request(self):
@@ -323,7 +310,7 @@ class ServeChannel:
             kind, _flags, rid, oid, body, payload = self.reader.next()
             if kind != REQUEST:
                 raise ValueError(f"frame kind {kind} on a serve channel")
-            method, args = _unpackb(body)
+            method, args = unpackb(body)
             return rid, oid, str(method), args, payload
         except (ConnectionError, OSError) as e:
             self.fail(str(e) or type(e).__name__)

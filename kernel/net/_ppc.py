@@ -26,109 +26,18 @@ No pickle on this path: ``run_on`` pickles inside its own payload.
 
 from __future__ import annotations
 
-import builtins
 import itertools
 import logging
-import sys
 import threading
-import traceback
 
-import attrs
-
-from ._errors import NodeLost
-from ._ppc_channel import (F_PAYLOAD, CallChannel, PendingCall, ServeChannel, _pack, _unpackb,
-                           before_blocking, monitor)
-from ._ppc_stats import PPCCounters, PPCStatistics
+from ._channel import F_PAYLOAD, CallChannel, PendingCall, ServeChannel, before_blocking, monitor
+from ._stats import PPCCounters, PPCStatistics
 from ._transport import ERROR, REPLY, Connection, FrameReader
+from ._wire import NodeLost, Payload, encode_error, pack
 
 log = logging.getLogger("tornado_dsm.ppc")
 
 IDLE_TIMEOUT = 60.0    # seconds an idle pool worker waits before it retires
-
-
-@attrs.frozen
-class Payload:
-    """Raw bytes travelling after a PPC's header, with an optional msgpack value.
-
-    Return ``Payload(data, value)`` from a dispatcher to reply with raw bytes;
-    ``call`` then returns a ``Payload`` whose ``data`` is a ``bytearray``.
-    """
-
-    data: object
-    value: object = None
-
-
-class RemoteError(RuntimeError):
-    """An exception of a type that cannot be rebuilt on the caller's node.
-
-    Fields: ``type_name`` (module-qualified), ``message``, ``remote_traceback``
-    (text), ``node`` (where it was raised).
-    """
-
-    def __init__(self, type_name: str, message: str, remote_traceback: str, node: int) -> None:
-        super().__init__(f"{type_name}: {message} (raised on node {node})")
-        self.type_name = type_name
-        self.message = message
-        self.remote_traceback = remote_traceback
-        self.node = node
-
-    def __reduce__(self):
-        return (RemoteError, (self.type_name, self.message, self.remote_traceback, self.node))
-
-
-# ---- exceptions by name ----------------------------------------------------------
-
-def encode_error(exc: BaseException) -> bytes:
-    """The ERROR body of ``exc``: type, message, rebuild arguments, traceback."""
-    cls = type(exc)
-    tb = "".join(traceback.format_exception(exc))
-    reduced = exc.__reduce__()
-    info = {"module": cls.__module__, "name": cls.__name__, "message": str(exc),
-            "traceback": tb, "args": None, "state": None}
-    try:
-        info["args"] = list(reduced[1])
-        _pack(info["args"])
-    except Exception:
-        info["args"] = None
-    state = reduced[2] if len(reduced) > 2 else None
-    if isinstance(state, dict):
-        try:
-            _pack(state)
-            info["state"] = state
-        except Exception:
-            pass
-    return _pack(info)
-
-
-def _lookup(module: str, name: str):
-    """The exception class a name refers to, among the types we rebuild."""
-    if module == "builtins":
-        cls = getattr(builtins, name, None)
-    elif module == "tornado_dsm" or module.startswith("tornado_dsm."):
-        cls = getattr(sys.modules.get(module), name, None)   # never import on request
-    else:
-        cls = None
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        return cls
-    return None
-
-
-def decode_error(info: dict, node: int) -> BaseException:
-    """Rebuild the exception an ERROR body describes, with the remote traceback as a note."""
-    cls = _lookup(str(info.get("module")), str(info.get("name")))
-    exc = None
-    if cls is not None and info.get("args") is not None:
-        try:
-            exc = cls(*info["args"])
-            if info.get("state"):
-                exc.__dict__.update(info["state"])
-        except Exception:
-            exc = None
-    if exc is None:
-        exc = RemoteError(f"{info.get('module')}.{info.get('name')}", str(info.get("message")),
-                          str(info.get("traceback")), node)
-    exc.add_note(f"--- remote traceback (node {node}) ---\n{info.get('traceback')}")
-    return exc
 
 
 # ---- the worker pool -------------------------------------------------------------
@@ -151,7 +60,6 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._count = itertools.count(1)
-        self.threads_started = 0
         self.closed = False
 
     def submit(self, fn, args: tuple) -> None:
@@ -162,7 +70,6 @@ class WorkerPool:
             worker.task = (fn, args)
             worker.wake.release()
             return
-        self.threads_started += 1
         t = threading.Thread(target=self._run, args=(_Worker(), (fn, args)),
                              name=f"{self.name}-{next(self._count)}", daemon=True)
         t.start()
@@ -192,10 +99,6 @@ class WorkerPool:
             worker.wake.acquire()   # a submitter took us just now: its task is coming
         return worker.task
 
-    def idle(self) -> int:
-        """How many workers are parked."""
-        return len(self._idle)
-
     def close(self) -> None:
         """Let every parked worker exit now; busy ones exit when their task ends."""
         with self._lock:
@@ -214,8 +117,6 @@ class PPCCore:
     Subclasses provide ``node_id``, ``nnodes`` and ``_serve_service`` (oid 0)
     and may extend ``_peer_lost``.
     """
-
-    payload_type = None   # set below (Payload); channels build results with it
 
     def __init__(self, node_id, max_frame: int, default_timeout: float | None) -> None:
         self.node_id = node_id
@@ -315,9 +216,9 @@ class PPCCore:
             else:
                 result = self._dispatcher(oid, method, args, payload)
             if isinstance(result, Payload):
-                conn.send(REPLY, rid, oid, _pack(result.value), result.data, F_PAYLOAD)
+                conn.send(REPLY, rid, oid, pack(result.value), result.data, F_PAYLOAD)
             else:
-                conn.send(REPLY, rid, oid, _pack(result))
+                conn.send(REPLY, rid, oid, pack(result))
         except BaseException as e:
             if conn.closed:
                 return
@@ -353,8 +254,4 @@ class PPCCore:
             self._peer_lost(peer, "this node is stopping")
 
 
-PPCCore.payload_type = Payload
-PPCCore.decode_error = staticmethod(decode_error)
-
-__all__ = ["Payload", "RemoteError", "PPCCore", "PendingCall", "WorkerPool", "encode_error",
-           "decode_error", "_pack", "_unpackb"]
+__all__ = ["PPCCore", "PendingCall", "WorkerPool"]

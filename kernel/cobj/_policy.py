@@ -30,8 +30,8 @@ import zlib
 
 import attrs
 
-from ._errors import DSMInternalError
-from ._cobj_lock import ObjectLock
+from ..machine import DSMInternalError
+from ._lock import ObjectLock
 
 POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k")
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from ._hat import PROT_NONE, PROT_READ, PROT_WRITE
 from ._lib import PAGE
+from ._trap import READ, FaultRefused
 
 PAGE_SHIFT = PAGE.bit_length() - 1
-from ._trap import READ, FaultRefused
 
 
 @attrs.frozen

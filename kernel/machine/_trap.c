@@ -73,7 +73,7 @@ static struct sigaction td_previous;
 static volatile int td_installed;
 static volatile int td_portable_decode;
 static size_t td_page = 4096;
-static PyObject *td_async_class; /* tornado_dsm.kernel._errors._AsyncSegmentationFault */
+static PyObject *td_async_class; /* tornado_dsm.kernel.machine._trap._AsyncSegmentationFault */
 
 static __thread int td_depth;          /* > 0 while this thread runs the handler */
 /* 1: the thread had a Python thread state at its first fault; 2: it had none
@@ -275,7 +275,7 @@ int td_trap_bind_python(void)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     int rc = -1;
-    PyObject *mod = PyImport_ImportModule("tornado_dsm.kernel._errors");
+    PyObject *mod = PyImport_ImportModule("tornado_dsm.kernel.machine._trap");
     if (mod != NULL) {
         PyObject *cls = PyObject_GetAttrString(mod, "_AsyncSegmentationFault");
         if (cls != NULL) {

@@ -13,9 +13,9 @@ call does one ``next()`` on its bucket (a single C call, atomic under the
 GIL); ``local_histogram`` hands the counters out, ``snapshot`` reads them
 without advancing them.
 
-Latency buckets are log2 of microseconds: bucket 0 holds calls under 1 µs,
-bucket b >= 1 holds [2**(b-1), 2**b) µs.  Percentiles are reported as the
-upper edge of the bucket they fall in, so they are upper bounds.
+Latency buckets are log2 of microseconds (machine's ``log2_percentile``):
+bucket 0 holds calls under 1 µs, bucket b >= 1 holds [2**(b-1), 2**b) µs;
+percentiles are upper bounds.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import itertools
 import threading
 
 import attrs
+
+from ..machine import log2_percentile
 
 NBUCKETS = 32
 WIDE = 64  # buckets a local histogram has: any int's bit_length fits; folded into NBUCKETS
@@ -82,22 +84,9 @@ def from_wire(node: int, rows) -> PPCStatistics:
     """The ``PPCStatistics`` of ``node`` from its ``to_wire`` rows."""
     return PPCStatistics(node=node, counters=tuple(
         PPCCounter(oid=oid, method=method, kind=kind, calls=calls, bytes=nbytes,
-                   histogram=tuple(hist), median_us=_percentile(hist, 0.5),
-                   p90_us=_percentile(hist, 0.9))
+                   histogram=tuple(hist), median_us=log2_percentile(hist, 0.5),
+                   p90_us=log2_percentile(hist, 0.9))
         for oid, method, kind, calls, nbytes, hist in rows))
-
-
-def _percentile(hist, q: float) -> float:
-    total = sum(hist)
-    if total == 0:
-        return 0.0
-    rank = q * total
-    seen = 0
-    for b, n in enumerate(hist):
-        seen += n
-        if seen >= rank:
-            return float(1 << b)
-    return float(1 << (len(hist) - 1))
 
 
 class PPCCounters:
@@ -163,7 +152,7 @@ class PPCCounters:
         counters = tuple(
             PPCCounter(oid=oid, method=method, kind=REMOTE if remote else LOCAL,
                        calls=c, bytes=n, histogram=tuple(h),
-                       median_us=_percentile(h, 0.5), p90_us=_percentile(h, 0.9))
+                       median_us=log2_percentile(h, 0.5), p90_us=log2_percentile(h, 0.9))
             for (oid, method, remote), (c, n, h) in sorted(merged.items(), key=_order))
         return PPCStatistics(node=node, counters=counters)
 
