@@ -37,9 +37,9 @@ def check_policies(policies, nodes: int) -> dict:
 def check_region_policy(text, nodes: int) -> None:
     """Refuse a Region policy other than per_node, singleton or group:k (1 <= k <= nodes);
     the group size is parsed by the COS's own ``parse_policy``."""
-    if not isinstance(text, str) or not (text in REGION_POLICIES[:2] or text.startswith("group:")):
-        _one_of("region policy", text, REGION_POLICIES)
-    parse_policy(text, nodes)
+    if text not in ("per_node", "singleton") and not (isinstance(text, str) and text.startswith("group:")):
+        _one_of("region policy", text, REGION_POLICIES)   # raises, naming the accepted ones
+    parse_policy(text, nodes)   # group:k: k from 1 to nodes
 
 
 def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, memory_per_node,

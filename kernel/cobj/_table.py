@@ -48,8 +48,6 @@ class ObjectDestroyed(LookupError):
     """A call reached a clustered object that has been destroyed."""
 
 
-
-
 class DrainTimeout(TimeoutError):
     """Calls through a destroyed object's entry did not finish in time."""
 

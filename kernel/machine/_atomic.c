@@ -1,5 +1,5 @@
 /*
- * Atomics on window addresses (docs/architecture.md, "The machine").  Sequentially consistent
+ * Atomics on window addresses (README, "Atomics").  Sequentially consistent
  * __atomic builtins.  A read-modify-write faults as a write, so under
  * single-writer coherence an atomic on DSM memory is atomic cluster-wide.
  * The Python wrappers (_atomic.py) check alignment and window membership;

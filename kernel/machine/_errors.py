@@ -1,6 +1,6 @@
 """The machine's exceptions, and the one for broken invariants everywhere.
 
-Two tiers (docs/architecture.md, "Conventions"): expected failures are
+Two tiers: expected failures are
 specific exceptions that subclass a builtin and carry fields; a broken
 invariant is one `DSMInternalError` naming the function and the reason.
 Every layer above raises DSMInternalError, so it lives in the lowest one.
@@ -9,6 +9,7 @@ PPCTimeout, ObjectDestroyed).
 """
 
 from __future__ import annotations
+
 
 class DSMInternalError(RuntimeError):
     """A broken invariant: a bug in tornado_dsm, never a user error."""

@@ -1,5 +1,5 @@
-"""Node memory: one sparse memfd seen through two views (docs/architecture.md,
-"The machine").
+"""Node memory: one sparse memfd seen through two views (README,
+"Node memory: one file, two views").
 
 * The application view is mapped MAP_SHARED at the window's fixed base, the
   same on every node, with MAP_FIXED_NOREPLACE so it never silently replaces

@@ -18,7 +18,7 @@ read it; the reading role moves to another worker when the handler may block
 the call (a late reply is dropped); a peer that dies fails all its pending
 calls at once with ``NodeLost``.
 
-Exceptions cross by name: builtin exception types and the ``tornado_dsm``
+Exceptions cross by name (``_wire``): builtin exception types and the ``tornado_dsm``
 exceptions are rebuilt as themselves (from their ``__reduce__`` arguments);
 anything else becomes ``RemoteError`` carrying the type name and traceback.
 No pickle on this path: ``run_on`` pickles inside its own payload.

@@ -1,4 +1,4 @@
-"""Node processes: start-up, the full mesh of connections, the node service, shutdown.
+"""Starting and stopping a cluster: node 0's side (``start_nodes``, ``NodeSet``) and the other nodes' (``run_node``).
 
 Design
 ------
@@ -24,10 +24,7 @@ Liveness: a node other than 0 stops when its connection to node 0 breaks,
 which is how it notices node 0 dying, even by SIGKILL (the kernel closes the
 socket).  ``NodeSet.close`` (the context manager, and an atexit hook) tells
 every node to stop, then joins, terminates and finally kills the processes.
-
-oid 0 is the node service: register, ready, run_on (pickle, allowed only on
-authenticated connections and only inside its payload), ping, quiesce,
-shutdown.
+The node service (oid 0) these steps call is in ``_runtime``.
 """
 
 from __future__ import annotations
