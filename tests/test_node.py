@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
 from conftest import process_gone
-from tornado_dsm.kernel import NodeStartupError, current_runtime, start_nodes
+from tornado_dsm.kernel import NodeLost, NodeStartupError, PPCTimeout, current_runtime, start_nodes
+from tornado_dsm.kernel.net import LOST
 from tornado_dsm.kernel.net._transport import new_key, write_key_file
 
 pytestmark = pytest.mark.multinode
@@ -45,6 +47,28 @@ def init_seen() -> list:
 def fail_on_node_2() -> None:
     if current_runtime().node_id == 2:
         raise RuntimeError("init failed on purpose")
+
+
+def node_and_thread():
+    """This node's id and the ident of the thread running the call."""
+    return current_runtime().node_id, threading.get_ident()
+
+
+_finished: list = []
+
+
+def fail_now_or_later(now: int, later: float):
+    """Raise at once on node ``now``; elsewhere sleep ``later`` s, note that, then raise."""
+    node = current_runtime().node_id
+    if node != now:
+        time.sleep(later)
+        _finished.append(node)
+    raise ValueError(f"failed on node {node}")
+
+
+def finished() -> list:
+    """The nodes ``fail_now_or_later`` noted here."""
+    return list(_finished)
 
 
 def _wait_gone(pids, seconds: float) -> list:
@@ -129,6 +153,55 @@ class TestRunOn:
         with pytest.raises(ZeroDivisionError) as info:
             nodes.run_on(1, divmod, 1, 0)
         assert "remote traceback (node 1)" in info.value.__notes__[-1]
+
+
+class TestFanOut:
+    @pytest.mark.timeout(60)
+    def test_results_in_node_order(self, cluster_factory):
+        """run_on_each answers in the order of ``nodes``, repeats included; node 0's share runs on this thread."""
+        nodes = cluster_factory(3)
+        seen = nodes.run_on_each([2, 0, 1, 2], node_and_thread)
+        assert [node for node, _ in seen] == [2, 0, 1, 2]
+        assert seen[1][1] == threading.get_ident()
+
+    @pytest.mark.timeout(60)
+    def test_nodes_run_in_parallel(self, cluster_factory):
+        """Every request is sent before any reply is awaited: a 1 s call on each of 3 nodes takes about 1 s."""
+        nodes = cluster_factory(3)
+        t0 = time.monotonic()
+        nodes.run_on_all(time.sleep, 1.0)
+        assert time.monotonic() - t0 < 2.0
+
+    @pytest.mark.timeout(60)
+    def test_first_error_in_node_order_after_all_finished(self, cluster_factory):
+        """The error raised is the first in ``nodes`` order (not the first to happen), once every node finished."""
+        nodes = cluster_factory(3)
+        _finished.clear()
+        with pytest.raises(ValueError, match="failed on node 1"):
+            nodes.run_on_each([1, 0], fail_now_or_later, 0, 0.5)
+        with pytest.raises(ValueError, match="failed on node 1"):
+            nodes.run_on_each([1, 2], fail_now_or_later, 1, 0.5)
+        assert nodes.run_on(2, finished) == [2]
+
+    @pytest.mark.timeout(60)
+    def test_timeout(self, cluster_factory):
+        """A node that does not answer within ``timeout`` seconds raises PPCTimeout."""
+        nodes = cluster_factory(2)
+        with pytest.raises(PPCTimeout):
+            nodes.run_on_each([1], time.sleep, 2.0, timeout=0.2)
+
+    @pytest.mark.timeout(60)
+    def test_lost_node(self, cluster_factory):
+        """A dead node gives LOST when lost nodes are tolerated, else NodeLost; the others still answer."""
+        nodes = cluster_factory(3)
+        proc = nodes.processes[2]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(10)
+        rt = nodes.runtime
+        assert rt.fan_out(range(3), 0, "ping", None, local=lambda: 0, timeout=10,
+                          tolerate_lost=True) == [0, 1, LOST]
+        with pytest.raises(NodeLost):
+            rt.fan_out([2, 1], 0, "ping", None, timeout=10)
 
 
 _CHILD_SCRIPT = textwrap.dedent("""

@@ -11,6 +11,7 @@ node its object system through the ``attach`` hook of ``start_nodes``.
 """
 
 from ._channel import before_blocking
+from ._ppc import LOST
 from ._runtime import NodeRuntime, NodeStartupError, current_runtime
 from ._startup import NodeSet, run_node, start_nodes
 from ._stats import PPCCounter, PPCStatistics, peek as peek_count
@@ -18,7 +19,7 @@ from ._transport import new_key, parse_address, read_key_file, write_key_file
 from ._wire import NodeLost, Payload, PPCTimeout, RemoteError
 
 __all__ = [
-    "before_blocking", "NodeRuntime", "NodeStartupError", "current_runtime", "NodeSet", "run_node",
+    "LOST", "before_blocking", "NodeRuntime", "NodeStartupError", "current_runtime", "NodeSet", "run_node",
     "start_nodes", "PPCCounter", "PPCStatistics", "peek_count", "new_key", "parse_address",
     "read_key_file", "write_key_file", "NodeLost", "Payload", "PPCTimeout", "RemoteError",
 ]

@@ -16,7 +16,9 @@ retire after ``IDLE_TIMEOUT``).  A request runs inline on the worker that
 read it; the reading role moves to another worker when the handler may block
 (see ``_ppc_channel``).  A timeout raises ``PPCTimeout`` and forgets
 the call (a late reply is dropped); a peer that dies fails all its pending
-calls at once with ``NodeLost``.
+calls at once with ``NodeLost``.  ``PPCCore.fan_out`` is the one way to call
+several nodes at once (all requests sent first, this node's share run on the
+calling thread): the node set, the COS and the Cluster API all use it.
 
 Exceptions cross by name (``_wire``): builtin exception types and the ``tornado_dsm``
 exceptions are rebuilt as themselves (from their ``__reduce__`` arguments);
@@ -29,6 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 
 from ._channel import F_PAYLOAD, CallChannel, PendingCall, ServeChannel, before_blocking, monitor
 from ._stats import PPCCounters, PPCStatistics
@@ -38,6 +41,27 @@ from ._wire import NodeLost, Payload, encode_error, pack
 log = logging.getLogger("tornado_dsm.ppc")
 
 IDLE_TIMEOUT = 60.0    # seconds an idle pool worker waits before it retires
+
+
+class _Lost:
+    """The type of ``LOST``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LOST"
+
+
+LOST = _Lost()   # a lost node's result in a fan-out that tolerates lost nodes
+
+
+class _Failed:
+    """One node's error in a fan-out, kept until every node has finished."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 # ---- the worker pool -------------------------------------------------------------
@@ -170,6 +194,44 @@ class PPCCore:
         """Send a remote PPC and return at once; ``.result(timeout)`` waits for it."""
         return self._channel(node).start(next(self._rids), oid, method, args, payload)
 
+    def fan_out(self, nodes, oid: int, method: str, args=None, *, local=None, payload=None,
+                reply=None, on_error=None, timeout: float | None = None,
+                tolerate_lost: bool = False) -> list:
+        """PPC ``method(args)`` on ``oid`` at every node of ``nodes`` at once; results in ``nodes`` order.
+
+        The one parallel call of the kernel.  Contract:
+
+        * every remote request is sent before any reply is awaited, so the
+          nodes work in parallel and the whole costs about the slowest node;
+        * this node's share (``node_id`` in ``nodes``) is ``local()``, run on
+          the calling thread once the requests are out: no PPC, no thread hop
+          (without ``local``, naming this node is a ValueError for it);
+        * ``reply(node, value)``, if given, turns a remote reply into the
+          result (e.g. unpickling); what it raises is that node's error;
+        * ``timeout``: seconds from sending within which every reply must
+          come (PPCTimeout for a late node); None waits as long as the
+          targets live (pass ``default_timeout`` for the runtime's default);
+        * ``tolerate_lost``: a node lost before or during the call gives
+          ``LOST`` instead of an error;
+        * every node is waited for, then the first error in ``nodes`` order
+          is raised, as ``on_error(node, error)`` returns it when given;
+        * a node named twice is called twice (this node's share in turn).
+        """
+        nodes = tuple(nodes)
+        mine = self.node_id if local is not None else None   # None: every node is called remotely
+        calls = [None if n == mine else self._send(n, oid, method, args, payload) for n in nodes]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = [_attempt(local) if c is None else c for c in calls]
+        outcomes = [_await(n, c, reply, deadline) for n, c in zip(nodes, calls)]
+        return _results(nodes, outcomes, on_error, tolerate_lost)
+
+    def _send(self, node: int, oid: int, method: str, args, payload):
+        """Start one call of a fan-out; an error sending is that node's outcome."""
+        try:
+            return self.call_async(node, oid, method, args, payload)
+        except Exception as e:  # noqa: BLE001 -- raised after every node has finished
+            return _Failed(e)
+
     def _channel(self, node: int) -> CallChannel:
         channel = self._calls.get(node)
         if channel is not None:
@@ -254,4 +316,31 @@ class PPCCore:
             self._peer_lost(peer, "this node is stopping")
 
 
-__all__ = ["PPCCore", "PendingCall", "WorkerPool"]
+def _attempt(fn):
+    """``fn()``, or its error kept as a ``_Failed``."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 -- raised after every node has finished
+        return _Failed(e)
+
+
+def _await(node: int, call, reply, deadline: float | None):
+    """The outcome of one fan-out call: its (converted) reply or its error."""
+    if not isinstance(call, PendingCall):
+        return call   # this node's share, or a send that failed
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return _attempt(lambda: call.result(left) if reply is None else reply(node, call.result(left)))
+
+
+def _results(nodes: tuple, outcomes: list, on_error, tolerate_lost: bool) -> list:
+    """The fan-out's results, or its first error in node order."""
+    for i, (node, out) in enumerate(zip(nodes, outcomes)):
+        if isinstance(out, _Failed):
+            if tolerate_lost and isinstance(out.error, NodeLost):
+                outcomes[i] = LOST
+            else:
+                raise out.error if on_error is None else on_error(node, out.error)
+    return outcomes
+
+
+__all__ = ["LOST", "PPCCore", "PendingCall", "WorkerPool"]

@@ -49,7 +49,7 @@ from ._runtime import EXIT_GRACE, NodeRuntime, NodeStartupError, _set_current, u
 from ._stats import from_wire
 from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection, FrameReader, check_key, connect,
                          new_key, parse_address)
-from ._wire import NodeLost, pack
+from ._wire import pack
 
 log = logging.getLogger("tornado_dsm.node")
 
@@ -142,7 +142,8 @@ class _Registrar:
 
 
 class NodeSet:
-    """The nodes of a running cluster, seen from node 0: ``runtime``, ``nnodes``, ``run_on``, ``close``."""
+    """The nodes of a running cluster, seen from node 0: ``runtime``, ``nnodes``, ``run_on``,
+    ``run_on_each``, ``run_on_all``, ``ppc_statistics``, ``close``."""
 
     def __init__(self, runtime: NodeRuntime, tmpdir: str | None) -> None:
         self.runtime = runtime
@@ -163,29 +164,29 @@ class NodeSet:
         return {k: p.pid for k, p in self.processes.items()}
 
     def run_on(self, node: int, fn, *args, timeout: float | None = None):
-        """Run module-level ``fn(*args)`` on ``node`` (a worker thread there) and
-        return its result; its exception is re-raised here with the remote traceback."""
-        if node == self.runtime.node_id:
-            return fn(*args)
-        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
-        return unpack_run_on(node, self.runtime.call(node, 0, "run_on", None, payload, timeout))
+        """Run module-level ``fn(*args)`` on ``node`` (a worker thread there; this
+        thread if ``node`` is 0) and return its result; its exception is
+        re-raised here with the remote traceback in a note."""
+        return self.run_on_each((node,), fn, *args, timeout=timeout)[0]
+
+    def run_on_each(self, nodes, fn, *args, timeout: float | None = None) -> list:
+        """Run module-level ``fn(*args)`` on every node of ``nodes`` at once; results in
+        ``nodes`` order.  Node 0's share runs on this thread after the others'
+        requests are sent; every node finishes before the first exception (in
+        ``nodes`` order, with its remote traceback in a note) is raised.
+        ``timeout`` defaults to the runtime's."""
+        rt = self.runtime
+        return _run_each(rt, nodes, fn, args, rt.default_timeout if timeout is None else timeout)
 
     def run_on_all(self, fn, *args, timeout: float | None = None) -> list:
-        """``fn(*args)`` on every node at once (node 0 in this thread); results by node."""
-        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
-        pending = {k: self.runtime.call_async(k, 0, "run_on", None, payload)
-                   for k in range(1, self.nnodes)}
-        results = [fn(*args)]
-        for k, call in pending.items():
-            results.append(unpack_run_on(k, call.result(timeout)))
-        return results
+        """``run_on_each`` on every node: ``fn(*args)`` everywhere at once; results by node."""
+        return self.run_on_each(range(self.nnodes), fn, *args, timeout=timeout)
 
     def ppc_statistics(self) -> list:
-        """Every node's ``PPCStatistics``, by node id."""
-        stats = [self.runtime.ppc_statistics()]
-        for k in range(1, self.nnodes):
-            stats.append(from_wire(k, self.runtime.call(k, 0, "stats", None)))
-        return stats
+        """Every node's ``PPCStatistics``, by node id (gathered in parallel)."""
+        rt = self.runtime
+        return rt.fan_out(range(self.nnodes), 0, "stats", None, local=rt.ppc_statistics,
+                          reply=from_wire, timeout=rt.default_timeout)
 
     def close(self) -> None:
         """Stop every node and wait for the spawned processes (kill stragglers)."""
@@ -217,18 +218,23 @@ class NodeSet:
                 proc.join()
 
 
+def _run_each(rt: NodeRuntime, nodes, fn, args: tuple, timeout: float | None,
+              on_error=None) -> list:
+    """``fn(*args)`` on ``nodes`` through the node service's ``run_on`` (see ``PPCCore.fan_out``)."""
+    nodes = tuple(nodes)
+    # pickled only when it leaves this process: a local run takes any callable
+    remote = any(n != rt.node_id for n in nodes)
+    payload = pickle.dumps((fn, tuple(args)), protocol=pickle.HIGHEST_PROTOCOL) if remote else None
+    return rt.fan_out(nodes, 0, "run_on", None, local=lambda: fn(*args), payload=payload,
+                      reply=unpack_run_on, on_error=on_error, timeout=timeout)
+
+
 def _broadcast(rt: NodeRuntime, method: str) -> None:
-    calls = []
-    for peer in rt.connected_peers():
-        try:
-            calls.append(rt.call_async(peer, 0, method, None))
-        except (NodeLost, OSError):
-            pass
-    for call in calls:
-        try:
-            call.result(2.0)
-        except Exception:
-            pass   # a node that is gone or slow is reaped by process join/kill
+    """Call node-service ``method`` on every connected node at once, ignoring every failure."""
+    try:
+        rt.fan_out(rt.connected_peers(), 0, method, None, timeout=2.0, tolerate_lost=True)
+    except Exception:  # noqa: BLE001
+        pass   # a node that is gone or slow is reaped by process join/kill
 
 
 def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = None,
@@ -315,19 +321,16 @@ def _child_listen(cluster: NodeSet, transport: str, node: int):
 
 
 def _run_init(cluster: NodeSet, init, init_args) -> None:
-    try:
-        cluster.run_on(0, init, *init_args)
-    except Exception as e:
-        raise NodeStartupError(0, f"init raised {type(e).__name__}: {e}") from e
-    payload = pickle.dumps((init, tuple(init_args)), protocol=pickle.HIGHEST_PROTOCOL)
-    rt = cluster.runtime
-    pending = {k: rt.call_async(k, 0, "run_on", None, payload) for k in range(1, cluster.nnodes)}
-    for k, call in pending.items():
-        try:
-            unpack_run_on(k, call.result())
-        except Exception as e:
-            notes = "\n".join(getattr(e, "__notes__", []))
-            raise NodeStartupError(k, f"init raised {type(e).__name__}: {e}", notes) from e
+    """``init(*init_args)`` on every node at once; no time limit: init may take long."""
+    _run_each(cluster.runtime, range(cluster.nnodes), init, init_args, None, _init_failed)
+
+
+def _init_failed(node: int, error: Exception) -> NodeStartupError:
+    """The start-up error of ``init`` failing on ``node`` (its remote traceback included)."""
+    notes = "\n".join(getattr(error, "__notes__", []))
+    failed = NodeStartupError(node, f"init raised {type(error).__name__}: {error}", notes)
+    failed.__cause__ = error
+    return failed
 
 
 def _register_atexit() -> None:
