@@ -441,3 +441,38 @@ class TestNodeTable:
             nodes.run_on(n, where_am_i_call, oid)
         assert [nodes.run_on(n, local_table, oid) for n in range(NNODES)] == [
             ("stub", 0, 0, 2, 1), ("rep", 1, 3, 0, 1), ("stub", 0, 0, 1, 1)]
+
+
+class TestCallRep:
+    """``cos.call_rep``: the rep on one node, counted like ``call_reps`` counts."""
+
+    def test_local_call_counted_as_local(self, cluster_factory):
+        """On this node's rep, call_rep is a direct call counted as a local PPC (table, view, transport)."""
+        cluster_factory(2)
+        cos = current_cos()
+        oid = cos.create(Where, policy="per_node").oid
+        assert cos.call_rep(oid, 0, "where") == 0
+        assert local_table(oid) == ("rep", 1, 0, 0, 1)
+        assert view(oid)[4:] == (1, 0, 1)
+        assert cos.runtime.ppc_statistics().get(oid, "where", "local").calls == 1
+
+    def test_remote_call_counted_as_remote(self, cluster_factory):
+        """On another node's rep, call_rep is one remote PPC: remote for the caller, served there."""
+        nodes = cluster_factory(2)
+        cos = current_cos()
+        oid = cos.create(Where, policy="per_node").oid
+        assert cos.call_rep(oid, 1, "where") == 1
+        assert view(oid)[2:] == ([1], [], 0, 1, 1)
+        assert nodes.run_on(1, local_table, oid) == ("rep", 0, 1, 0, 1)
+        assert cos.runtime.ppc_statistics().get(oid, "where", "remote").calls == 1
+
+    def test_destroyed_object_raises(self, cluster_factory):
+        """After destroy, call_rep raises ObjectDestroyed, on this node and through a remote PPC."""
+        cluster_factory(2)
+        cos = current_cos()
+        ref = cos.create(Where, policy="per_node")
+        assert [cos.call_rep(ref.oid, n, "where") for n in (0, 1)] == [0, 1]
+        ref.destroy()
+        for node in (0, 1):
+            with pytest.raises(ObjectDestroyed):
+                cos.call_rep(ref.oid, node, "where")

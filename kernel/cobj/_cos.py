@@ -52,7 +52,7 @@ import itertools
 import threading
 from time import perf_counter
 
-from ..net import NodeLost, current_runtime, peek_count as peek, start_nodes as _start_nodes
+from ..net import LOST, current_runtime, peek_count as peek, start_nodes as _start_nodes
 from . import _lock as lockdebug
 from ._policy import (
     ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
@@ -144,39 +144,10 @@ class ClusteredObjectSystem:
     def _all_nodes(self, method: str, args: list, timeout: float | None = None) -> list:
         """Run COS ``method`` on every live node in parallel; results by node (LOST for a
         node that is gone: its reps and calls died with it); first other error re-raised."""
-        return self._fan_out(COS_OID, tuple(range(self.nnodes)), method, args, timeout,
-                             lambda: self._system_ops[method](*args), tolerate_lost=True)
-
-    def _fan_out(self, oid: int, nodes: tuple, method: str, args, timeout, local,
-                 tolerate_lost: bool = False) -> list:
-        """PPC ``method(args)`` on ``oid`` at every node of ``nodes`` at once (requests sent
-        before any reply is awaited); this node's share runs ``local()`` on this thread.
-        Results in ``nodes`` order; after all finished, the first error is re-raised
-        (with ``tolerate_lost``, a lost node's result is LOST instead of an error)."""
-        pending, results, errors = {}, {}, []
-        for n in nodes:
-            if n != self.node:
-                try:
-                    pending[n] = self.runtime.call_async(n, oid, method, list(args))
-                except NodeLost as e:
-                    results[n] = _lost_or_raise(e, tolerate_lost)
-        if self.node in nodes:
-            try:
-                results[self.node] = local()
-            except Exception as e:  # noqa: BLE001 -- re-raised below, after the others finished
-                errors.append(e)
-        for n, call in pending.items():
-            try:
-                results[n] = call.result(timeout if timeout is not None else self.runtime.default_timeout)
-            except NodeLost as e:
-                if not tolerate_lost:
-                    errors.append(e)
-                results[n] = LOST
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-        if errors:
-            raise errors[0]
-        return [results[n] for n in nodes]
+        rt = self.runtime
+        return rt.fan_out(range(self.nnodes), COS_OID, method, args,
+                          local=lambda: self._system_ops[method](*args), tolerate_lost=True,
+                          timeout=rt.default_timeout if timeout is None else timeout)
 
     # ---- creation --------------------------------------------------------------------
 
@@ -314,17 +285,34 @@ class ClusteredObjectSystem:
             raise AttributeError(f"root of {record.info['name']} ({oid:#x}) has no method {method!r}")
         return getattr(root, method)(*args)
 
+    def call_rep(self, oid: int, node: int, method: str, *args):
+        """Call ``method(*args)`` on the rep of ``oid`` on ``node`` (never re-routed by key):
+        a direct call counted as a local PPC when ``node`` is this node, else one remote PPC
+        counted as remote.  ObjectDestroyed if the object has been destroyed."""
+        self._start_rep_calls(oid, method, int(node != self.node))
+        if node == self.node:
+            return self._call_local_rep(oid, method, args)
+        return self.runtime.call(node, oid, method, list(args))
+
     def call_reps(self, oid: int, nodes: tuple, method: str, args) -> dict:
-        """Call ``method(*args)`` on the rep of ``oid`` on each of ``nodes`` in parallel; {node: result}."""
+        """Call ``method(*args)`` on the rep of ``oid`` on each of ``nodes`` in parallel
+        (``call_rep`` on each, the remote PPCs sent before any reply is awaited); {node: result}."""
+        nodes = tuple(nodes)
+        self._start_rep_calls(oid, method, sum(n != self.node for n in nodes))
+        rt = self.runtime
+        results = rt.fan_out(nodes, oid, method, list(args), timeout=rt.default_timeout,
+                             local=lambda: self._call_local_rep(oid, method, args))
+        return dict(zip(nodes, results))
+
+    def _start_rep_calls(self, oid: int, method: str, remote: int) -> None:
+        """Before calling reps of ``oid`` directly: the lock-debug check, then count the
+        ``remote`` PPCs among them (local ones count themselves on the rep's entry)."""
         if lockdebug.enabled:
             lockdebug.check_call(f"reps of {oid:#x}.{method}")
-        counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
-        for node in nodes:
-            if node != self.node:
+        if remote:
+            counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
+            for _ in range(remote):
                 next(counters[1])
-        results = self._fan_out(oid, tuple(nodes), method, args, None,
-                                lambda: self._call_local_rep(oid, method, args))
-        return dict(zip(nodes, results))
 
     def _call_local_rep(self, oid: int, method: str, args):
         """Call this node's rep of ``oid`` directly (never re-routed by key), counted as local."""
@@ -426,21 +414,6 @@ def _check_class(cls, policy) -> None:
         raise ValueError(
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
-
-
-class _Lost:
-    def __repr__(self) -> str:
-        return "LOST"
-
-
-LOST = _Lost()  # a lost node's result in a tolerant fan-out
-
-
-def _lost_or_raise(error, tolerate: bool):
-    """LOST if lost nodes are tolerated, else re-raise ``error``."""
-    if not tolerate:
-        raise error
-    return LOST
 
 
 def _free_rep(rep) -> None:
