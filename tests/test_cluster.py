@@ -128,3 +128,57 @@ class TestBadConfiguration:
         """Bad arguments are refused with the value and the accepted ones, before any node starts."""
         with pytest.raises(ValueError, match=match):
             td.Cluster(**kwargs)
+
+
+def run_on_calls(stats) -> int:
+    """Node-service run_on calls counted in one node's PPCStatistics."""
+    counter = stats.get(0, "run_on", "remote")
+    return counter.calls if counter is not None else 0
+
+
+def address(array) -> int:
+    """The start address of an array's data."""
+    return array.__array_interface__["data"][0]
+
+
+@pytest.fixture(scope="class")
+def own_cluster():
+    """A 3-node cluster of this class's own (the default window: no other cluster
+    of these tests uses it)."""
+    with td.Cluster(nodes=3, size=16 << 20) as c:
+        yield c
+
+
+class TestAccessors:
+    def test_ppc_statistics_by_node(self, own_cluster):
+        """ppc_statistics() is every node's PPCStatistics by node id; node 0's counts run's remote calls."""
+        before = own_cluster.ppc_statistics()
+        own_cluster.run(progs.where_am_i, threads=1)
+        after = own_cluster.ppc_statistics()
+        assert [s.node for s in after] == [0, 1, 2]
+        assert run_on_calls(after[0]) - run_on_calls(before[0]) == 2
+
+    def test_arrays_lists_the_live_ones(self, own_cluster):
+        """arrays() lists the live shared arrays oldest first, as the same memory; a freed one leaves it."""
+        a, b = own_cluster.zeros((8,), np.int64), own_cluster.zeros((4, 4), np.float32)
+        listed = own_cluster.arrays()
+        assert [address(x) for x in listed[-2:]] == [address(a), address(b)]
+        assert (listed[-1].shape, listed[-1].dtype) == ((4, 4), np.float32)
+        own_cluster.free(a)
+        assert [address(x) for x in own_cluster.arrays()][-1:] == [address(b)]
+        assert address(a) not in [address(x) for x in own_cluster.arrays()]
+
+    def test_node_set(self, own_cluster):
+        """node_set runs plain functions on nodes (node 0's share here) and holds node 0's runtime."""
+        assert own_cluster.node_set.run_on_all(td.current_node) == [0, 1, 2]
+        assert own_cluster.node_set.run_on_each([2, 0], td.current_node) == [2, 0]
+        assert own_cluster.node_set.runtime.node_id == 0
+
+
+class TestClosed:
+    def test_node_set_of_a_closed_cluster(self):
+        """After close, node_set raises RuntimeError saying the cluster is closed."""
+        c = td.Cluster(nodes=1, size=16 << 20)
+        c.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            c.node_set

@@ -17,7 +17,7 @@ def remote_calls_to(cluster, name_prefix: str) -> int:
     """Remote PPCs made cluster-wide on objects whose name starts with name_prefix."""
     view = cluster.inspect()
     oids = {o.oid for o in view.objects if o.name.startswith(name_prefix)}
-    return sum(s.calls(kind="remote", oid=o) for s in cluster._nodes.ppc_statistics() for o in oids)
+    return sum(s.calls(kind="remote", oid=o) for s in cluster.ppc_statistics() for o in oids)
 
 
 # Node 1 takes 16 write faults and node 2 16 read faults.  Expected remote lookups
@@ -81,7 +81,7 @@ class TestLocalGrants:
             c.run(progs.write_pages, a, 2, nodes=[0], threads=1)
             stats = c.statistics()
             by_name = {o.name.split(":")[0]: o.oid for o in c.inspect().objects}
-            ppc = c._nodes.ppc_statistics()
+            ppc = c.ppc_statistics()
             cor_calls = sum(s.calls(oid=by_name["cor"]) for s in ppc)
             fcm_remote = sum(s.calls(kind="remote", oid=by_name["fcm"]) for s in ppc)
             assert (stats.total.zero_fills, stats.total.coherence_faults, cor_calls, fcm_remote) == (8, 16, 0, 0)

@@ -141,8 +141,8 @@ def _collect_ivy(args) -> dict:
     samples: dict = {}
     add = lambda k, v: samples.setdefault(k, []).append(v)  # noqa: E731
     with td.Cluster(nodes=args.nodes, manager=args.manager, size=1 << 30) as c:
-        raw = _RawPair(c._nodes, "unix")
-        rt = c._nodes.runtime
+        raw = _RawPair(c.node_set, "unix")
+        rt = c.node_set.runtime
         ping = lambda: rt.call(1, 0, "ping", None)  # noqa: E731
         try:
             for r in range(args.rounds + 1):  # round 0 warms up

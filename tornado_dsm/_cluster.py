@@ -10,7 +10,6 @@ shared memory, never as copies.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,7 +44,7 @@ class Cluster:
                                                    policies, memory_per_node, base, size)
         self.nnodes, self.threads_per_node = nodes, threads_per_node
         self.config = VMConfig(base, size, protocol, manager, frames, debug)
-        self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind)
+        self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind, array)
         self._lock = threading.Lock()
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,))
         try:
@@ -130,15 +129,9 @@ class Cluster:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
         job = _runner.pack(fn, args, self._arrays_by_start())
-        with ThreadPoolExecutor(max_workers=len(chosen)) as pool:
-            futures = [pool.submit(self._run_on, n, job, threads) for n in chosen]
-            outcomes = [f.result() for f in futures]
+        # every chosen node at once; node 0's share runs its threads from this one
+        outcomes = self.node_set.run_on_each(chosen, _runner.run_job, job, threads)
         return _runner.unpack_results(chosen, outcomes)
-
-    def _run_on(self, node: int, job, threads: int):
-        if node == current_cos().node:
-            return _runner.run_job(job, threads)
-        return self._nodes.run_on(node, _runner.run_job, job, threads)
 
     # ---- observation --------------------------------------------------------------------
 
@@ -146,9 +139,30 @@ class Cluster:
         """The replication levels of every clustered object (a ReplicationView)."""
         return current_cos().inspect()
 
+    def ppc_statistics(self) -> list:
+        """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):
+        calls, bytes and latencies per (object, method, local/remote)."""
+        return self.node_set.ppc_statistics()
+
+    def arrays(self) -> list:
+        """The live shared arrays of this cluster (not yet freed), oldest first."""
+        with self._lock:
+            return [view for _a, _kind, view in self._arrays.values()]
+
+    @property
+    def node_set(self):
+        """The kernel's ``NodeSet`` of this cluster's nodes, for work below the array API:
+        ``run_on(node, fn, *args)``, ``run_on_each(nodes, fn, *args)``, ``run_on_all(fn, *args)``
+        (a plain call on each node, no threads or array passing) and ``runtime`` (node 0's
+        ``NodeRuntime``: raw PPCs).  RuntimeError once the cluster is closed."""
+        nodes = self._nodes
+        if nodes is None:
+            raise RuntimeError("this cluster is closed")
+        return nodes
+
     def statistics(self):
         """Faults, PPCs, messages, bytes and invalidations per node and in total."""
-        oids = [(a.fcm, a.region, a.directory, a.cor) for a, _ in list(self._arrays.values())]
+        oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
         return gather_statistics(self, oids)
 
     def close(self) -> None:
@@ -169,20 +183,21 @@ class Cluster:
     # ---- helpers ------------------------------------------------------------------------
 
     def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
+        view = view_at(a.start, shape, dtype)
         with self._lock:
-            self._arrays[a.start] = (a, kind)
-        return view_at(a.start, shape, dtype)
+            self._arrays[a.start] = (a, kind, view)
+        return view
 
     def _arrays_by_start(self) -> dict:
         with self._lock:
-            return {start: (a.start, a.npages) for start, (a, _) in self._arrays.items()}
+            return {start: (a.start, a.npages) for start, (a, *_) in self._arrays.items()}
 
     def _allocation(self, array):
         if not isinstance(array, np.ndarray):
             raise TypeError(f"expected a shared numpy array from this cluster, not {type(array).__name__}")
         address = array.__array_interface__["data"][0]
         with self._lock:
-            for start, (a, kind) in self._arrays.items():
+            for start, (a, kind, _view) in self._arrays.items():
                 if start <= address < start + a.npages * PAGE:
                     return a, kind
         raise ValueError(f"array at {address:#x} is not a live shared array of this cluster "

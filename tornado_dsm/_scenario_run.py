@@ -149,7 +149,7 @@ class RunContext:
         if self.s["region.backing"] == "anonymous":
             return self.cluster.zeros((words,), dtype)
         path = self.s["region.path"] or os.path.join(self.tmpdir, "region")
-        path = f"{path}.{len(self.cluster._arrays)}"
+        path = f"{path}.{len(self.cluster.arrays())}"
         with open(path, "ab") as f:  # create it, and make it long enough (never shorter)
             if f.seek(0, os.SEEK_END) < pages * PAGE:
                 f.truncate(pages * PAGE)
@@ -211,7 +211,7 @@ def _plus(a: NodeStatistics, b: NodeStatistics) -> NodeStatistics:
 def _ppc_counts(cluster) -> dict:
     """(node, oid, method, kind) -> (calls, bytes) on every node, the node service left out."""
     counts = {}
-    for stats in cluster._nodes.ppc_statistics():
+    for stats in cluster.ppc_statistics():
         for c in stats.counters:
             if c.oid:
                 counts[(stats.node, c.oid, c.method, c.kind)] = (c.calls, c.bytes)

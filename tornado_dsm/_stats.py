@@ -85,7 +85,7 @@ def gather_statistics(cluster, oids: list) -> ClusterStatistics:
     for n, s in cos.call_reps(int(cluster.vm.dsm), nodes, "statistics", ()).items():
         _sum_stats(s, per_node[n], {"resident": "resident_pages", "evicted_copies": "evicted_copies",
                                     "evicted_owned": "evicted_owned"})
-    for n, totals in enumerate(cluster._nodes.run_on_all(ppc_totals)):
+    for n, totals in enumerate(cluster.node_set.run_on_all(ppc_totals)):
         per_node[n].update(totals)
     result = tuple(NodeStatistics(node=n, **per_node[n]) for n in nodes)
     total = result[0]
