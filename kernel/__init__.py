@@ -20,11 +20,11 @@ from .machine import (
 from .net import (
     NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
     RemoteError, before_blocking, current_runtime, new_key, parse_address, peek_count,
-    read_key_file, run_node, write_key_file,
+    read_key_file, run_node, wire_record, write_key_file,
 )
 from .cobj import (
-    COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, NullObject,
-    ObjectDestroyed, ObjectLock, ObjectRef, ObjectView, Policy, ReplicationView, attach, current_cos,
+    COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
+    ObjectDestroyed, ObjectLock, ObjectRef, ObjectView, Policy, ReplicationView, TypedRef, attach, current_cos,
     home_of, local_ppc_seconds, parse_policy, start_nodes,
 )
 
@@ -35,9 +35,9 @@ __all__ = [
     "atomic", "log2_percentile", "trap", "view_at",
     "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
-    "parse_address", "peek_count", "read_key_file", "run_node", "write_key_file",
-    "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView",
+    "parse_address", "peek_count", "read_key_file", "run_node", "wire_record", "write_key_file",
+    "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",
-    "ReplicationView", "attach", "current_cos", "home_of", "local_ppc_seconds", "parse_policy",
+    "ReplicationView", "TypedRef", "attach", "current_cos", "home_of", "local_ppc_seconds", "parse_policy",
     "start_nodes",
 ]

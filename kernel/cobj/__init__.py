@@ -15,12 +15,13 @@ from ._inspect import EntryView, ObjectView, ReplicationView
 from ._lock import ObjectLock
 from ._null import NullObject, local_ppc_seconds
 from ._policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
-from ._ref import ObjectRef
+from ._ref import Interface, ObjectRef, TypedRef, interface_methods
 from ._table import DrainTimeout, ObjectDestroyed
 
 __all__ = [
     "COS_OID", "ClusteredObjectSystem", "attach", "current_cos", "home_of", "start_nodes",
     "EntryView", "ObjectView", "ReplicationView", "ObjectLock", "NullObject", "local_ppc_seconds",
-    "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "ObjectRef", "DrainTimeout",
+    "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "Interface", "ObjectRef", "TypedRef",
+    "interface_methods", "DrainTimeout",
     "ObjectDestroyed",
 ]

@@ -59,7 +59,7 @@ from ._policy import (
 )
 from ._table import DRAIN_TIMEOUT, DestroyedEntry, ObjectDestroyed, PartitionedEntry, RepEntry, StubEntry
 from ._inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
-from ._ref import ObjectRef
+from ._ref import ObjectRef, check_implements, ref_class
 
 HOME_BITS = 8
 MAX_HOMES = 1 << HOME_BITS  # the home field of an oid
@@ -117,9 +117,16 @@ class ClusteredObjectSystem:
             entry = self._miss(oid)
         return entry.invoke(method, args)
 
-    def ref(self, oid: int) -> "ObjectRef":
-        """A proxy for ``oid``: ``ref.method(*args)`` is ``call(oid, "method", *args)``."""
-        return ObjectRef(self, oid)
+    def ref(self, oid: int, interface: type | None = None):
+        """A reference to ``oid``: ``ref.method(*args)`` is ``call(oid, "method", *args)``.
+
+        With ``interface`` (an Interface subclass) the reference is typed by
+        it: it has exactly the interface's methods, plus ``on(node)`` and
+        ``on_each(nodes)`` (see _ref).  Without, any public method name goes.
+        """
+        if interface is None:
+            return ObjectRef(self, oid)
+        return ref_class(interface)(self, oid)
 
     def dispatch(self, oid: int, method: str, args, payload):
         """Serve a request from another node (registered as the runtime's object dispatcher)."""
@@ -414,6 +421,7 @@ def _check_class(cls, policy) -> None:
         raise ValueError(
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
+    check_implements(cls.Rep)
 
 
 def _free_rep(rep) -> None:

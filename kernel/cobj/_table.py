@@ -26,6 +26,9 @@ enter counters makes the difference an upper bound of the calls in flight,
 so a zero is a true zero.  Counters are read without perturbing them
 through ``repr`` (slow, only for drain and inspection).
 
+A typed reference's methods (``through_table``) are the way the objects
+call each other: the same lookup and ``invoke`` as ``cos.call``.
+
 Calls are counted by kind from the same counters: ``local`` (made by a
 thread of this node and run here), ``served`` (arrived from another node),
 ``remote`` (left this node as a remote PPC).
@@ -33,6 +36,7 @@ thread of this node and run here), ``served`` (arrived from another node),
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from time import perf_counter_ns
@@ -127,6 +131,20 @@ class Entry:
 
 
 _HIDDEN = frozenset(dir(ClusteredRep))
+
+
+def through_table(name: str, declared):
+    """The method ``name`` of a typed reference (kernel/cobj/_ref.py): look the
+    reference's oid up in this node's table (a miss goes to the home) and
+    invoke the entry — a direct call on a RepEntry, a remote PPC on a
+    StubEntry.  ``declared`` is the interface's declaration (name, docstring,
+    signature)."""
+    def method(self, *args):
+        entry = self._table.get(self.oid)
+        if entry is None:
+            entry = self.cos._miss(self.oid)
+        return entry.invoke(name, args)
+    return functools.update_wrapper(method, declared)
 
 
 class RepEntry(Entry):

@@ -2,7 +2,11 @@
 
 A REQUEST body is ``[method, args]`` and a REPLY body the result, packed
 with msgpack (``pack``: one Packer per thread, ``msgpack.packb`` would build
-one per call).  Raw bytes travel after the body as a ``Payload``.  An ERROR
+one per call).  Raw bytes travel after the body as a ``Payload``.  A frozen
+attrs class registered with ``wire_record`` (a Grant, an object's
+statistics) travels as itself: an extension value holding its registered
+name and its fields in order, rebuilt on arrival by calling the class, so a
+method returns the same type whether it was called locally or remotely.  An ERROR
 body names the exception: builtin types and the ``tornado_dsm`` exceptions
 are rebuilt as themselves from their ``__reduce__`` arguments, anything else
 becomes ``RemoteError`` carrying the type name and traceback.  Decoding
@@ -15,6 +19,7 @@ The net layer's expected failures live here too: ``NodeLost`` and
 from __future__ import annotations
 
 import builtins
+import functools
 import sys
 import threading
 import traceback
@@ -22,15 +27,69 @@ import traceback
 import attrs
 import msgpack
 
-unpackb = msgpack.unpackb
 _tls = threading.local()   # .pack: this thread's Packer
+RECORD = 1                 # msgpack extension type code of a wire record
+_records: dict[str, type] = {}
+
+
+def wire_record(cls: type) -> type:
+    """Class decorator: instances of the frozen attrs class ``cls`` may travel
+    in PPC arguments and results.  Registered by ``module:qualname``; the
+    receiving node must have imported the class (it is never imported on
+    request)."""
+    if not attrs.has(cls):
+        raise TypeError(f"wire_record needs an attrs class, not {cls!r}")
+    cls.__wire_name__ = f"{cls.__module__}:{cls.__qualname__}"
+    cls.__wire_fields__ = tuple(f.name for f in attrs.fields(cls))
+    _records[cls.__wire_name__] = cls
+    return cls
+
+
+def _default(obj):
+    """msgpack's hook for values it does not know: wire records, else TypeError."""
+    cls = type(obj)
+    name = getattr(cls, "__wire_name__", None)
+    if name is None:
+        raise TypeError(f"cannot send a {cls.__qualname__} in a PPC (not msgpack-able, not a wire_record)")
+    return msgpack.ExtType(RECORD, _pack_record([name, [getattr(obj, f) for f in cls.__wire_fields__]]))
+
+
+def _pack_record(value) -> bytes:
+    """Pack a record's body with this thread's second Packer (the first one is
+    busy packing the message around it); a record nested in a record, rare,
+    gets a fresh Packer."""
+    if getattr(_tls, "in_record", False):
+        return msgpack.packb(value, use_bin_type=True, default=_default)
+    packer = getattr(_tls, "record", None)
+    if packer is None:
+        packer = _tls.record = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
+    _tls.in_record = True
+    try:
+        return packer(value)
+    finally:
+        _tls.in_record = False
+
+
+def _ext_hook(code: int, data: bytes):
+    """Rebuild a wire record; any other extension value is refused."""
+    if code != RECORD:
+        raise ValueError(f"unknown msgpack extension type {code} in a message")
+    name, fields = unpackb(data)
+    cls = _records.get(name)
+    if cls is None:
+        raise ValueError(f"message holds a {name!r} record, not a registered wire_record")
+    return cls(*fields)
+
+
+# Decode a msgpack body (wire records rebuilt as their classes).
+unpackb = functools.partial(msgpack.unpackb, ext_hook=_ext_hook)
 
 
 def pack(obj) -> bytes:
     """msgpack ``obj`` with this thread's Packer."""
     packer = getattr(_tls, "pack", None)
     if packer is None:
-        packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
     return packer(obj)
 
 
