@@ -6,15 +6,19 @@ and the counters of K42's experiment.  It may import the kernel's facade
 (``tornado_dsm.kernel``) and its own modules, never ``tornado_dsm``.
 """
 
-from ._counter import PartitionedCounter, PerNodeCounter, SingletonCounter, counter_class
-from ._fcmobject import MANAGERS, PROTOCOLS
-from ._fanout import MAX_NODES
-from ._vm import (
-    Allocation, VirtualMemory, VMConfig, drop_mappings, fault_latency_histogram, set_process,
-    start_node, stop_node,
+from ._interfaces import COR, DSM, FCM, DynamicFCM, PageDirectory, Process, Region
+from ._records import (
+    CORStatistics, DirectoryStatistics, FCMStatistics, FrameStatistics, Grant, RegionStatistics,
 )
+from ._counter import PartitionedCounter, PerNodeCounter, SingletonCounter, counter_class
+from ._fcm import MANAGERS, PROTOCOLS
+from ._copyset import MAX_NODES
+from ._process import fault_latency_histogram, set_process
+from ._vm import Allocation, VirtualMemory, VMConfig, drop_mappings, start_node, stop_node
 
 __all__ = [
+    "CORStatistics", "FrameStatistics", "COR", "DSM", "FCM", "DynamicFCM", "PageDirectory", "Process",
+    "Region", "DirectoryStatistics", "FCMStatistics", "Grant", "RegionStatistics",
     "PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class", "MANAGERS",
     "PROTOCOLS", "MAX_NODES", "Allocation", "VirtualMemory", "VMConfig", "drop_mappings",
     "fault_latency_histogram", "set_process", "start_node", "stop_node",

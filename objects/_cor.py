@@ -10,8 +10,8 @@ Two kinds, sibling classes with one interface:
   and ``flush`` makes them durable with ``fsync``, so a file-backed region
   survives the cluster.
 
-A COR is a singleton per backing store in the cluster (DESIGN.md: the file
-lives on one host), so these classes are the state of that one rep; other
+A COR is a singleton per backing store in the cluster (the file lives on
+one host), so these classes are the state of that one rep; other
 nodes reach it by PPC and get page contents back as raw bytes.  The last page
 of a file whose length is not a page multiple is zero-padded in memory and
 only its real bytes are written back.
@@ -22,20 +22,12 @@ from __future__ import annotations
 import itertools
 import os
 
-import attrs
 import numpy as np
 
-from tornado_dsm.kernel import PAGE, peek_count
+from tornado_dsm.kernel import PAGE, ClusteredRep, ClusteredRoot, peek_count
 
-
-@attrs.frozen
-class CORStatistics:
-    """I/O done by a backing store."""
-
-    pages_read: int
-    pages_zero_filled: int
-    pages_written: int
-    fsyncs: int
+from ._interfaces import COR
+from ._records import CORStatistics
 
 
 class AnonymousCOR:
@@ -162,8 +154,8 @@ class FileCOR(AnonymousCOR):
 
 
 class CORClient:
-    """A manager's handle on its FCM's COR: ``fill`` and ``spill`` as calls
-    ``call(method, *args)`` to the COR (a PPC when it lives elsewhere).
+    """A manager's handle on its FCM's COR (``cor``, a reference typed by the
+    COR interface: a PPC when the COR lives on another node).
 
     An anonymous COR holds a page only once it has been spilled to it, and a
     spill always reaches the manager that fills that page later (the
@@ -173,8 +165,8 @@ class CORClient:
     anonymous memory costs no PPC.  A file's pages are always read from it.
     """
 
-    def __init__(self, call, npages: int, anonymous: bool) -> None:
-        self.call = call
+    def __init__(self, cor, npages: int, anonymous: bool) -> None:
+        self.cor = cor
         self.backed = np.zeros(npages, dtype=np.uint8) if anonymous else None
         self._zero_fills = itertools.count()
 
@@ -187,7 +179,7 @@ class CORClient:
         if self.known_zero(page):
             self.count_zero_fill()
             return None
-        return self.call("read_page", page)
+        return self.cor.read_page(page)
 
     def count_zero_fill(self) -> None:
         """A manager zero-filled a page itself (it checked ``known_zero``)."""
@@ -196,7 +188,7 @@ class CORClient:
     def spill(self, page: int, data, dirty: bool) -> None:
         """Write an evicted owned page back to the COR."""
         self.mark_backed(page)
-        self.call("write_back", page, data, dirty)
+        self.cor.write_back(page, data, dirty)
 
     def mark_backed(self, page: int) -> None:
         """The COR holds ``page`` now (a spill here or, for the dynamic manager, elsewhere)."""
@@ -207,3 +199,47 @@ class CORClient:
     def zero_fills(self) -> int:
         """Pages zero-filled without a call to the COR."""
         return peek_count(self._zero_fills)
+
+
+# ---- the COR as a clustered object ------------------------------------------------------
+
+class CORRep(ClusteredRep, COR):
+    """The backing store (one rep: singleton on the node that has the file)."""
+
+    def __init__(self, kind: str, npages: int, path: str, length: int, mode: str) -> None:
+        self.store = AnonymousCOR(npages) if kind == "anonymous" else FileCOR(path, 0, length, mode)
+
+    def read_page(self, page: int):
+        return self.store.read_page(page)
+
+    def write_back(self, page: int, data: bytes, dirty: bool = True) -> None:
+        if dirty or self.store.kind == "anonymous":
+            self.store.write_back(page, data)
+
+    def write_pages(self, pages: list) -> int:
+        """Write back [page, bytes] pairs and fsync; returns how many."""
+        for page, data in pages:
+            self.store.write_back(page, data)
+        self.store.flush()
+        return len(pages)
+
+    def statistics(self) -> CORStatistics:
+        return self.store.statistics()
+
+    def cleanup(self) -> None:
+        self.store.close()
+
+
+class CORRoot(ClusteredRoot):
+    """Root of a COR; validates the file at creation so errors reach the caller."""
+
+    Rep = CORRep
+    POLICIES = ("singleton",)
+
+    def __init__(self, kind: str, npages: int, path: str = "", length: int = 0, mode: str = "r+") -> None:
+        if kind == "file":
+            FileCOR(path, 0, length, mode).close()  # raises for a short file, bad mode, ...
+        self.args = [kind, npages, path, length, mode]
+
+    def rep_args(self, node: int) -> list:
+        return self.args

@@ -1,4 +1,8 @@
-"""PageDirectory: IVY's manager for the centralized and fixed distributed schemes.
+"""The directory schemes of IVY (centralized and fixed distributed), both halves.
+
+``Directory`` is the state and logic of a PageDirectory rep (the manager);
+``DirectoryClient`` is the coherence manager of the FCM reps that use it
+(the requester's side: ask the directory, hand evicted pages back to it).
 
 For each page the directory knows the owner, the copyset (a bitmask of nodes
 holding read copies, owner excluded) and the version of the last write grant.
@@ -14,8 +18,9 @@ each remote call is one request and one reply):
                  M->o (give_page), o->M, M->k                          = 4 + 2r
 
 The centralized scheme has one directory (on its home node); the fixed
-scheme has one per node, page p on node p mod N.  Both use this class; the
-difference is only which node a requester sends to.
+scheme has one per node, page p on node p mod N.  Both use these classes;
+the difference is only which node a requester's call goes to, which the
+PageDirectory object's policy (singleton or partitioned) decides.
 
 ``migrate`` (single reader / single writer) needs nothing here: its FCM pages
 ask for WRITE on every fault, so every request moves the page.  ``protocol``
@@ -27,30 +32,49 @@ from __future__ import annotations
 import threading
 import numpy as np
 
-from tornado_dsm.kernel import DSMInternalError
+from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, DSMInternalError
 
-from ._fanout import bits, thread_fanout
-from ._fcm import READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
+from ._copyset import bits
+from ._fcm import (
+    PROTOCOLS, READ, RELEASED, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
+    cor_client, gather_access, wait,
+)
+from ._interfaces import FCM, PageDirectory
+from ._invariants import check_page
+from ._records import DirectoryStatistics
 
-PROTOCOLS = ("ivy", "migrate")  # the one list of protocols (the FCM and the API import it)
+class DirectoryClient(CoherenceManager):
+    """An FCM rep's coherence manager under a directory scheme: every fault
+    that is not in-core asks the PageDirectory (a typed reference: the COS
+    routes the call to the directory rep that manages the page)."""
 
-class PageDirectory:
-    """Owner, copyset and version of ``npages`` pages.
+    def __init__(self, directory, node: int) -> None:
+        self.directory, self.node = directory, node
 
-    ``call(node, method, *args)`` reaches the FCM rep of this memory object on
-    a node (send_copy, give_page, invalidate); ``store`` is the CORClient:
-    ``store.fill(page)`` returns the first-touch contents (None for zeros)
-    and ``store.spill(page, data, dirty)`` writes an evicted owned page back.
-    ``fanout(nodes, method, *args)`` calls the FCM reps of several nodes at
-    once (all requests sent before any reply is awaited); by default, one
-    thread per call.
+    def request(self, page: int, want: int, have_version: int) -> Grant:
+        """Ask the directory for ``page``."""
+        return self.directory.request(page, self.node, want, have_version)
+
+    def release_owned(self, page: int, version: int, data: bytes, dirty: bool):
+        """Hand an evicted owned page back to the backing store through the directory."""
+        return self.directory.evict(page, self.node, version, data, dirty)
+
+
+class Directory:
+    """Owner, copyset and version of ``npages`` pages (a PageDirectory rep's state).
+
+    ``fcm`` reaches the FCM reps of this memory object: ``fcm.on(node)``
+    one node's (send_copy, give_page), ``fcm.on_each(nodes)`` several at
+    once (invalidate; all requests sent before any reply is awaited).
+    ``store`` is the CORClient: ``store.fill(page)`` returns the first-touch
+    contents (None for zeros) and ``store.spill(page, data, dirty)`` writes
+    an evicted owned page back.
     """
 
-    def __init__(self, npages: int, call, store, protocol: str = "ivy", fanout=None) -> None:
+    def __init__(self, npages: int, fcm, store, protocol: str = "ivy") -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        self.npages, self.call, self.store, self.protocol = npages, call, store, protocol
-        self.fanout = fanout or thread_fanout(call)
+        self.npages, self.fcm, self.store, self.protocol = npages, fcm, store, protocol
         self.owner = np.full(npages, -1, dtype=np.int16)
         self.copyset = np.zeros(npages, dtype=np.uint64)
         self.version = np.zeros(npages, dtype=np.uint32)
@@ -61,7 +85,7 @@ class PageDirectory:
     def request(self, page: int, node: int, want: int, have_version: int) -> Grant:
         """Serve a fault of ``node`` on ``page`` for ``want`` (READ or WRITE)."""
         if not 0 <= page < self.npages:
-            raise DSMInternalError("PageDirectory.request", f"page {page} outside [0, {self.npages})")
+            raise DSMInternalError("Directory.request", f"page {page} outside [0, {self.npages})")
         self._acquire(page)
         try:
             if want == WRITE:
@@ -89,8 +113,8 @@ class PageDirectory:
             self.version[page] = version + 1
             return Grant(version + 1, READ, self._first_touch(page), owner=True)
         if owner == node:
-            raise DSMInternalError("PageDirectory._locked_read", f"owner {node} of page {page} asks for a copy")
-        data = self.call(owner, "send_copy", page, version)
+            raise DSMInternalError("Directory._locked_read", f"owner {node} of page {page} asks for a copy")
+        data = self.fcm.on(owner).send_copy(page, version)
         self.copyset[page] |= np.uint64(1 << node)
         return Grant(version, READ, data)
 
@@ -104,9 +128,9 @@ class PageDirectory:
             data = self._first_touch(page)
         elif owner != node:
             need = have_version != version
-            data, dirty = self.call(owner, "give_page", page, version, new, need)
+            data, dirty = self.fcm.on(owner).give_page(page, version, new, need)
         elif have_version != version:
-            raise DSMInternalError("PageDirectory._locked_write", f"owner {node} of page {page} lost its copy")
+            raise DSMInternalError("Directory._locked_write", f"owner {node} of page {page} lost its copy")
         self.owner[page] = node
         self.copyset[page] = 0
         self.version[page] = new
@@ -134,7 +158,7 @@ class PageDirectory:
         if not mask:
             return
         readers = bits(mask)
-        self.fanout(readers, "invalidate", page, new_version)
+        self.fcm.on_each(readers).invalidate(page, new_version)
         self.invalidations += len(readers)
 
     def _first_touch(self, page: int) -> bytes:
@@ -145,3 +169,57 @@ class PageDirectory:
     def holders(self, page: int) -> tuple[int, list[int]]:
         """(owner, readers) of a page, for invariant checks and inspection."""
         return int(self.owner[page]), bits(int(self.copyset[page]))
+
+
+# ---- as clustered objects: the PageDirectory, and the FCM variant that uses it ---------------
+
+class PageDirectoryRep(ClusteredRep, PageDirectory):
+    """The manager of (a slice of) an FCM's pages."""
+
+    KEYED = frozenset({"request", "evict"})
+
+    def __init__(self, fcm: int, spec: FCMSpec) -> None:
+        self.debug, self.protocol = spec.debug, spec.protocol
+        self.fcm = self._cos.ref(fcm, FCM)
+        self.store = cor_client(self._cos, spec)
+        self.dir = Directory(spec.npages, self.fcm, self.store, protocol=spec.protocol)
+
+    def request(self, page: int, node: int, want: int, have_version: int) -> Grant:
+        grant = self.dir.request(page, node, want, have_version)
+        if self.debug:
+            owner, _ = self.dir.holders(page)
+            access = gather_access(self.fcm, self._cos.nnodes, page)
+            check_page(page, access, owner, int(self.dir.copyset[page]), self.protocol)
+        return grant
+
+    def evict(self, page: int, node: int, version: int, data: bytes, dirty: bool):
+        return self.dir.evict(page, node, version, data, dirty)
+
+    def statistics(self) -> DirectoryStatistics:
+        return DirectoryStatistics(self.dir.invalidations, self.store.zero_fills)
+
+
+class PageDirectoryRoot(ClusteredRoot):
+    """Root of a PageDirectory; every rep starts from the FCM's oid and spec."""
+
+    Rep = PageDirectoryRep
+    POLICIES = ("singleton", "partitioned")
+
+    def __init__(self, fcm: int, spec: FCMSpec) -> None:
+        self.fcm, self.spec = fcm, spec
+
+    def rep_args(self, node: int) -> list:
+        return [self.fcm, self.spec]
+
+
+class DirectoryFCMRep(FCMRep):
+    """An FCM rep under IVY's centralized or fixed manager: faults ask the PageDirectory."""
+
+    def _make_manager(self, spec: FCMSpec) -> DirectoryClient:
+        return DirectoryClient(self._cos.ref(spec.directory, PageDirectory), self.node)
+
+
+class DirectoryFCMRoot(FCMRoot):
+    """Root of an FCM under the centralized or fixed manager."""
+
+    Rep = DirectoryFCMRep

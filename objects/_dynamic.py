@@ -27,44 +27,58 @@ from __future__ import annotations
 
 import numpy as np
 
+import attrs
+
 from tornado_dsm.kernel import DSMInternalError
 
-from ._fanout import bits, thread_fanout
-from ._fcm import KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, Grant, wait
+from ._copyset import bits
+from ._fcm import (
+    KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
+    cor_client, gather_access, wait,
+)
+from ._interfaces import DynamicFCM
+from ._invariants import check_page
+from ._records import FCMStatistics
 
-class DynamicManager:
-    """The dynamic manager's state on one node for one FCM (``pages``, an FCMPages).
 
-    ``call(node, method, *args)`` reaches this FCM's manager on another node
-    (``fanout(nodes, method, *args)`` several at once); ``store`` is the
-    CORClient: ``fill(page)`` gives first-touch contents (None for zeros) and
+class DynamicManager(CoherenceManager):
+    """The dynamic manager's state on one node for one FCM (its page table
+    arrives with ``attach``).
+
+    ``fcm`` reaches this FCM's reps on other nodes: ``fcm.on(node).serve(...)``,
+    ``fcm.on_each(nodes).invalidate(...)``.  ``store`` is the CORClient:
+    ``fill(page)`` gives first-touch contents (None for zeros) and
     ``spill(page, data, dirty)`` writes an evicted page back to the COR.
+    ``check(page, owner, copyset)``, if given, checks IVY's invariants after
+    every grant (the debug mode) and raises on a broken one.
     """
 
-    def __init__(self, pages, node: int, nnodes: int, home: int, call, store, fanout=None) -> None:
-        self.pages, self.node, self.nnodes, self.home = pages, node, nnodes, home
-        self.call, self.store = call, store
-        self.fanout = fanout or thread_fanout(call)
-        n = pages.npages
-        self.owner = pages.owned  # one ownership array, shared with the FCM pages
-        self.owner[:] = node == home
-        pages.release_owned = self.release_owned
-        self.prob_owner = np.full(n, home, dtype=np.int16)
-        self.copyset = np.zeros(n, dtype=np.uint64)
-        self.serving = np.zeros(n, dtype=np.uint8)
+    def __init__(self, node: int, nnodes: int, home: int, fcm, store, check=None) -> None:
+        self.node, self.nnodes, self.home = node, nnodes, home
+        self.fcm, self.store = fcm, store
         self.forwards = 0
         self.invalidations = 0
-        self.debug_check = None  # (page, owner, copyset) -> None; raises on a broken invariant
+        self.debug_check = check
+        self.checking = check is not None
+
+    def attach(self, pages) -> None:
+        """Take the page table: the home owns every page at first, without a copy."""
+        self.pages = pages
+        n = pages.npages
+        self.owner = pages.owned  # one ownership array, shared with the FCM pages
+        self.owner[:] = self.node == self.home
+        self.prob_owner = np.full(n, self.home, dtype=np.int16)
+        self.copyset = np.zeros(n, dtype=np.uint64)
+        self.serving = np.zeros(n, dtype=np.uint8)
         # The local fast path reads single pages: memoryviews index faster than numpy.
         self._owner, self._serving = memoryview(self.owner), memoryview(self.serving)
         self._copyset, self._access = memoryview(self.copyset), memoryview(pages.access)
         self._version = memoryview(pages.version)
-        pages.local_grant = self.locked_local_grant
 
     # -- the owner's own faults ----------------------------------------------------
 
     def locked_local_grant(self, page: int, want: int) -> int:
-        """FCMPages' hook, cond held: our own fault on a page we own, with no
+        """With the page table's cond held: our own fault on a page we own, with no
         reader to invalidate and no COR call to make, is granted here in the
         faulting thread's lock section, without a message (IVY's owner serves
         itself).  Returns the new version, or 0: take the full path."""
@@ -74,14 +88,9 @@ class DynamicManager:
             if not self.store.known_zero(page):
                 return 0
             self.store.count_zero_fill()
-        if self.debug_check is not None:
+        if self.checking:
             self.serving[page] = 1  # held until local_done has checked the invariants
         return self._version[page] + 1
-
-    def enable_debug(self, check) -> None:
-        """Check IVY's invariants with ``check(page, owner, copyset)`` after every step."""
-        self.debug_check = check
-        self.pages.local_done = self.local_done
 
     def local_done(self, page: int) -> None:
         """Debug mode, after a local grant is installed: check, then let requests in."""
@@ -95,12 +104,12 @@ class DynamicManager:
     # -- requester side ----------------------------------------------------------
 
     def request(self, page: int, want: int, have_version: int) -> Grant:
-        """FCMPages' requester hook: ask the probable owner (maybe ourselves)."""
+        """The requester half: ask the probable owner (maybe ourselves)."""
         target = int(self.prob_owner[page])
         if target == self.node:
             grant, owner = self.serve(page, self.node, want, have_version, 0)
         else:
-            grant, owner = self.call(target, "serve", page, self.node, want, have_version, 0)
+            grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
         with self.pages.cond:
             self.prob_owner[page] = owner
         return grant
@@ -129,17 +138,17 @@ class DynamicManager:
                 target, grant = None, None
                 if want == READ and self._access[page] != NIL:
                     grant = self._locked_share(page, requester)
-                    if self.debug_check is None:
+                    if not self.checking:
                         return grant, self.node
                 self.serving[page] = 1  # held until the grant is made (and checked)
         if target is not None:
-            return self.call(target, "serve", page, requester, want, have_version, hops + 1)
+            return self.fcm.on(target).serve(page, requester, want, have_version, hops + 1)
         try:
             if grant is None:
                 grant, owner = self._serve_owned(page, requester, want, have_version)
             else:
                 owner = self.node
-            if self.debug_check is not None:  # the page is still held: no request can interleave
+            if self.checking:  # the page is still held: no request can interleave
                 self.debug_check(page, owner, int(self.copyset[page]) if owner == self.node else 0)
             return grant, owner
         finally:
@@ -185,13 +194,13 @@ class DynamicManager:
         if not mask:
             return
         readers = bits(mask)
-        self.fanout(readers, "invalidate", page, new_version, requester)
+        self.fcm.on_each(readers).invalidate(page, new_version, requester)
         with self.pages.cond:
             self.copyset[page] = 0
         self.invalidations += len(readers)
 
     def release_owned(self, page: int, version: int, data: bytes, dirty: bool):
-        """FCM eviction hook: write an owned page back and give ownership
+        """Eviction of an owned page: write it back and give ownership
         (without a copy) to the home node; readers keep their copies."""
         cond = self.pages.cond
         with cond:
@@ -204,7 +213,7 @@ class DynamicManager:
             self.store.spill(page, data, dirty)
             if self.home == self.node:
                 return KEPT
-            self.call(self.home, "take_back", page, version, int(self.copyset[page]))
+            self.fcm.on(self.home).take_back(page, version, int(self.copyset[page]))
             with cond:
                 self.copyset[page], self.prob_owner[page] = 0, self.home
             return RELEASED
@@ -223,8 +232,42 @@ class DynamicManager:
             self.pages.version[page] = max(int(self.pages.version[page]), version)
             self.pages.cond.notify_all()
 
-    def invalidate(self, page: int, new_version: int, new_owner: int) -> None:
+    def invalidate(self, page: int, new_version: int, new_owner: int = -1) -> None:
         """Drop our read copy; the page's next owner is ``new_owner`` (a better hint)."""
         with self.pages.cond:
             self.pages.locked_invalidate(page, new_version)
-            self.prob_owner[page] = new_owner
+            if new_owner >= 0:
+                self.prob_owner[page] = new_owner
+
+
+# ---- as a clustered object: the FCM variant whose reps are the dynamic manager --------------
+
+class DynamicFCMRep(FCMRep, DynamicFCM):
+    """An FCM rep that is IVY's dynamic distributed manager for its node."""
+
+    def _make_manager(self, spec: FCMSpec) -> DynamicManager:
+        self.fcm = self._cos.ref(self.oid, DynamicFCM)
+        check = self._check_page if spec.debug else None
+        return DynamicManager(self.node, self._cos.nnodes, self.home, self.fcm, cor_client(self._cos, spec), check)
+
+    def serve(self, page: int, requester: int, want: int, have_version: int, hops: int) -> tuple:
+        return self.manager.serve(page, requester, want, have_version, hops)
+
+    def take_back(self, page: int, version: int, copyset: int) -> None:
+        self.manager.take_back(page, version, copyset)
+
+    def _check_page(self, page: int, owner: int, copyset: int) -> None:
+        """Debug mode: IVY's invariants for ``page`` across all nodes."""
+        access = gather_access(self.fcm, self._cos.nnodes, page)
+        check_page(page, access, owner if access[owner] else -1, copyset, self.spec.protocol)
+
+    def statistics(self) -> FCMStatistics:
+        m = self.manager
+        return attrs.evolve(super().statistics(), forwards=m.forwards, invalidations=m.invalidations,
+                            zero_fills=m.store.zero_fills)
+
+
+class DynamicFCMRoot(FCMRoot):
+    """Root of an FCM under the dynamic manager."""
+
+    Rep = DynamicFCMRep

@@ -30,8 +30,14 @@ Locking: one Condition per rep, held only for local state and HAT changes,
 never across a remote call; remote requests run with the page marked
 ``requesting`` so that other local threads faulting on the same page wait
 for the one request instead of sending their own.  A fault the manager can
-grant on this node (``local_grant``) is checked, granted and mapped in one
-lock section: the fast path of a local fault.
+grant on this node (``locked_local_grant``) is checked, granted and mapped
+in one lock section: the fast path of a local fault.
+
+The page table is given its coherence manager, an object with the interface
+of ``CoherenceManager`` below: the FCM-side half of a directory scheme
+(``DirectoryClient``, _directory.py) or IVY's dynamic manager
+(``DynamicManager``, _dynamic.py).  ``migrate`` is not a manager but a
+protocol over either: every fault asks for WRITE, so the one copy moves.
 """
 
 from __future__ import annotations
@@ -41,9 +47,19 @@ import threading
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import PROT_NONE, PROT_READ, PROT_WRITE, DSMInternalError, before_blocking
+from tornado_dsm.kernel import (
+    PROT_NONE, PROT_READ, PROT_WRITE, ClusteredRep, ClusteredRoot, DSMInternalError, before_blocking,
+    wire_record,
+)
+
+from . import _nodestate
+from ._cor import CORClient
+from ._interfaces import COR, FCM
+from ._records import FCMStatistics, Grant
 
 NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
+PROTOCOLS = ("ivy", "migrate")                    # the one list of protocols
+MANAGERS = ("centralized", "fixed", "dynamic")   # the one list of IVY managers
 
 
 def wait(cond) -> None:
@@ -54,7 +70,7 @@ def wait(cond) -> None:
     cond.wait()
 
 
-# What a manager's release_owned hook reports for an evicted owned page:
+# What a manager's release_owned reports for an evicted owned page:
 RELEASED = "released"  # ownership left this node with the data
 KEPT = "kept"          # still the owner, without a copy (the backing store has it)
 # (None: ownership had already moved; nothing to do)
@@ -66,22 +82,38 @@ KEPT = "kept"          # still the owner, without a copy (the backing store has 
 ZERO_FILL = b""
 
 
-@attrs.frozen
-class Grant:
-    """A manager's answer to a request: install ``data`` (None: keep the
-    frame, ZERO_FILL: zeros) at ``version`` with ``access``; ``owner`` says
-    whether ownership comes with it and ``dirty`` travels with ownership."""
+class CoherenceManager:
+    """What a page table asks of its coherence manager on one node.
 
-    version: int
-    access: int
-    data: bytes | None = None
-    dirty: bool = False
-    owner: bool = False
+    ``attach`` is called once, by the FCMPages being built.  The variants
+    (DirectoryClient, DynamicManager) are sibling subclasses.
+    """
 
+    checking = False  # True: local_done must run after every local grant (debug checks)
 
-def _no_local_grant(page: int, want: int) -> int:
-    """The default: every fault that needs the manager asks it."""
-    return 0
+    def attach(self, pages: "FCMPages") -> None:
+        """Learn the page table this manager serves (its per-page state)."""
+        self.pages = pages
+
+    def request(self, page: int, want: int, have_version: int) -> Grant:
+        """The requester half of a fault: ask the manager, return its Grant."""
+        raise NotImplementedError
+
+    def locked_local_grant(self, page: int, want: int) -> int:
+        """With the page table's cond held: the new version if the fault can be
+        granted here without a message, else 0 (ask with ``request``)."""
+        return 0
+
+    def local_done(self, page: int) -> None:
+        """After a local grant was installed (only when ``checking``)."""
+
+    def release_owned(self, page: int, version: int, data: bytes, dirty: bool):
+        """Eviction of an owned page: write it back; RELEASED, KEPT or None (it moved)."""
+        raise NotImplementedError
+
+    def invalidate(self, page: int, new_version: int, new_owner: int = -1) -> None:
+        """Another node is granted a write of ``new_version``: drop our read copy."""
+        self.pages.invalidate(page, new_version)
 
 
 class FCMPages:
@@ -89,16 +121,15 @@ class FCMPages:
 
     ``memory`` is the node's NodeMemory; the object's page i lives at virtual
     page ``vpage + i`` (identity placement: frame i is at that page's file
-    offset).  ``request(page, want, have_version)`` is the protocol's
-    requester half: it talks to the manager and returns a Grant.  With
+    offset).  ``manager`` is the CoherenceManager that grants faults.  With
     ``migrate`` every fault asks for WRITE (the managers need not know).
     """
 
-    def __init__(self, memory, vpage: int, npages: int, request, frames=None, migrate: bool = False) -> None:
+    def __init__(self, memory, vpage: int, npages: int, manager: CoherenceManager, frames=None,
+                 migrate: bool = False) -> None:
         if vpage < 0 or vpage + npages > memory.npages:
             raise ValueError(f"pages [{vpage}, {vpage + npages}) are outside the window's {memory.npages} pages")
         self.memory, self.vpage, self.npages = memory, vpage, npages
-        self.request = request
         # migrate (single reader / single writer): every fault takes the page
         # read-write, so the one copy moves to wherever it is accessed.
         self.migrate = migrate
@@ -118,13 +149,9 @@ class FCMPages:
         self._hat_prot = memoryview(memory.hat.prot)
         self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
-        self.release_owned = None  # manager hook: (page, version, data, dirty) -> RELEASED | KEPT | None
-        # manager hooks for faults the manager can grant on this node without a
-        # request (the dynamic owner's own faults): local_grant(page, want) ->
-        # the new version, or 0 to ask the manager, runs with cond held;
-        # local_done(page), if set, runs after the grant is installed.
-        self.local_grant = _no_local_grant
-        self.local_done = None
+        self.manager = manager
+        manager.attach(self)
+        self._local_grant = manager.locked_local_grant  # bound once: the fast path calls it
         if frames is not None:
             frames.register(self)
 
@@ -148,7 +175,7 @@ class FCMPages:
                 if self._access[page] >= want:
                     self._locked_map(page)
                     return remote
-                version = self.local_grant(page, want)
+                version = self._local_grant(page, want)
                 if version:
                     self._locked_install_owned(page, version, want)
                     break
@@ -156,7 +183,7 @@ class FCMPages:
                 have = int(self.version[page]) if self._access[page] >= READ else -1
             remote, grant = True, None
             try:
-                grant = self.request(page, want, have)
+                grant = self.manager.request(page, want, have)
             finally:
                 with self.cond:  # one section: end the request, install its grant, wake waiters
                     self.requesting[page] = 0
@@ -164,8 +191,8 @@ class FCMPages:
                     self.cond.notify_all()
             if installed:
                 return remote
-        if self.local_done is not None:
-            self.local_done(page)
+        if self.manager.checking:
+            self.manager.local_done(page)
         return True
 
     def _locked_try_install(self, page: int, grant: Grant) -> bool:
@@ -280,7 +307,7 @@ class FCMPages:
             data = self.memory.frame(self.vpage + page).tobytes()
         outcome = None
         try:
-            outcome = self.release_owned(page, version, data, dirty)
+            outcome = self.manager.release_owned(page, version, data, dirty)
         finally:
             with self.cond:
                 self.requesting[page] = 0
@@ -304,3 +331,120 @@ class FCMPages:
     def resident(self) -> int:
         """Pages this node holds a copy of."""
         return int(np.count_nonzero(self.access))
+
+
+# ---- the FCM as a clustered object: what every rep is built from, the common rep and root ----
+# (the sibling variants, one per manager, are DirectoryFCMRep in _directory.py
+# and DynamicFCMRep in _dynamic.py)
+
+@wire_record
+@attrs.frozen
+class FCMSpec:
+    """What every rep of an FCM (and of its PageDirectory) is built from."""
+
+    vpage: int           # first virtual page of the memory object in the window
+    npages: int
+    protocol: str        # "ivy" or "migrate"
+    manager: str         # "centralized", "fixed" or "dynamic"
+    cor: int             # oid of the COR (the backing store)
+    anonymous: bool      # zero-filled memory (else a file)
+    debug: bool = False  # check IVY's invariants after every request
+    directory: int = 0   # oid of the PageDirectory (centralized, fixed), set after creation
+
+    def check(self) -> None:
+        """ValueError naming a bad protocol or manager and the accepted ones."""
+        if self.manager not in MANAGERS:
+            raise ValueError(f"manager must be one of {MANAGERS}, not {self.manager!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+
+
+def gather_access(fcm, nnodes: int, page: int) -> np.ndarray:
+    """Every node's access to ``page`` of the FCM ``fcm`` (typed ref), by node (debug checks)."""
+    return np.array(fcm.on_each(range(nnodes)).access_of(page), dtype=np.uint8)
+
+
+def cor_client(cos, spec: FCMSpec) -> CORClient:
+    """A manager's CORClient reaching the COR of ``spec`` through the COS."""
+    return CORClient(cos.ref(spec.cor, COR), spec.npages, spec.anonymous)
+
+
+class FCMRep(ClusteredRep, FCM):
+    """The pages of one memory object as cached on this node (the common part)."""
+
+    def __init__(self, spec: FCMSpec) -> None:
+        state = _nodestate.current()
+        self.spec = spec
+        self.manager = self._make_manager(spec)
+        self.pages = FCMPages(state.memory, spec.vpage, spec.npages, self.manager, state.frames,
+                              migrate=spec.protocol == "migrate")
+        self.incore_faults = self.coherence_faults = 0
+
+    def _make_manager(self, spec: FCMSpec):
+        raise NotImplementedError
+
+    # -- the fault path (local calls on the faulting node) -------------------
+
+    def get_page(self, page: int, want: int) -> bool:
+        remote = self.pages.get_page(page, want)
+        if remote:
+            self.coherence_faults += 1
+        else:
+            self.incore_faults += 1
+        return remote
+
+    # -- protocol messages from other nodes ---------------------------------
+
+    def send_copy(self, page: int, expect_version: int) -> bytes:
+        return self.pages.send_copy(page, expect_version)
+
+    def give_page(self, page: int, expect_version: int, new_version: int, need_data: bool) -> tuple:
+        return self.pages.give_page(page, expect_version, new_version, need_data)
+
+    def invalidate(self, page: int, new_version: int, new_owner: int = -1) -> None:
+        self.manager.invalidate(page, new_version, new_owner)
+
+    def access_of(self, page: int) -> int:
+        return int(self.pages.access[page])
+
+    # -- whole-object operations ---------------------------------------------
+
+    def drop_mappings(self) -> int:
+        self.pages.drop_mappings()
+        return self.pages.resident()
+
+    def dirty_pages(self) -> list:
+        pages = self.pages
+        with pages.cond:
+            dirty = np.flatnonzero(pages.dirty & (pages.access != 0)).tolist()
+            out = [[p, pages.memory.frame(pages.vpage + p).tobytes()] for p in dirty]
+            pages.dirty[dirty] = 0
+        return out
+
+    def statistics(self) -> FCMStatistics:
+        return FCMStatistics(self.incore_faults, self.coherence_faults, self.pages.stale_grants,
+                             self.pages.resident())
+
+    def cleanup(self) -> None:
+        """Give every frame of this object back (the region is gone)."""
+        state = _nodestate.current()
+        state.frames.unregister(self.pages)
+        state.memory.release(self.pages.vpage, self.pages.npages)
+
+
+class FCMRoot(ClusteredRoot):
+    """Root of an FCM (the common part): its spec, and the directory set after creation."""
+
+    POLICIES = ("per_node",)
+
+    def __init__(self, spec: FCMSpec) -> None:
+        spec.check()
+        self.spec = spec
+
+    def set_directory(self, directory: int) -> None:
+        """Record the PageDirectory (created by the VM right after the FCM, before any rep)."""
+        with self.lock:
+            self.spec = attrs.evolve(self.spec, directory=directory)
+
+    def rep_args(self, node: int) -> list:
+        return [self.spec]

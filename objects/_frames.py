@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import threading
 
-import attrs
 import numpy as np
 
+from tornado_dsm.kernel import ClusteredRep, ClusteredRoot
+
+from . import _nodestate
 from ._fcm import NIL
-
-
-@attrs.frozen
-class FrameStatistics:
-    """Frames of one node."""
-
-    capacity: int | None
-    resident: int
-    evicted_copies: int
-    evicted_owned: int
+from ._interfaces import DSM
+from ._records import FrameStatistics
 
 
 class FrameAccount:
@@ -76,3 +70,19 @@ class FrameAccount:
         """Capacity, resident frames and evictions so far."""
         return FrameStatistics(self.capacity, self.memory.resident_pages(),
                                self.evicted_copies, self.evicted_owned)
+
+
+# ---- the DSM as a clustered object (the DRAM object) -------------------------------------
+
+class DSMRep(ClusteredRep, DSM):
+    """This node's frames (the DRAM object)."""
+
+    def statistics(self) -> FrameStatistics:
+        return _nodestate.current().frames.statistics()
+
+
+class DSMRoot(ClusteredRoot):
+    """Root of the DSM object (per_node)."""
+
+    Rep = DSMRep
+    POLICIES = ("per_node",)

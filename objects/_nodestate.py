@@ -13,11 +13,10 @@ from tornado_dsm.kernel import DSMInternalError
 
 @attrs.define
 class NodeState:
-    """The node's NodeMemory, FrameAccount and VM settings."""
+    """The node's NodeMemory and FrameAccount."""
 
     memory: object
     frames: object
-    debug: bool = False
 
 
 _state: NodeState | None = None

@@ -1,33 +1,26 @@
-"""Virtual memory of the cluster: node start-up, the fault path, and the
-operations the Cluster API runs on node 0 (allocate, free, flush, stats).
+"""Virtual memory of the cluster: node start-up, and the operations the
+Cluster API runs on node 0 (allocate, free, flush, drop mappings).
 
-The fault path, in the faulting thread of the faulting node (DESIGN.md):
-
-    trap -> handle_fault(addr, access)
-         -> Process.find_region(addr)         replicated: local; singleton: PPC to home
-         -> Region.translate(addr, access)    per_node: local; singleton: PPC to home
-         -> FCM.get_page(page, access)        always this node's rep (the page is mapped here)
-              -> PageDirectory / probOwner, COR on first touch, DSM frames
-         -> HAT.protect
+The fault path starts in _process.py (``handle_fault``).  An allocation is
+four clustered objects: a COR for its backing store, an FCM (the variant of
+the cluster's manager), for the centralized and fixed managers a
+PageDirectory, and a Region attached to the Process.
 """
 
 from __future__ import annotations
 
-from time import perf_counter_ns
-
 import attrs
 
-from tornado_dsm.kernel import (
-    PAGE, FaultRefused, NodeLost, NodeMemory, ObjectDestroyed, PPCTimeout, current_cos, home_of,
-)
+from tornado_dsm.kernel import PAGE, NodeMemory, current_cos, home_of
 
 from . import _nodestate
-from ._fcmobject import FCMRoot, PageDirectoryRoot
-from ._frames import FrameAccount
-from ._vmobjects import CORRoot, DSMRoot, ProcessRoot, RegionRoot
-
-_process_oid: int | None = None
-_cos_call = None
+from ._cor import CORRoot
+from ._directory import DirectoryFCMRoot, PageDirectoryRoot
+from ._dynamic import DynamicFCMRoot
+from ._fcm import MANAGERS, FCMSpec
+from ._frames import DSMRoot, FrameAccount
+from ._interfaces import COR, DSM, FCM, Process
+from ._process import ProcessRoot, RegionRoot, handle_fault
 
 
 @attrs.frozen
@@ -44,11 +37,10 @@ class VMConfig:
 
 def start_node(config: VMConfig) -> None:
     """On every node: map the window, account frames, take the trap's hook."""
-    global _cos_call
-    _cos_call = current_cos().call  # bound once: the fault path makes three calls through it
-    memory = NodeMemory(base=config.base, size=config.size, node=current_cos().node, handler=handle_fault)
+    cos = current_cos()
+    memory = NodeMemory(base=config.base, size=config.size, node=cos.node, handler=handle_fault)
     frames = FrameAccount(memory, config.memory_per_node)
-    _nodestate.install(_nodestate.NodeState(memory, frames, config.debug))
+    _nodestate.install(_nodestate.NodeState(memory, frames))
 
 
 def stop_node() -> None:
@@ -57,42 +49,6 @@ def stop_node() -> None:
     if state is not None:
         state.memory.close()
         _nodestate.clear()
-
-
-def set_process(oid: int) -> None:
-    """On every node: the Process object whose regions this node's faults use."""
-    global _process_oid
-    _process_oid = oid
-
-
-# Fault latency on this node: _latency[b] counts faults that took [2**(b-1), 2**b) ns.
-_latency = [0] * 64
-
-
-def fault_latency_histogram() -> list:
-    """This node's fault-latency histogram (log2 ns buckets), a copy."""
-    return list(_latency)
-
-
-def handle_fault(address: int, access: int) -> None:
-    """The trap's fault handler on every node (see module docstring).  One
-    function on purpose: this is the fast path, a frame costs here."""
-    t0 = perf_counter_ns()
-    call = _cos_call
-    try:
-        region = call(_process_oid, "find_region", address)
-        if region is None:
-            raise FaultRefused("no region at this address (never allocated, or freed)")
-        where = call(region, "translate", address, access)
-        if where.__class__ is str:
-            raise FaultRefused(where)
-        call(where[0], "get_page", where[1], access)
-    except ObjectDestroyed as exc:
-        raise FaultRefused(f"use after free: {exc}") from None
-    except (NodeLost, PPCTimeout) as exc:
-        raise FaultRefused(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        _latency[(perf_counter_ns() - t0).bit_length()] += 1
 
 
 @attrs.frozen
@@ -107,16 +63,23 @@ class Allocation:
     cor: int
 
 
+def fcm_root(manager: str) -> type:
+    """The FCM root class for an IVY manager (ValueError naming the accepted ones)."""
+    if manager not in MANAGERS:
+        raise ValueError(f"manager must be one of {MANAGERS}, not {manager!r}")
+    return DynamicFCMRoot if manager == "dynamic" else DirectoryFCMRoot
+
+
 class VirtualMemory:
     """Node 0's handle on the VM objects (created once per cluster)."""
 
     def __init__(self, config: VMConfig, policies: dict) -> None:
         self.config, self.policies = config, policies
-        self.cos = current_cos()
+        cos = self.cos = current_cos()
         npages = config.size // PAGE
-        self.process = self.cos.create(ProcessRoot, config.base, npages, policy=policies["process"],
-                                       name="process")
-        self.dsm = self.cos.create(DSMRoot, policy="per_node", name="dsm")
+        self.process = cos.ref(int(cos.create(ProcessRoot, config.base, npages, policy=policies["process"],
+                                              name="process")), Process)
+        self.dsm = cos.ref(int(cos.create(DSMRoot, policy="per_node", name="dsm")), DSM)
 
     def allocate(self, nbytes: int, name: str, prot: str = "rw", path: str = "", mode: str = "r+") -> Allocation:
         """Back ``nbytes`` of the window with new Region, FCM, directory and COR objects."""
@@ -131,21 +94,19 @@ class VirtualMemory:
     def _build(self, first, npages, nbytes, name, prot, path, mode) -> Allocation:
         cfg, cos = self.config, self.cos
         kind = "file" if path else "anonymous"
-        cor = cos.create(CORRoot, kind, npages, path, nbytes, mode, name=f"cor:{name}")
-        anonymous = kind == "anonymous"
-        fcm = cos.create(FCMRoot, first, npages, cfg.protocol, cfg.manager, int(cor), anonymous, cos.nnodes,
-                         cfg.debug, policy="per_node", name=f"fcm:{name}")
+        cor = int(cos.create(CORRoot, kind, npages, path, nbytes, mode, name=f"cor:{name}"))
+        spec = FCMSpec(first, npages, cfg.protocol, cfg.manager, cor, kind == "anonymous", cfg.debug)
+        fcm = int(cos.create(fcm_root(cfg.manager), spec, policy="per_node", name=f"fcm:{name}"))
         directory = 0
         if cfg.manager != "dynamic":
             policy = "singleton" if cfg.manager == "centralized" else "partitioned"
-            directory = int(cos.create(PageDirectoryRoot, int(fcm), npages, cfg.protocol, int(cor), anonymous,
-                                       cfg.debug, policy=policy, name=f"dir:{name}"))
-            cos.call_root(int(fcm), cos.node, "set_directory", [directory])
+            directory = int(cos.create(PageDirectoryRoot, fcm, spec, policy=policy, name=f"dir:{name}"))
+            cos.call_root(fcm, cos.node, "set_directory", [directory])
         start = cfg.base + first * PAGE
-        region = cos.create(RegionRoot, start, npages, prot, int(fcm), policy=self.policies["region"],
-                            name=f"region:{name}")
-        self.process.attach(start, start + npages * PAGE, int(region), name)
-        return Allocation(start, npages, int(region), int(fcm), directory, int(cor))
+        region = int(cos.create(RegionRoot, start, npages, prot, fcm, policy=self.policies["region"],
+                                name=f"region:{name}"))
+        self.process.attach(start, start + npages * PAGE, region, name)
+        return Allocation(start, npages, region, fcm, directory, cor)
 
     def rep_nodes(self, oid: int) -> tuple:
         """Nodes holding a rep of ``oid`` (asked of its root: calling the reps of
@@ -154,9 +115,8 @@ class VirtualMemory:
 
     def flush(self, a: Allocation) -> int:
         """Write every dirty page of ``a``, on every node, back to its COR; fsync."""
-        dirty = self.cos.call_reps(a.fcm, self.rep_nodes(a.fcm), "dirty_pages", ())
-        pages = [pair for node in sorted(dirty) for pair in dirty[node]]
-        return self.cos.call(a.cor, "write_pages", pages)
+        dirty = self.cos.ref(a.fcm, FCM).on_each(self.rep_nodes(a.fcm)).dirty_pages()
+        return self.cos.ref(a.cor, COR).write_pages([pair for pages in dirty for pair in pages])
 
     def free(self, a: Allocation) -> None:
         """Detach and destroy the objects of ``a`` (flushing a file first)."""
@@ -171,8 +131,5 @@ def drop_mappings(fcm_oids: list) -> int:
     """On one node holding reps of these FCMs: unmap their pages in the HAT but
     keep the cached copies (the next faults are in-core).  Returns the pages
     cached here."""
-    cos, cached = current_cos(), 0
-    for fcm in fcm_oids:
-        cos.call(fcm, "drop_mappings")
-        cached += cos.call(fcm, "statistics")["resident"]
-    return cached
+    cos = current_cos()
+    return sum(cos.ref(fcm, FCM).drop_mappings() for fcm in fcm_oids)

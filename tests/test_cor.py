@@ -74,14 +74,23 @@ class TestFileCOR:
 
 
 class TestCORClient:
-    @staticmethod
-    def client(anonymous: bool):
-        calls = []
+    class RecordingCOR:
+        """The COR interface, recording (method, page) of each call."""
 
-        def call(method, *args):
-            calls.append((method, args[0]))
-            return b"x" * PAGE if method == "read_page" else None
-        return CORClient(call, 4, anonymous), calls
+        def __init__(self) -> None:
+            self.calls = []
+
+        def read_page(self, page):
+            self.calls.append(("read_page", page))
+            return b"x" * PAGE
+
+        def write_back(self, page, data, dirty=True):
+            self.calls.append(("write_back", page))
+
+    @classmethod
+    def client(cls, anonymous: bool):
+        cor = cls.RecordingCOR()
+        return CORClient(cor, 4, anonymous), cor.calls
 
     def test_anonymous_pages_are_zeros_without_a_call(self):
         """An anonymous page never spilled is zero-filled without calling the COR, and counted."""

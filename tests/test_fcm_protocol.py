@@ -9,6 +9,7 @@ Cluster API (test_cluster*.py).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,56 +19,108 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory
 from tornado_dsm.objects._cor import AnonymousCOR, CORClient
-from tornado_dsm.objects._directory import PageDirectory
+from tornado_dsm.objects._directory import Directory, DirectoryClient
 from tornado_dsm.objects._frames import FrameAccount
 from tornado_dsm.objects._dynamic import DynamicManager
 from tornado_dsm.objects._fcm import WRITE, FCMPages
 from tornado_dsm.objects._invariants import check_page
 
-from conftest import fresh_base
+from helpers import fresh_base
 
 NODES, PAGES = 3, 4
 
+# The in-process stand-in for the PPCs of a fan-out: each call on its own thread.
+_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="test-fanout")
+
+
+class NodeFCM:
+    """What other nodes reach on one node's FCM rep (the FCM interface's protocol
+    methods), as direct calls on its page table and manager."""
+
+    def __init__(self, pages, manager) -> None:
+        self.pages, self.manager = pages, manager
+
+    def send_copy(self, page, expect_version):
+        return self.pages.send_copy(page, expect_version)
+
+    def give_page(self, page, expect_version, new_version, need_data):
+        return self.pages.give_page(page, expect_version, new_version, need_data)
+
+    def invalidate(self, page, new_version, new_owner=-1):
+        return self.manager.invalidate(page, new_version, new_owner)
+
+    def serve(self, page, requester, want, have_version, hops):
+        return self.manager.serve(page, requester, want, have_version, hops)
+
+    def take_back(self, page, version, copyset):
+        return self.manager.take_back(page, version, copyset)
+
+
+class Peers:
+    """A typed FCM reference's ``on``/``on_each``, across the harness's nodes."""
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeFCM] = []
+
+    def on(self, node):
+        return self.nodes[node]
+
+    def on_each(self, nodes):
+        return _Each([self.nodes[n] for n in nodes])
+
+
+class _Each:
+    """Every method called on several NodeFCMs at once, results in order."""
+
+    def __init__(self, targets) -> None:
+        self.targets = targets
+
+    def __getattr__(self, method):
+        def fan_out(*args):
+            futures = [_pool.submit(getattr(t, method), *args) for t in self.targets]
+            return [f.result() for f in futures]
+        return fan_out
+
+
+class COR:
+    """The COR interface on an in-process AnonymousCOR."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def read_page(self, page):
+        return self.store.read_page(page)
+
+    def write_back(self, page, data, dirty=True):
+        self.store.write_back(page, data)  # anonymous: kept whether dirty or not
+
 
 class Harness:
-    """NODES windows, one FCMPages each, and a manager: one PageDirectory
+    """NODES windows, one FCMPages each, and a manager: one Directory
     ("centralized") or a DynamicManager per node ("dynamic")."""
 
     def __init__(self, protocol: str = "ivy", manager: str = "centralized", capacity=None) -> None:
         self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
         self.protocol, self.manager = protocol, manager
         self.cor = AnonymousCOR(PAGES)
-        self.store = CORClient(self._cor_call, PAGES, anonymous=True)
-        self.directory = PageDirectory(PAGES, self._call, self.store, protocol=protocol)
+        self.store = CORClient(COR(self.cor), PAGES, anonymous=True)
+        self.peers = Peers()
+        self.directory = Directory(PAGES, self.peers, self.store, protocol=protocol)
         self.fcms, self.dyns = [], []
         self.frames = [FrameAccount(mem, capacity) for mem in self.mems]
         for n, mem in enumerate(self.mems):
-            fcm = FCMPages(mem, 0, PAGES, self._requester(n), self.frames[n], migrate=protocol == "migrate")
+            manager_n = self._manager(n)
+            fcm = FCMPages(mem, 0, PAGES, manager_n, self.frames[n], migrate=protocol == "migrate")
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
-            if manager == "dynamic":
-                self.dyns.append(DynamicManager(fcm, n, NODES, 0, self._call, self.store))
-                fcm.request = self.dyns[n].request
-            else:
-                fcm.release_owned = self._evicter(n)
+            self.peers.nodes.append(NodeFCM(fcm, manager_n))
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
 
-    def _cor_call(self, method, *args):
-        if method == "write_back":
-            return self.cor.write_back(*args[:2])  # the COR object itself has no dirty flag
-        return getattr(self.cor, method)(*args)
-
-    def _call(self, node, method, *args):
-        if method in ("serve", "take_back") or (self.dyns and method == "invalidate"):
-            return getattr(self.dyns[node], method)(*args)
-        return getattr(self.fcms[node], method)(*args)
-
-    def _evicter(self, node):
-        return lambda page, version, data, dirty: self.directory.evict(page, node, version, data, dirty)
-
-    def _requester(self, node):
-        return lambda page, want, have: self.directory.request(page, node, want, have)
-
+    def _manager(self, node):
+        if self.manager != "dynamic":
+            return DirectoryClient(self.directory, node)
+        self.dyns.append(DynamicManager(node, NODES, 0, self.peers, self.store))
+        return self.dyns[-1]
     @staticmethod
     def _handler(fcm, mem):
         def handle(address, access):

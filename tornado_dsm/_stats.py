@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+
 import attrs
 
 from tornado_dsm.kernel import current_cos, log2_percentile
+from tornado_dsm.objects import (
+    FCM, DirectoryStatistics, FCMStatistics, FrameStatistics, PageDirectory, Region, RegionStatistics,
+)
 
 
 @attrs.frozen
@@ -61,33 +66,46 @@ class ClusterStatistics:
     total: NodeStatistics
 
 
-def _sum_stats(stats: dict, into: dict, keys: dict) -> None:
-    for src, dst in keys.items():
-        into[dst] = into.get(dst, 0) + int(stats.get(src, 0))
+# What each object's statistics record adds to its node's NodeStatistics.
+
+def _from_fcm(s: FCMStatistics) -> dict:
+    return {"incore_faults": s.incore_faults, "coherence_faults": s.coherence_faults,
+            "stale_grants": s.stale_grants, "forwards": s.forwards,
+            "invalidations": s.invalidations, "zero_fills": s.zero_fills}
+
+
+def _from_region(s: RegionStatistics) -> dict:
+    return {"read_faults": s.read_faults, "write_faults": s.write_faults, "refused_faults": s.refused}
+
+
+def _from_directory(s: DirectoryStatistics) -> dict:
+    return {"invalidations": s.invalidations, "zero_fills": s.zero_fills}
+
+
+def _from_frames(s: FrameStatistics) -> dict:
+    return {"resident_pages": s.resident, "evicted_copies": s.evicted_copies,
+            "evicted_owned": s.evicted_owned}
+
+
+def _add_reps(per_node: dict, ref, nodes: tuple, convert) -> None:
+    """Add ``convert(statistics())`` of the rep of ``ref`` on each of ``nodes``."""
+    for n, stats in zip(nodes, ref.on_each(nodes).statistics()):
+        per_node[n].update(convert(stats))
 
 
 def gather_statistics(cluster, oids: list) -> ClusterStatistics:
     """Ask the reps of the arrays' objects, every node's DSM rep and PPC counters."""
     cos, reps = current_cos(), cluster.vm.rep_nodes
     nodes = tuple(range(cluster.nnodes))
-    per_node = {n: {} for n in nodes}
+    per_node = {n: collections.Counter() for n in nodes}
     for fcm, region, directory, _cor in oids:
-        for n, s in cos.call_reps(fcm, reps(fcm), "statistics", ()).items():
-            _sum_stats(s, per_node[n], {"incore_faults": "incore_faults", "coherence_faults": "coherence_faults",
-                                        "stale_grants": "stale_grants", "forwards": "forwards",
-                                        "invalidations": "invalidations", "zero_fills": "zero_fills"})
-        for n, s in cos.call_reps(region, reps(region), "statistics", ()).items():
-            _sum_stats(s, per_node[n], {"read_faults": "read_faults", "write_faults": "write_faults",
-                                        "refused": "refused_faults"})
+        _add_reps(per_node, cos.ref(fcm, FCM), reps(fcm), _from_fcm)
+        _add_reps(per_node, cos.ref(region, Region), reps(region), _from_region)
         if directory:
-            for n, s in cos.call_reps(directory, reps(directory), "statistics", ()).items():
-                _sum_stats(s, per_node[n], {"invalidations": "invalidations", "zero_fills": "zero_fills"})
-    for n, s in cos.call_reps(int(cluster.vm.dsm), nodes, "statistics", ()).items():
-        _sum_stats(s, per_node[n], {"resident": "resident_pages", "evicted_copies": "evicted_copies",
-                                    "evicted_owned": "evicted_owned"})
-    for n, totals in enumerate(cluster.node_set.run_on_all(ppc_totals)):
-        per_node[n].update(totals)
-    result = tuple(NodeStatistics(node=n, **per_node[n]) for n in nodes)
+            _add_reps(per_node, cos.ref(directory, PageDirectory), reps(directory), _from_directory)
+    _add_reps(per_node, cluster.vm.dsm, nodes, _from_frames)
+    ppc = cluster.node_set.run_on_all(ppc_totals)
+    result = tuple(NodeStatistics(node=n, **per_node[n], **ppc[n]) for n in nodes)
     total = result[0]
     for s in result[1:]:
         total = total + s

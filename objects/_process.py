@@ -1,0 +1,213 @@
+"""The Process and Region objects, and the fault handler that starts with them.
+
+The fault path, in the faulting thread of the faulting node
+(docs/architecture.md follows it hop by hop):
+
+    trap -> handle_fault(addr, access)                           (this module)
+         -> Process.find_region(addr)      ProcessRep, here      replicated: local; singleton: PPC to home
+         -> Region.translate(addr, access) RegionRep, here       per_node: local; singleton: PPC to home
+         -> FCM.get_page(page, access)     FCMRep, _fcm.py       always this node's rep
+              -> its coherence manager (_directory.py, _dynamic.py), COR on first touch, DSM frames
+         -> HAT.map_page_unchecked         kernel/machine/_hat.py
+
+Each arrow is a call on a reference typed by the object's interface
+(_interfaces.py) through this node's translation table: a local PPC on a
+rep, a remote PPC through a stub (kernel/cobj/_table.py).
+
+Process: the root holds the authoritative region list and the address-space
+allocator; reps cache an immutable RegionList snapshot.  attach/detach go
+through the root, which updates every rep (broadcast) before returning.
+Policies: ``replicated`` (per_node; lookups are local) or ``singleton``
+(every lookup from another node is a remote PPC to the home).
+
+Region: a virtual range, its protection and the FCM behind it.  ``translate``
+checks the access and counts faults; it returns where to go next (the FCM
+and the page in it) or raises FaultRefused, and the faulting node then calls
+its own FCM rep (the page must be mapped where the fault happened, so only
+the lookup crosses nodes for a singleton Region).
+Policies: ``per_node`` (default), ``singleton``, ``group:k``.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter_ns
+
+from tornado_dsm.kernel import (
+    PAGE, ClusteredRep, ClusteredRoot, FaultRefused, NodeLost, ObjectDestroyed, PPCTimeout, current_cos,
+)
+
+from ._interfaces import FCM, Process, Region
+from ._layout import AddressSpace
+from ._regionlist import RegionEntry, RegionList
+from ._records import RegionStatistics
+
+READ_ONLY, READ_WRITE = "r", "rw"
+_ACCESS_WRITE = 2
+
+
+# ---- the fault handler ---------------------------------------------------------------------
+
+class _Refs(dict):
+    """oid -> a reference typed by ``interface``, made at first use: the fault
+    path's cache, so a fault builds no reference.  Oids are never reused, so
+    an entry never goes stale (a destroyed object's calls raise ObjectDestroyed)."""
+
+    def __init__(self, cos, interface: type) -> None:
+        super().__init__()
+        self.cos, self.interface = cos, interface
+
+    def __missing__(self, oid: int):
+        ref = self[oid] = self.cos.ref(oid, self.interface)
+        return ref
+
+
+_process = None        # this node's reference to the Process (set_process)
+_regions: _Refs | None = None
+_fcms: _Refs | None = None
+
+
+def set_process(oid: int) -> None:
+    """On every node: the Process object whose regions this node's faults use."""
+    global _process, _regions, _fcms
+    cos = current_cos()
+    _regions, _fcms = _Refs(cos, Region), _Refs(cos, FCM)
+    _process = cos.ref(oid, Process)
+
+
+# Fault latency on this node: _latency[b] counts faults that took [2**(b-1), 2**b) ns.
+_latency = [0] * 64
+
+
+def fault_latency_histogram() -> list:
+    """This node's fault-latency histogram (log2 ns buckets), a copy."""
+    return list(_latency)
+
+
+def handle_fault(address: int, access: int) -> None:
+    """The trap's fault handler on every node (see module docstring).  One
+    function on purpose: this is the fast path, a frame costs here."""
+    t0 = perf_counter_ns()
+    try:
+        region = _process.find_region(address)
+        if region is None:
+            raise FaultRefused("no region at this address (never allocated, or freed)")
+        fcm, page = _regions[region].translate(address, access)
+        _fcms[fcm].get_page(page, access)
+    except ObjectDestroyed as exc:
+        raise FaultRefused(f"use after free: {exc}") from None
+    except (NodeLost, PPCTimeout) as exc:
+        raise FaultRefused(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        _latency[(perf_counter_ns() - t0).bit_length()] += 1
+
+
+
+# ---- Process -------------------------------------------------------------------------------
+
+class ProcessRep(ClusteredRep, Process):
+    """A cached copy of the region list."""
+
+    def __init__(self, entries: list) -> None:
+        self.set_regions(entries)
+
+    def set_regions(self, entries: list) -> None:
+        self.regions = RegionList.of(entries)  # one assignment: lookups see the old or the new list
+
+    def find_region(self, address: int) -> int | None:
+        entry = self.regions.find(address)
+        return None if entry is None else entry.oid
+
+    # Rare operations go to the root (K42: reps forward what needs the whole picture).
+
+    def allocate(self, npages: int) -> int:
+        return self.call_root("allocate", npages)
+
+    def release(self, first_page: int) -> None:
+        self.call_root("release", first_page)
+
+    def attach(self, start: int, end: int, region: int, name: str) -> None:
+        self.call_root("attach", start, end, region, name)
+
+    def detach(self, region: int) -> None:
+        self.call_root("detach", region)
+
+
+class ProcessRoot(ClusteredRoot):
+    """The authoritative region list and allocator of the shared address space."""
+
+    Rep = ProcessRep
+    POLICIES = ("singleton", "per_node")
+
+    def __init__(self, base: int, npages: int) -> None:
+        self.base = base
+        self.space = AddressSpace(npages)
+        self.regions = RegionList()
+
+    def rep_args(self, node: int) -> list:
+        return [self.regions.to_wire()]
+
+    def allocate(self, npages: int) -> int:
+        """Reserve ``npages`` pages of the window; returns the first page."""
+        with self.lock:
+            return self.space.allocate(npages)
+
+    def release(self, first_page: int) -> None:
+        """Give a reserved run back."""
+        with self.lock:
+            self.space.release(first_page)
+
+    def attach(self, start: int, end: int, region_oid: int, name: str) -> None:
+        """Add a region; every rep knows it before this returns (ValueError if it overlaps)."""
+        with self.lock:
+            self.regions = self.regions.with_region(RegionEntry(start, end, region_oid, name))
+            entries = self.regions.to_wire()
+        self.broadcast("set_regions", entries)
+
+    def detach(self, region_oid: int) -> None:
+        """Remove a region; every rep has forgotten it before this returns (KeyError if unknown)."""
+        with self.lock:
+            self.regions = self.regions.without(region_oid)
+            entries = self.regions.to_wire()
+        self.broadcast("set_regions", entries)
+
+
+# ---- Region --------------------------------------------------------------------------------
+
+class RegionRep(ClusteredRep, Region):
+    """Range checks, protection and fault counts of one region."""
+
+    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
+        self.start_address, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
+        self.end = start + npages * PAGE
+        self.read_faults = self.write_faults = self.refused = 0
+
+    def translate(self, address: int, access: int) -> tuple[int, int]:
+        if not self.start_address <= address < self.end:
+            self.refused += 1
+            raise FaultRefused(f"address {address:#x} is outside region [{self.start_address:#x}, {self.end:#x})")
+        if access == _ACCESS_WRITE and self.prot == READ_ONLY:
+            self.refused += 1
+            raise FaultRefused("write to a read-only region")
+        if access == _ACCESS_WRITE:
+            self.write_faults += 1
+        else:
+            self.read_faults += 1
+        return self.fcm_oid, (address - self.start_address) >> 12
+
+    def statistics(self) -> RegionStatistics:
+        return RegionStatistics(self.read_faults, self.write_faults, self.refused)
+
+
+class RegionRoot(ClusteredRoot):
+    """Root of a Region."""
+
+    Rep = RegionRep
+    POLICIES = ("singleton", "per_node", "group")
+
+    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
+        if prot not in (READ_ONLY, READ_WRITE):
+            raise ValueError(f"region protection must be 'r' or 'rw', not {prot!r}")
+        self.args = [start, npages, prot, fcm_oid]
+
+    def rep_args(self, node: int) -> list:
+        return self.args

@@ -1,0 +1,83 @@
+"""The frozen records the VM's objects pass between nodes: a manager's Grant
+and what each object counts.
+
+Each is a ``wire_record``: a method returns one of these whether it is
+called on its own node or by PPC from another.  The Cluster API adds the
+statistics up per node (tornado_dsm/_stats.py); counts are since the object
+was created.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from tornado_dsm.kernel import wire_record
+
+
+@wire_record
+@attrs.frozen
+class Grant:
+    """A manager's answer to a request: install ``data`` (None: keep the
+    frame, ZERO_FILL: zeros) at ``version`` with ``access``; ``owner`` says
+    whether ownership comes with it and ``dirty`` travels with ownership."""
+
+    version: int
+    access: int
+    data: bytes | None = None
+    dirty: bool = False
+    owner: bool = False
+
+
+@wire_record
+@attrs.frozen
+class CORStatistics:
+    """I/O done by a backing store."""
+
+    pages_read: int
+    pages_zero_filled: int
+    pages_written: int
+    fsyncs: int
+
+
+@wire_record
+@attrs.frozen
+class FrameStatistics:
+    """Frames of one node."""
+
+    capacity: int | None
+    resident: int
+    evicted_copies: int
+    evicted_owned: int
+
+
+@wire_record
+@attrs.frozen
+class RegionStatistics:
+    """Faults one Region rep translated."""
+
+    read_faults: int = 0   # read accesses translated (each is a fault on some node)
+    write_faults: int = 0  # write accesses translated
+    refused: int = 0       # accesses refused: outside the region, or a write to a read-only one
+
+
+@wire_record
+@attrs.frozen
+class FCMStatistics:
+    """Faults and protocol work of one FCM rep (one node's cache of a memory object)."""
+
+    incore_faults: int = 0     # the copy was already here: only the HAT mapping was missing
+    coherence_faults: int = 0  # needed the manager (a local grant, a request, a first touch)
+    stale_grants: int = 0      # grants discarded because an invalidation overtook them
+    resident: int = 0          # pages this node holds a copy of now
+    forwards: int = 0          # dynamic manager: requests forwarded along probOwner
+    invalidations: int = 0     # dynamic manager: invalidations this rep sent as owner
+    zero_fills: int = 0        # dynamic manager: first touches this rep zero-filled as owner
+
+
+@wire_record
+@attrs.frozen
+class DirectoryStatistics:
+    """Work of one PageDirectory rep (centralized and fixed managers)."""
+
+    invalidations: int = 0  # invalidations sent to readers before write grants
+    zero_fills: int = 0     # first touches answered with zeros, without a COR call
