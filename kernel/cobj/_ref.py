@@ -151,34 +151,38 @@ class TypedRef:
         return f"{type(self).__name__}({self.oid:#x}, node {self.cos.node})"
 
 
-class _OnNode:
-    """An interface aimed at the rep of one node (``TypedRef.on``)."""
+class _Aimed:
+    """An interface aimed at given reps: ``target`` is one node (``on``) or a
+    tuple of nodes (``on_each``); the subclasses make the methods."""
 
-    __slots__ = ("cos", "oid", "node")
+    __slots__ = ("cos", "oid", "target")
 
-    def __init__(self, cos, oid: int, node: int) -> None:
-        self.cos, self.oid, self.node = cos, oid, node
+    def __init__(self, cos, oid: int, target) -> None:
+        self.cos, self.oid, self.target = cos, oid, target
+
+
+class _OnNode(_Aimed):
+    """Each method is a call on the rep of node ``target`` (``TypedRef.on``)."""
+
+    __slots__ = ()
 
     @staticmethod
     def _make(name: str, declared):
         def method(self, *args):
-            return self.cos.call_rep(self.oid, self.node, name, *args)
+            return self.cos.call_rep(self.oid, self.target, name, *args)
         return functools.update_wrapper(method, declared)
 
 
-class _OnEach:
-    """An interface aimed at the reps of several nodes at once (``TypedRef.on_each``)."""
+class _OnEach(_Aimed):
+    """Each method calls the reps of the nodes ``target`` at once (``TypedRef.on_each``)."""
 
-    __slots__ = ("cos", "oid", "nodes")
-
-    def __init__(self, cos, oid: int, nodes: tuple) -> None:
-        self.cos, self.oid, self.nodes = cos, oid, nodes
+    __slots__ = ()
 
     @staticmethod
     def _make(name: str, declared):
         def method(self, *args):
-            results = self.cos.call_reps(self.oid, self.nodes, name, args)
-            return [results[n] for n in self.nodes]
+            results = self.cos.call_reps(self.oid, self.target, name, args)
+            return [results[n] for n in self.target]
         return functools.update_wrapper(method, declared)
 
 
