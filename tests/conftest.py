@@ -1,23 +1,24 @@
-"""Shared fixtures.  Each section belongs to the module named in its heading."""
+"""Fixtures and session setup; the helpers the test modules share are in helpers.py."""
 
 from __future__ import annotations
 
-import itertools
+import os
 
 import pytest
 
-from tornado_dsm.kernel import DEFAULT_BASE, KernelPager, NodeMemory
+# ---- session: lock-debug mode for the whole suite ---------------------------------------
+# Set before any node starts, so spawned nodes inherit it, and before the kernel is
+# imported here; refresh() in case something imported the kernel earlier still.
+os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
 
-# ---- kernel: windows -----------------------------------------------------------
+from tornado_dsm.kernel import KernelPager, NodeMemory, start_nodes  # noqa: E402
+from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
 
-# Every window a test creates gets its own 4 GiB slot above the default base,
-# so a test that leaks a window cannot make the next one collide.
-_next_slot = itertools.count(1)
+from helpers import NNODES, fresh_base, process_gone  # noqa: E402
 
+_cobj_lockdebug.refresh()
 
-def fresh_base() -> int:
-    """A window base no other test in this process has used."""
-    return DEFAULT_BASE + next(_next_slot) * (1 << 32)
+# ---- kernel: windows -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -28,34 +29,14 @@ def memory():
         mem.set_handler(mem.pager)
         yield mem
 
-# ---- clustered objects: lock-debug mode for the whole suite -------------------
-# Set before any node starts, so spawned nodes inherit it; refresh() because the
-# kernel (and its lock module) was imported above, before the variable was set.
-import os as _os  # noqa: E402
 
-_os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
-from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
-
-_cobj_lockdebug.refresh()
-
-# ---- nodes: clusters that clean up (test_node, test_ppc, test_transport) -------
-
-
-def process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie counts as exited)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+# ---- nodes: clusters that clean up ---------------------------------------------------
 
 
 @pytest.fixture
 def cluster_factory():
     """``start(n, **kw)`` -> a started cluster; each is closed after the test and
     none of its spawned node processes may remain."""
-    from tornado_dsm.kernel import start_nodes
-
     started = []
 
     def start(*args, **kwargs):
@@ -70,15 +51,18 @@ def cluster_factory():
     assert not leftovers, f"node processes left behind: {leftovers}"
 
 
-# ---- clustered objects: three nodes shared by a whole module --------------------
-# (test_ppc.py and test_transport.py define their own two-node `nodes`.)
-THREE = 3
+# ---- nodes: clusters shared by a whole module -------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def nodes():
-    """Three nodes for the whole module (node 0 is this process)."""
-    from tornado_dsm.kernel import start_nodes
+def three_nodes():
+    """``NNODES`` (three) nodes for the whole module (node 0 is this process)."""
+    with start_nodes(NNODES) as cluster:
+        yield cluster
 
-    with start_nodes(THREE) as cluster:
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Two nodes on Unix sockets for the whole module (node 0 is this process)."""
+    with start_nodes(2) as cluster:
         yield cluster

@@ -8,85 +8,86 @@ import pytest
 import tornado_dsm as td
 
 import clusterprogs as progs
-from conftest import fresh_base
+from helpers import new_cluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with td.Cluster(nodes=3, threads_per_node=2, base=fresh_base(), size=64 << 20, debug=True) as c:
+def vm_cluster():
+    """3 nodes x 2 threads with debug checks and a 64 MiB window, for the whole module."""
+    with new_cluster(3, threads_per_node=2, size=64 << 20, debug=True) as c:
         yield c
 
 
 class TestRun:
-    def test_results_in_node_thread_order(self, cluster):
+    def test_results_in_node_thread_order(self, vm_cluster):
         """run() returns one result per (node, thread), ordered, and each call knows where it runs."""
-        assert cluster.run(progs.where_am_i) == [(n, t) for n in range(3) for t in range(2)]
-        assert cluster.run(progs.where_am_i, nodes=[2, 0], threads=1) == [(2, 0), (0, 0)]
+        assert vm_cluster.run(progs.where_am_i) == [(n, t) for n in range(3) for t in range(2)]
+        assert vm_cluster.run(progs.where_am_i, nodes=[2, 0], threads=1) == [(2, 0), (0, 0)]
 
-    def test_exception_names_node_and_thread(self, cluster):
+    def test_exception_names_node_and_thread(self, vm_cluster):
         """A node's exception is re-raised in the caller with node and thread named."""
         with pytest.raises(KeyError) as info:
-            cluster.run(progs.fail_on, 1, threads=1)
+            vm_cluster.run(progs.fail_on, 1, threads=1)
         assert any("node 1, thread 0" in note for note in info.value.__notes__)
 
     @pytest.mark.parametrize("nodes", ["some", 3, [0, 5], [], True])
-    def test_bad_nodes(self, cluster, nodes):
+    def test_bad_nodes(self, vm_cluster, nodes):
         """Bad node choices name what is accepted."""
         with pytest.raises(ValueError, match="nodes must be"):
-            cluster.run(progs.where_am_i, nodes=nodes)
+            vm_cluster.run(progs.where_am_i, nodes=nodes)
 
-    def test_lambda_refused(self, cluster):
+    def test_lambda_refused(self, vm_cluster):
         """Only module-level functions can run on other nodes."""
         with pytest.raises(TypeError, match="module-level"):
-            cluster.run(lambda: 1)
+            vm_cluster.run(lambda: 1)
 
 
 class TestArrays:
-    def test_same_memory_everywhere(self, cluster):
+    def test_same_memory_everywhere(self, vm_cluster):
         """Arrays passed to run are views of the same memory on every node."""
-        a = cluster.zeros((3, 1024), np.float64)
-        sums = cluster.run(progs.fill_rows, a, 1.0, threads=1)
+        a = vm_cluster.zeros((3, 1024), np.float64)
+        sums = vm_cluster.run(progs.fill_rows, a, 1.0, threads=1)
         assert sums == [1024.0 * (1 + n) for n in range(3)]
         assert a.sum() == 1024.0 * 6
-        cluster.free(a)
+        vm_cluster.free(a)
 
     @pytest.mark.parametrize("shape,dtype,match", [((-1,), "f8", "shape"), ("x", "f8", "shape"),
                                                    ((4,), "not-a-dtype", "dtype"), ((4,), object, "Python objects")])
-    def test_bad_shape_or_dtype(self, cluster, shape, dtype, match):
+    def test_bad_shape_or_dtype(self, vm_cluster, shape, dtype, match):
         """Invalid shapes and dtypes name the value and what is accepted."""
         with pytest.raises(ValueError, match=match):
-            cluster.zeros(shape, dtype)
+            vm_cluster.zeros(shape, dtype)
 
-    def test_beyond_window(self, cluster):
+    def test_beyond_window(self, vm_cluster):
         """An array larger than the window is a MemoryError naming the option."""
         with pytest.raises(MemoryError, match="size="):
-            cluster.zeros((1 << 30,), np.uint8)
+            vm_cluster.zeros((1 << 30,), np.uint8)
 
 
 class TestFree:
-    def test_use_after_free(self, cluster):
+    def test_use_after_free(self, vm_cluster):
         """Touching a freed array is a SegmentationFault saying why."""
-        a = cluster.zeros((512,), np.int64)
+        a = vm_cluster.zeros((512,), np.int64)
         a[0] = 1
-        cluster.free(a)
+        vm_cluster.free(a)
         with pytest.raises(td.SegmentationFault, match="never allocated, or freed"):
             a[0]
             td.kernel.trap.check()
         with pytest.raises(ValueError, match="not a live shared array"):
-            cluster.free(a)
+            vm_cluster.free(a)
 
-    def test_free_while_others_fault(self, cluster):
+    def test_free_while_others_fault(self, vm_cluster):
         """free() while other nodes fault on the array: they end with SegmentationFault, nothing hangs."""
         from concurrent.futures import ThreadPoolExecutor
 
-        a = cluster.zeros((64 * 512,), np.int64)
+        a = vm_cluster.zeros((64 * 512,), np.int64)
         with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(cluster.run, progs.touch_forever, a, 0, nodes=[1, 2], threads=1)
-            while cluster.statistics().total.read_faults < 8:
+            running = pool.submit(vm_cluster.run, progs.touch_forever, a, 0, nodes=[1, 2], threads=1)
+            while vm_cluster.statistics().total.read_faults < 8:
                 pass
-            cluster.free(a)
+            vm_cluster.free(a)
             reasons = running.result(timeout=60)
         assert all("freed" in r or "destroyed" in r for r in reasons), reasons
 
@@ -96,25 +97,25 @@ class TestMapFile:
         """A file-backed array written from 3 nodes, flushed, reads back identically in a fresh cluster."""
         path = tmp_path / "grid.bin"
         path.write_bytes(bytes(3 * 1024 * 8))
-        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(3) as c:
             a = c.map_file(path, (3, 1024), np.float64)
             c.run(progs.fill_rows, a, 2.0)
             assert c.flush(a) >= 3
             expected = np.array(a)
         assert path.read_bytes() == expected.tobytes()
-        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(2) as c:
             b = c.map_file(path, (3, 1024), np.float64, mode="r")
             assert np.array_equal(b, expected)
             with pytest.raises(td.SegmentationFault, match="read-only"):
                 b[0, 0] = 1
                 td.kernel.trap.check()
 
-    def test_short_file(self, tmp_path, cluster):
+    def test_short_file(self, tmp_path, vm_cluster):
         """A file shorter than the mapping is refused, naming both sizes."""
         path = tmp_path / "short.bin"
         path.write_bytes(bytes(100))
         with pytest.raises(ValueError, match="has 100 bytes, shorter than the mapping"):
-            cluster.map_file(path, (1000,), np.uint8)
+            vm_cluster.map_file(path, (1000,), np.uint8)
 
 
 class TestBadConfiguration:

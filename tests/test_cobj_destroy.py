@@ -11,11 +11,11 @@ from tornado_dsm.kernel import (
     ClusteredRep, ClusteredRoot, NodeLost, ObjectDestroyed, current_cos, start_nodes,
 )
 
-from conftest import THREE as NNODES  # the shared `nodes` fixture's size
-WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
+from helpers import NNODES, attempt
+
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
 
-
+WAIT = 60.0  # upper bound of every node-side wait (a failing test must not hang)
 
 
 # ---- node-local state (each node process has its own copy) --------------------------
@@ -71,18 +71,11 @@ def create(policy):
     return current_cos().create(Gate, policy=policy, home=0).oid
 
 
-def _outcome(fn, *args):
-    try:
-        return ("ok", fn(*args))
-    except Exception as e:  # noqa: BLE001
-        return (type(e).__name__, str(e))
-
-
 def start_callers(oid, k):
     """Start k threads here, each making one ``wait`` call on ``oid``."""
     for _ in range(k):
         out = []
-        t = threading.Thread(target=lambda o=out: o.append(_outcome(current_cos().call, oid, "wait")))
+        t = threading.Thread(target=lambda o=out: o.append(attempt(current_cos().call, oid, "wait")))
         t.start()
         _callers.setdefault(oid, []).append((t, out))
 
@@ -110,7 +103,7 @@ def join_callers(oid):
 def start_destroy(oid):
     """Destroy ``oid`` from this node in a background thread."""
     out = []
-    t = threading.Thread(target=lambda: out.append(_outcome(current_cos().destroy, oid)))
+    t = threading.Thread(target=lambda: out.append(attempt(current_cos().destroy, oid)))
     t.start()
     _destroys[oid] = (t, out)
 
@@ -134,7 +127,7 @@ def reps_state(oid):
 
 def try_ping(oid):
     """Outcome of one ``ping`` call from this node."""
-    return _outcome(current_cos().call, oid, "ping")
+    return attempt(current_cos().call, oid, "ping")
 
 
 def wait_destroyed_here(oid):
@@ -156,7 +149,7 @@ def start_hammer(oid, k):
         def loop(out=out):
             first, n = True, 0
             while True:
-                result = _outcome(current_cos().call, oid, "ping")
+                result = attempt(current_cos().call, oid, "ping")
                 if result[0] != "ok":
                     out.append((result[0], n))
                     return
@@ -173,77 +166,77 @@ def start_hammer(oid, k):
 
 @pytest.mark.parametrize("policy", ["per_node", "singleton", "group:2"])
 class TestDestroyWithBlockedCalls:
-    def test_drains_then_frees(self, nodes, policy):
+    def test_drains_then_frees(self, three_nodes, policy):
         """Destroy waits for the calls in flight on every node, which still see live reps; new calls fail; reps freed once after."""
-        oid = nodes.run_on(0, create, policy)
+        oid = three_nodes.run_on(0, create, policy)
         for n in range(NNODES):
-            nodes.run_on(n, start_callers, oid, 2)
+            three_nodes.run_on(n, start_callers, oid, 2)
         rep_nodes = [n for n in range(NNODES) if policy == "per_node" or n == 0 or (policy == "group:2" and n == 2)]
         counts = {0: 6} if policy == "singleton" else ({0: 4, 2: 2} if policy == "group:2" else {n: 2 for n in range(NNODES)})
-        assert all(nodes.run_on(n, wait_entered, oid, k) for n, k in counts.items())
-        nodes.run_on(1, start_destroy, oid)
-        assert all(nodes.run_on(n, wait_destroyed_here, oid) for n in range(NNODES))
-        assert not nodes.run_on(1, destroy_done, oid)  # still draining: the calls hold counts
-        assert all(state == (True, 0) for n in rep_nodes for state in nodes.run_on(n, reps_state, oid))
+        assert all(three_nodes.run_on(n, wait_entered, oid, k) for n, k in counts.items())
+        three_nodes.run_on(1, start_destroy, oid)
+        assert all(three_nodes.run_on(n, wait_destroyed_here, oid) for n in range(NNODES))
+        assert not three_nodes.run_on(1, destroy_done, oid)  # still draining: the calls hold counts
+        assert all(state == (True, 0) for n in rep_nodes for state in three_nodes.run_on(n, reps_state, oid))
         for n in rep_nodes:
-            nodes.run_on(n, release, oid)
-        outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+            three_nodes.run_on(n, release, oid)
+        outcomes = [o for n in range(NNODES) for o in three_nodes.run_on(n, join_callers, oid)]
         assert all(kind == "ok" for kind, _ in outcomes), outcomes
-        assert nodes.run_on(1, join_destroy, oid) == ("ok", None)
-        states = [s for n in rep_nodes for s in nodes.run_on(n, reps_state, oid)]
+        assert three_nodes.run_on(1, join_destroy, oid) == ("ok", None)
+        states = [s for n in rep_nodes for s in three_nodes.run_on(n, reps_state, oid)]
         assert len(states) == len(rep_nodes) and all(s == (False, 1) for s in states)
 
 
 class TestDestroyUnderLoad:
-    def test_calls_succeed_or_fail_cleanly(self, nodes):
+    def test_calls_succeed_or_fail_cleanly(self, three_nodes):
         """Calls racing a destroy on every node either run on a live rep or raise ObjectDestroyed, then all fail."""
-        oid = nodes.run_on(0, create, "per_node")
+        oid = three_nodes.run_on(0, create, "per_node")
         for n in range(NNODES):
-            nodes.run_on(n, start_hammer, oid, 2)
-        assert all(nodes.run_on(n, wait_entered, oid, 2) for n in range(NNODES))
-        nodes.run_on(2, start_destroy, oid)
-        outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+            three_nodes.run_on(n, start_hammer, oid, 2)
+        assert all(three_nodes.run_on(n, wait_entered, oid, 2) for n in range(NNODES))
+        three_nodes.run_on(2, start_destroy, oid)
+        outcomes = [o for n in range(NNODES) for o in three_nodes.run_on(n, join_callers, oid)]
         assert [kind for kind, _ in outcomes] == ["ObjectDestroyed"] * 6, outcomes
         assert all(calls >= 1 for _, calls in outcomes)
-        assert nodes.run_on(2, join_destroy, oid) == ("ok", None)
-        assert all(s == (False, 1) for n in range(NNODES) for s in nodes.run_on(n, reps_state, oid))
+        assert three_nodes.run_on(2, join_destroy, oid) == ("ok", None)
+        assert all(s == (False, 1) for n in range(NNODES) for s in three_nodes.run_on(n, reps_state, oid))
 
 
 class TestLateCalls:
-    def test_after_destroy(self, nodes):
+    def test_after_destroy(self, three_nodes):
         """After destroy every node's calls raise ObjectDestroyed, a second destroy too, and inspect drops the object."""
-        oid = nodes.run_on(0, create, "singleton")
-        assert nodes.run_on(2, try_ping, oid) == ("ok", 0)
+        oid = three_nodes.run_on(0, create, "singleton")
+        assert three_nodes.run_on(2, try_ping, oid) == ("ok", 0)
         current_cos().destroy(oid)
-        assert [nodes.run_on(n, try_ping, oid)[0] for n in range(NNODES)] == ["ObjectDestroyed"] * 3
+        assert [three_nodes.run_on(n, try_ping, oid)[0] for n in range(NNODES)] == ["ObjectDestroyed"] * 3
         with pytest.raises(ObjectDestroyed):
             current_cos().destroy(oid)
         assert oid not in current_cos().inspect()
 
-    def test_destroy_before_any_call(self, nodes):
+    def test_destroy_before_any_call(self, three_nodes):
         """An object no node has called yet is destroyed at once; later misses fail."""
-        oid = nodes.run_on(1, create, "per_node")
-        nodes.run_on(2, start_destroy, oid)
-        assert nodes.run_on(2, join_destroy, oid) == ("ok", None)
-        assert nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
+        oid = three_nodes.run_on(1, create, "per_node")
+        three_nodes.run_on(2, start_destroy, oid)
+        assert three_nodes.run_on(2, join_destroy, oid) == ("ok", None)
+        assert three_nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
 
 
 def destroy_with_timeout(oid, timeout):
     """Destroy from this node with a drain timeout; the outcome."""
-    return _outcome(current_cos().destroy, oid, timeout)
+    return attempt(current_cos().destroy, oid, timeout)
 
 
 class TestDrainTimeout:
-    def test_stuck_call_times_out(self, nodes):
+    def test_stuck_call_times_out(self, three_nodes):
         """A call that never ends makes destroy raise DrainTimeout naming the node; the object stays unusable."""
-        oid = nodes.run_on(0, create, "per_node")
-        nodes.run_on(2, start_callers, oid, 1)
-        assert nodes.run_on(2, wait_entered, oid, 1)
-        kind, msg = nodes.run_on(1, destroy_with_timeout, oid, 0.2)
+        oid = three_nodes.run_on(0, create, "per_node")
+        three_nodes.run_on(2, start_callers, oid, 1)
+        assert three_nodes.run_on(2, wait_entered, oid, 1)
+        kind, msg = three_nodes.run_on(1, destroy_with_timeout, oid, 0.2)
         assert kind == "DrainTimeout" and "still in flight on node 2" in msg
-        assert nodes.run_on(0, try_ping, oid)[0] == "ObjectDestroyed"
-        nodes.run_on(2, release, oid)
-        assert nodes.run_on(2, join_callers, oid) == [("ok", 2)]
+        assert three_nodes.run_on(0, try_ping, oid)[0] == "ObjectDestroyed"
+        three_nodes.run_on(2, release, oid)
+        assert three_nodes.run_on(2, join_callers, oid) == [("ok", 2)]
         assert oid not in current_cos().inspect()
 
 
@@ -294,7 +287,7 @@ def start_first_callers(oid, k):
         def loop(out=out):
             n = 0
             while True:
-                result = _outcome(current_cos().call, oid, "ping")
+                result = attempt(current_cos().call, oid, "ping")
                 if result[0] != "ok":
                     out.append((result[0], n) if result[0] == "ObjectDestroyed" else result)
                     return
@@ -306,17 +299,17 @@ def start_first_callers(oid, k):
 
 class TestDestroyRacingFirstMisses:
     @pytest.mark.parametrize("policy", ["per_node", "partitioned", "group:2"])
-    def test_every_rep_freed_once(self, nodes, policy):
+    def test_every_rep_freed_once(self, three_nodes, policy):
         """Destroy racing the first misses on every node: calls end in ObjectDestroyed and every rep ever built is freed exactly once."""
         for _ in range(5):
-            oid = nodes.run_on(0, create, policy)
+            oid = three_nodes.run_on(0, create, policy)
             for n in range(NNODES):
-                nodes.run_on(n, start_first_callers, oid, 2)
-            nodes.run_on(1, start_destroy, oid)
-            assert nodes.run_on(1, join_destroy, oid) == ("ok", None)
-            outcomes = [o for n in range(NNODES) for o in nodes.run_on(n, join_callers, oid)]
+                three_nodes.run_on(n, start_first_callers, oid, 2)
+            three_nodes.run_on(1, start_destroy, oid)
+            assert three_nodes.run_on(1, join_destroy, oid) == ("ok", None)
+            outcomes = [o for n in range(NNODES) for o in three_nodes.run_on(n, join_callers, oid)]
             assert [kind for kind, _ in outcomes] == ["ObjectDestroyed"] * 6, outcomes
-            assert all(s == (False, 1) for n in range(NNODES) for s in nodes.run_on(n, reps_state, oid))
+            assert all(s == (False, 1) for n in range(NNODES) for s in three_nodes.run_on(n, reps_state, oid))
 
 
 def late_install(oid):
@@ -338,10 +331,10 @@ def late_install(oid):
 
 class TestLateInstall:
     @pytest.mark.parametrize("policy, expect", [("per_node", "rep"), ("singleton", "stub")])
-    def test_answer_installed_after_reset(self, nodes, policy, expect):
+    def test_answer_installed_after_reset(self, three_nodes, policy, expect):
         """A miss answered before destroy but installed after the reset fails with ObjectDestroyed; its rep is freed."""
-        oid = nodes.run_on(0, create, policy)
-        kind, got, built = nodes.run_on(1, late_install, oid)
+        oid = three_nodes.run_on(0, create, policy)
+        kind, got, built = three_nodes.run_on(1, late_install, oid)
         assert (kind, got) == ("ObjectDestroyed", expect)
         assert built == ([(False, 1)] if expect == "rep" else [])
-        assert nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"
+        assert three_nodes.run_on(1, try_ping, oid)[0] == "ObjectDestroyed"

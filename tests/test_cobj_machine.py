@@ -15,12 +15,10 @@ from tornado_dsm.kernel import current_cos
 from tornado_dsm.kernel.cobj._policy import parse_policy
 from tornado_dsm.objects import counter_class
 
+from helpers import NNODES, attempt
 from strategies import cobj_policies
 
-from conftest import THREE as NNODES  # the shared `nodes` fixture's size
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(150)]
-
-
 
 
 # ---- helpers run on nodes ---------------------------------------------------------------
@@ -35,10 +33,7 @@ def call(oid, method, args, threaded):
     out = []
 
     def run():
-        try:
-            out.append(("ok", current_cos().call(oid, method, *args)))
-        except Exception as e:  # noqa: BLE001
-            out.append((type(e).__name__, str(e)))
+        out.append(attempt(current_cos().call, oid, method, *args))
     if threaded:
         t = threading.Thread(target=run)
         t.start()
@@ -46,11 +41,6 @@ def call(oid, method, args, threaded):
     else:
         run()
     return out[0] if out else ("hung", "")
-
-
-def destroy(oid):
-    """Destroy from this node."""
-    current_cos().destroy(oid)
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -186,21 +176,17 @@ class CosMachine(RuleBasedStateMachine):
 
 def attempt_destroy(oid):
     """Destroy from this node; ("ok", None) or (error type, message)."""
-    try:
-        current_cos().destroy(oid)
-        return ("ok", None)
-    except Exception as e:  # noqa: BLE001
-        return (type(e).__name__, str(e))
+    return attempt(current_cos().destroy, oid)
 
 
 NODES = None
 
 
 class TestCosMachine:
-    def test_matches_model(self, nodes):
+    def test_matches_model(self, three_nodes):
         """Every sequence of creates, calls and destroys matches the model exactly."""
         global NODES
-        NODES = nodes
+        NODES = three_nodes
         run_state_machine_as_test(CosMachine, settings=settings(
             max_examples=12, stateful_step_count=15, deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

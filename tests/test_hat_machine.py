@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, KernelPager, NodeMemory, trap
 
-from conftest import fresh_base
+from helpers import fresh_base
 from strategies import WINDOW_PAGES, WORDS_PER_PAGE, page_runs, pages, protections, values, words
 
 THREADS = 3

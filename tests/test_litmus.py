@@ -21,10 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import tornado_dsm as td
-
 import clusterprogs as progs
-from conftest import fresh_base
+from helpers import new_cluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
@@ -73,35 +71,37 @@ def all_outcomes(threads, final: bool) -> set:
 
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=["-".join(c) for c in CONFIGS])
-def cluster(request):
+def litmus_cluster(request):
+    """4 nodes (one per thread of the largest litmus test), once per (protocol, manager) of
+    CONFIGS, for the whole module."""
     protocol, manager = request.param
-    with td.Cluster(nodes=4, protocol=protocol, manager=manager, base=fresh_base(), size=16 << 20) as c:
+    with new_cluster(4, protocol=protocol, manager=manager) as c:
         yield c
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("name", list(LITMUS))
 class TestLitmus:
-    def test_forbidden_never_appear(self, cluster, name, layout):
+    def test_forbidden_never_appear(self, litmus_cluster, name, layout):
         """Concurrent runs with random schedules never show an outcome SC forbids."""
         threads, final = LITMUS[name]
         allowed = sc_outcomes(threads, final)
         assert all_outcomes(threads, final) - set(allowed), "a litmus test must forbid something"
-        a, programs, words = _setup(cluster, name, layout)
+        a, programs, words = _setup(litmus_cluster, name, layout)
         seen, rnd = set(), random.Random(f"{name}-{layout}")
         with ThreadPoolExecutor(len(threads)) as pool:
             for _ in range(ITERATIONS):
-                seen.add(_iterate(cluster, a, programs, words, final, pool, rnd))
-        cluster.free(a)
+                seen.add(_iterate(litmus_cluster, a, programs, words, final, pool, rnd))
+        litmus_cluster.free(a)
         assert seen <= set(allowed), f"{name} ({layout}): SC forbids {sorted(seen - set(allowed))}"
 
-    def test_allowed_all_appear(self, cluster, name, layout):
+    def test_allowed_all_appear(self, litmus_cluster, name, layout):
         """Every outcome SC allows is produced by its witness schedule across the nodes."""
         threads, final = LITMUS[name]
-        a, programs, words = _setup(cluster, name, layout)
+        a, programs, words = _setup(litmus_cluster, name, layout)
         for outcome, schedule in sc_outcomes(threads, final).items():
-            assert _schedule(cluster, a, programs, words, final, schedule) == outcome
-        cluster.free(a)
+            assert _schedule(litmus_cluster, a, programs, words, final, schedule) == outcome
+        litmus_cluster.free(a)
 
 
 ITERATIONS = 60

@@ -11,7 +11,7 @@ import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_WRITE, KernelPager, MemoryLayoutError, NodeMemory, trap
 from tornado_dsm.kernel.machine._lib import ffi, lib
 
-from conftest import fresh_base
+from helpers import fresh_base
 from test_trap import run_script
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import process_gone
+from helpers import process_gone
 from tornado_dsm.kernel import NodeLost, NodeStartupError, PPCTimeout, current_runtime, start_nodes
 from tornado_dsm.kernel.net import LOST
 from tornado_dsm.kernel.net._transport import new_key, write_key_file

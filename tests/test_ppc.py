@@ -63,8 +63,8 @@ def pid() -> int:
 
 
 @pytest.fixture(scope="module")
-def nodes():
-    """A 3-node cluster (Unix sockets) serving the test dispatcher on every node."""
+def dispatcher_nodes():
+    """A 3-node cluster (Unix sockets) serving the test dispatcher on every node, for the whole module."""
     with start_nodes(3, init=install_dispatcher) as cluster:
         yield cluster
 
@@ -74,79 +74,79 @@ def nodes():
 
 class TestCall:
     @pytest.mark.timeout(30)
-    def test_result_round_trips_msgpack_values(self, nodes):
+    def test_result_round_trips_msgpack_values(self, dispatcher_nodes):
         """A call returns the target's result; msgpack sequences arrive as lists."""
-        rt = nodes.runtime
+        rt = dispatcher_nodes.runtime
         value = {"a": [1, 2.5, "x", None, True], "b": b"\x00\xff"}
         assert rt.call(1, OID, "echo", value) == value
         assert rt.call(2, OID, "echo", (1, 2)) == [1, 2]
 
     @pytest.mark.timeout(30)
-    def test_payload_travels_raw_both_ways(self, nodes):
+    def test_payload_travels_raw_both_ways(self, dispatcher_nodes):
         """A raw payload reaches the handler and a Payload result comes back as bytes."""
         data = os.urandom(3 * 4096 + 7)
-        reply = nodes.runtime.call(1, OID, "reverse", None, payload=data)
+        reply = dispatcher_nodes.runtime.call(1, OID, "reverse", None, payload=data)
         assert isinstance(reply, Payload) and reply.value == len(data)
         assert bytes(reply.data) == data[::-1]
 
     @pytest.mark.timeout(30)
-    def test_large_payload(self, nodes):
+    def test_large_payload(self, dispatcher_nodes):
         """A payload of several MiB (more than the read buffer) arrives intact."""
         data = os.urandom(5 << 20)
-        assert bytes(nodes.runtime.call(2, OID, "reverse", None, payload=data).data) == data[::-1]
+        assert bytes(dispatcher_nodes.runtime.call(2, OID, "reverse", None, payload=data).data) == data[::-1]
 
     @pytest.mark.timeout(30)
-    def test_call_to_self_or_unknown_node_is_refused(self, nodes):
+    def test_call_to_self_or_unknown_node_is_refused(self, dispatcher_nodes):
         """Calling this node or a node outside the cluster raises ValueError naming it."""
         with pytest.raises(ValueError, match="local"):
-            nodes.runtime.call(0, OID, "echo", None)
+            dispatcher_nodes.runtime.call(0, OID, "echo", None)
         with pytest.raises(ValueError, match="no node 7"):
-            nodes.runtime.call(7, OID, "echo", None)
+            dispatcher_nodes.runtime.call(7, OID, "echo", None)
 
     @pytest.mark.timeout(30)
-    def test_unencodable_args_fail_locally(self, nodes):
+    def test_unencodable_args_fail_locally(self, dispatcher_nodes):
         """Arguments msgpack cannot encode raise TypeError before anything is sent."""
         with pytest.raises(TypeError):
-            nodes.runtime.call(1, OID, "echo", object())
-        assert nodes.runtime.call(1, OID, "echo", 5) == 5
+            dispatcher_nodes.runtime.call(1, OID, "echo", object())
+        assert dispatcher_nodes.runtime.call(1, OID, "echo", 5) == 5
 
 
 class TestRemoteExceptions:
     @pytest.mark.timeout(30)
-    def test_builtin_exception_is_rebuilt_with_remote_traceback(self, nodes):
+    def test_builtin_exception_is_rebuilt_with_remote_traceback(self, dispatcher_nodes):
         """A builtin exception is re-raised as its own type, the remote traceback in a note."""
         with pytest.raises(KeyError) as info:
-            nodes.runtime.call(1, OID, "raise", ["KeyError", "missing"])
+            dispatcher_nodes.runtime.call(1, OID, "raise", ["KeyError", "missing"])
         assert info.value.args == ("missing",)
         assert "remote traceback (node 1)" in info.value.__notes__[0]
         assert "_dispatch" in info.value.__notes__[0]
 
     @pytest.mark.timeout(30)
-    def test_tornado_dsm_exception_keeps_its_fields(self, nodes):
+    def test_tornado_dsm_exception_keeps_its_fields(self, dispatcher_nodes):
         """A tornado_dsm exception is rebuilt by name with its fields."""
         with pytest.raises(SegmentationFault) as info:
-            nodes.runtime.call(2, OID, "segv", None)
+            dispatcher_nodes.runtime.call(2, OID, "segv", None)
         assert (info.value.address, info.value.access, info.value.node) == (0x1000, "write", 2)
 
     @pytest.mark.timeout(30)
-    def test_other_exception_becomes_remote_error(self, nodes):
+    def test_other_exception_becomes_remote_error(self, dispatcher_nodes):
         """An exception of another type arrives as RemoteError with its type name and traceback."""
         with pytest.raises(RemoteError) as info:
-            nodes.runtime.call(1, OID, "custom", None)
+            dispatcher_nodes.runtime.call(1, OID, "custom", None)
         assert info.value.type_name.endswith("CustomError") and info.value.node == 1
         assert "custom failure" in str(info.value) and "CustomError" in info.value.remote_traceback
 
 
 class TestWorkerPool:
     @pytest.mark.timeout(30)
-    def test_chain_back_to_a_busy_node(self, nodes):
+    def test_chain_back_to_a_busy_node(self, dispatcher_nodes):
         """A→B→C→B completes: B serves C's call while its first handler waits on C."""
-        assert nodes.runtime.call(1, OID, "chain", [2, 1]) == [1, 2, 1]
+        assert dispatcher_nodes.runtime.call(1, OID, "chain", [2, 1]) == [1, 2, 1]
 
     @pytest.mark.timeout(30)
-    def test_blocked_handler_does_not_block_the_channel(self, nodes):
+    def test_blocked_handler_does_not_block_the_channel(self, dispatcher_nodes):
         """A handler blocked on a non-PPC wait does not stop the next request on its channel."""
-        rt = nodes.runtime
+        rt = dispatcher_nodes.runtime
         blocked = rt.call_async(1, OID, "block", ["pool", 20.0])
         assert rt.call(1, OID, "release", ["pool"]) == 1   # same channel, while block runs
         assert blocked.result(20.0) is True
@@ -154,9 +154,9 @@ class TestWorkerPool:
 
 class TestTimeout:
     @pytest.mark.timeout(30)
-    def test_timeout_raises_and_channel_stays_usable(self, nodes):
+    def test_timeout_raises_and_channel_stays_usable(self, dispatcher_nodes):
         """A call that does not answer in time raises PPCTimeout; later calls work."""
-        rt = nodes.runtime
+        rt = dispatcher_nodes.runtime
         with pytest.raises(PPCTimeout, match="did not answer within 0.2 s"):
             rt.call(2, OID, "block", ["timeout", 20.0], timeout=0.2)
         rt.call(2, OID, "release", ["timeout"])
@@ -174,9 +174,9 @@ class TestTimeout:
 
 class TestConcurrency:
     @pytest.mark.timeout(60)
-    def test_many_threads_get_their_own_results(self, nodes):
+    def test_many_threads_get_their_own_results(self, dispatcher_nodes):
         """Concurrent callers on shared channels each get the reply to their own request."""
-        rt, errors = nodes.runtime, []
+        rt, errors = dispatcher_nodes.runtime, []
 
         def caller(t: int) -> None:
             for i in range(200):
@@ -193,9 +193,9 @@ class TestConcurrency:
 
 
     @pytest.mark.timeout(60)
-    def test_timeouts_mixed_with_calls(self, nodes):
+    def test_timeouts_mixed_with_calls(self, dispatcher_nodes):
         """Callers timing out among callers waiting on the same channel never hang or mix replies."""
-        rt, errors = nodes.runtime, []
+        rt, errors = dispatcher_nodes.runtime, []
 
         def caller(t: int) -> None:
             for i in range(30):
@@ -222,9 +222,9 @@ class TestConcurrency:
 
 class TestStatistics:
     @pytest.mark.timeout(30)
-    def test_remote_calls_are_counted_exactly(self, nodes):
+    def test_remote_calls_are_counted_exactly(self, dispatcher_nodes):
         """Every remote call is counted once per (oid, method, remote) with bytes and latency."""
-        rt = nodes.runtime
+        rt = dispatcher_nodes.runtime
         before = rt.ppc_statistics().get(OID + 1, "echo", "remote")
         for i in range(25):
             rt.call(1, OID + 1, "echo", i)
@@ -233,9 +233,9 @@ class TestStatistics:
         assert c.bytes > 25 * 2 * 28 and 0 < c.median_us <= c.p90_us
 
     @pytest.mark.timeout(30)
-    def test_local_calls_recorded_by_caller(self, nodes):
+    def test_local_calls_recorded_by_caller(self, dispatcher_nodes):
         """record_ppc counts local calls separately from remote ones."""
-        rt = nodes.runtime
+        rt = dispatcher_nodes.runtime
         rt.record_ppc(OID + 2, "get", False, 0, 3e-6)
         stats = rt.ppc_statistics()
         c = stats.get(OID + 2, "get", "local")
@@ -262,10 +262,10 @@ class TestStatistics:
         assert c.histogram[NBUCKETS - 1] == 1 and len(c.histogram) == NBUCKETS
 
     @pytest.mark.timeout(30)
-    def test_cluster_gathers_every_node(self, nodes):
+    def test_cluster_gathers_every_node(self, dispatcher_nodes):
         """Cluster.ppc_statistics returns one snapshot per node, each naming its node."""
-        nodes.run_on(1, _call_node2)
-        stats = nodes.ppc_statistics()
+        dispatcher_nodes.run_on(1, _call_node2)
+        stats = dispatcher_nodes.ppc_statistics()
         assert [s.node for s in stats] == [0, 1, 2]
         assert stats[1].get(OID, "echo", "remote").calls >= 3
 

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.multinode, pytest.mark.timeout(240)]
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 # Scenario runs make several clusters each: give them their own part of the address
-# space, away from conftest.fresh_base()'s slots.
+# space, away from helpers.fresh_base()'s slots.
 _bases = itertools.count(0x300000000000, 1 << 40)
 
 # name -> --set overrides that make a shipped scenario small

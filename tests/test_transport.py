@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tornado_dsm.kernel import current_runtime, start_nodes
+from tornado_dsm.kernel import current_runtime
 from tornado_dsm.kernel.net._transport import (
     HEADER, HELLO, MAGIC, NONCE, REQUEST, AuthenticationError, Connection, FrameError,
     FrameReader, connect, handshake_accept, handshake_connect, new_key, parse_address,
@@ -170,13 +170,6 @@ def node_id() -> int:
     return current_runtime().node_id
 
 
-@pytest.fixture(scope="module")
-def nodes():
-    """A 2-node cluster on Unix sockets."""
-    with start_nodes(2) as cluster:
-        yield cluster
-
-
 def _raw_connect(address) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
@@ -204,23 +197,23 @@ class TestLiveNode:
     @pytest.mark.timeout(30)
     @pytest.mark.parametrize("answer", [b"\0" * 64, os.urandom(64), b"GET / HTTP/1.1\r\n\r\n" * 4],
                              ids=["no-key", "random", "garbage"])
-    def test_unauthenticated_peer_is_dropped_and_logged(self, nodes, caplog, answer):
+    def test_unauthenticated_peer_is_dropped_and_logged(self, two_nodes, caplog, answer):
         """A peer without the key is dropped and logged; the node keeps serving."""
         with caplog.at_level(logging.WARNING, logger="tornado_dsm.node"):
-            sock = _raw_connect(nodes.runtime.address)
+            sock = _raw_connect(two_nodes.runtime.address)
             sock.recv(len(MAGIC) + NONCE)
             sock.sendall(answer)
             _until_closed(sock)
         assert any("dropped connection" in r.message for r in caplog.records)
-        _still_serves(nodes)
+        _still_serves(two_nodes)
 
     @pytest.mark.timeout(30)
-    def test_wrong_key_is_dropped(self, nodes, caplog):
+    def test_wrong_key_is_dropped(self, two_nodes, caplog):
         """A peer with a wrong key fails the handshake; the node logs it and keeps serving."""
         with caplog.at_level(logging.WARNING, logger="tornado_dsm.node"):
             with pytest.raises(AuthenticationError):
-                connect(nodes.runtime.address, b"w" * 32)
-        _still_serves(nodes)
+                connect(two_nodes.runtime.address, b"w" * 32)
+        _still_serves(two_nodes)
 
     @pytest.mark.timeout(30)
     @pytest.mark.parametrize("frame", [
@@ -228,42 +221,42 @@ class TestLiveNode:
         HEADER.pack(HELLO, 0, 0, 0, 0, 4, 0) + b"\xc1\xc1\xc1\xc1",  # undecodable msgpack
         HEADER.pack(REQUEST, 0, 0, 1, 5, 0, 0),                     # no HELLO first
     ], ids=["oversized", "bad-msgpack", "no-hello"])
-    def test_bad_first_frame_after_auth_is_dropped(self, nodes, caplog, frame):
+    def test_bad_first_frame_after_auth_is_dropped(self, two_nodes, caplog, frame):
         """An authenticated peer sending a bad first frame is dropped and logged."""
         with caplog.at_level(logging.WARNING, logger="tornado_dsm.node"):
-            sock = connect(nodes.runtime.address, nodes.runtime.key)
+            sock = connect(two_nodes.runtime.address, two_nodes.runtime.key)
             sock.sendall(frame)
             _until_closed(sock)
         assert any("dropped connection" in r.message for r in caplog.records)
-        _still_serves(nodes)
+        _still_serves(two_nodes)
 
     @pytest.mark.timeout(30)
-    def test_hello_claiming_a_connected_node_is_dropped(self, nodes, caplog):
+    def test_hello_claiming_a_connected_node_is_dropped(self, two_nodes, caplog):
         """A HELLO naming a node that is already connected does not replace it."""
         import msgpack
 
         with caplog.at_level(logging.WARNING, logger="tornado_dsm.node"):
-            sock = connect(nodes.runtime.address, nodes.runtime.key)
+            sock = connect(two_nodes.runtime.address, two_nodes.runtime.key)
             Connection(sock).send(HELLO, 0, 0, msgpack.packb({"node": 1}))
             _until_closed(sock)
         assert any("already connected" in r.message for r in caplog.records)
-        _still_serves(nodes)
+        _still_serves(two_nodes)
 
     @pytest.mark.timeout(30)
-    def test_attack_on_another_node(self, nodes):
+    def test_attack_on_another_node(self, two_nodes):
         """Garbage and an oversized frame sent to node 1 leave it serving node 0."""
-        address = nodes.run_on(1, my_address)
+        address = two_nodes.run_on(1, my_address)
         sock = _raw_connect(address)
         sock.recv(len(MAGIC) + NONCE)
         sock.sendall(os.urandom(64))
         _until_closed(sock)
-        sock = connect(address, nodes.runtime.key)
+        sock = connect(address, two_nodes.runtime.key)
         sock.sendall(HEADER.pack(HELLO, 0, 0, 0, 0, 1 << 31, 0))
         _until_closed(sock)
-        _still_serves(nodes)
+        _still_serves(two_nodes)
 
     @pytest.mark.timeout(30)
-    def test_socket_directory_is_private(self, nodes):
+    def test_socket_directory_is_private(self, two_nodes):
         """The Unix sockets live in a directory only the owner can enter (0700)."""
-        directory = os.path.dirname(nodes.runtime.address)
+        directory = os.path.dirname(two_nodes.runtime.address)
         assert os.stat(directory).st_mode & 0o777 == 0o700

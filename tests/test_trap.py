@@ -15,7 +15,7 @@ import pytest
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, FaultRefused, trap
 
-from conftest import fresh_base
+from helpers import fresh_base
 
 
 def run_script(body: str) -> subprocess.CompletedProcess:

@@ -5,19 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tornado_dsm as td
-
 import clusterprogs as progs
-from conftest import fresh_base
+from helpers import new_cluster, remote_calls
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(180)]
 
 
 def remote_calls_to(cluster, name_prefix: str) -> int:
     """Remote PPCs made cluster-wide on objects whose name starts with name_prefix."""
-    view = cluster.inspect()
-    oids = {o.oid for o in view.objects if o.name.startswith(name_prefix)}
-    return sum(s.calls(kind="remote", oid=o) for s in cluster.ppc_statistics() for o in oids)
+    return remote_calls(cluster, {o.oid for o in cluster.inspect().objects if o.name.startswith(name_prefix)})
 
 
 # Node 1 takes 16 write faults and node 2 16 read faults.  Expected remote lookups
@@ -31,8 +27,7 @@ def remote_calls_to(cluster, name_prefix: str) -> int:
 class TestPolicies:
     def test_remote_lookups_per_policy(self, process, region, expected):
         """Faults resolve under every policy, with exactly the remote lookups the policy implies."""
-        with td.Cluster(nodes=3, policies={"process": process, "region": region},
-                        base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(3, policies={"process": process, "region": region}) as c:
             a = c.zeros((16 * 512,), np.int64)
             c.run(progs.write_pages, a, 1, nodes=[1], threads=1)
             assert c.run(progs.sum_pages, a, nodes=[2], threads=1) == [16]
@@ -42,7 +37,7 @@ class TestPolicies:
 class TestInspect:
     def test_replication_levels(self):
         """inspect() shows the VM objects with their policies and the nodes holding reps."""
-        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(3) as c:
             a = c.zeros((4 * 512,), np.int64)
             c.run(progs.write_pages, a, 1, threads=1)
             view = c.inspect()
@@ -56,7 +51,7 @@ class TestInspect:
 class TestCapacity:
     def test_eviction_keeps_contents(self):
         """With 8 frames per node, 16 pages written and read back across nodes stay intact."""
-        with td.Cluster(nodes=2, memory_per_node=8 * 4096, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(2, memory_per_node=8 * 4096) as c:
             a = c.zeros((16 * 512,), np.int64)
             for node in (0, 1):
                 c.run(progs.write_pages, a, node + 5, nodes=[node], threads=1)
@@ -67,7 +62,7 @@ class TestCapacity:
 
     def test_beyond_the_nodes_memory(self):
         """An array larger than all nodes' memory together is refused, naming memory_per_node."""
-        with td.Cluster(nodes=2, memory_per_node=8 * 4096, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(2, memory_per_node=8 * 4096) as c:
             with pytest.raises(MemoryError, match="memory_per_node"):
                 c.zeros((17 * 512,), np.int64)
 
@@ -75,7 +70,7 @@ class TestCapacity:
 class TestLocalGrants:
     def test_owner_faults_need_no_message(self):
         """The dynamic owner's first touches and upgrades are granted in place: no PPC, no COR call."""
-        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(2) as c:
             a = c.zeros((8 * 512,), np.int64)
             assert c.run(progs.sum_pages, a, nodes=[0], threads=1) == [0]
             c.run(progs.write_pages, a, 2, nodes=[0], threads=1)
@@ -91,7 +86,7 @@ class TestLocalGrants:
 class TestInCore:
     def test_drop_mappings_makes_incore_faults(self):
         """After drop_mappings, faults are resolved from the node's FCM cache: no coherence traffic."""
-        with td.Cluster(nodes=2, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(2) as c:
             a = c.zeros((8 * 512,), np.int64)
             c.run(progs.write_pages, a, 3, nodes=[1], threads=1)
             assert c.drop_mappings(a, nodes=[1]) == [8]
@@ -106,7 +101,7 @@ class TestInCore:
 class TestObservation:
     def test_no_side_effects(self):
         """statistics, flush and drop_mappings build no reps on untouched nodes and count no faults."""
-        with td.Cluster(nodes=3, base=fresh_base(), size=16 << 20) as c:
+        with new_cluster(3) as c:
             a = c.zeros((4 * 512,), np.int64)
             c.run(progs.write_pages, a, 1, nodes=[1], threads=1)
             fcm = next(o for o in c.inspect().objects if o.name.startswith("fcm:"))
