@@ -110,6 +110,15 @@ class TestMapFile:
                 b[0, 0] = 1
                 td.kernel.trap.check()
 
+    def test_refusal_crosses_a_singleton_region(self, tmp_path):
+        """A write refused by a singleton Region on its home reaches node 1 as SegmentationFault with the reason."""
+        path = tmp_path / "ro.bin"
+        path.write_bytes(bytes(2 * 4096))
+        with new_cluster(2, policies={"region": "singleton"}) as c:
+            b = c.map_file(path, (2, 512), np.float64, mode="r")
+            with pytest.raises(td.SegmentationFault, match="write to a read-only region"):
+                c.run(progs.fill_rows, b, 1.0, nodes=[1])
+
     def test_short_file(self, tmp_path, vm_cluster):
         """A file shorter than the mapping is refused, naming both sizes."""
         path = tmp_path / "short.bin"
