@@ -1,9 +1,16 @@
 """Reports of a scenario run: the JSON document, the table, the PNG plot.
 
-The JSON follows ``tornado_dsm/report.schema.json`` (SCHEMA_VERSION); every
-figure DESIGN.md lists is in it.  Costs are normalised, within each group of
-runs that differ only in cluster.nodes, to the run with the fewest nodes (the
-1-node run when there is one): the shape of Tornado's figures.
+The JSON follows ``tornado_dsm/report.schema.json`` (SCHEMA_VERSION).  Each
+run reports its parameters; faults by kind (read, write, in-core, coherence,
+zero fill, refused); fault latency percentiles; faults per second in total and
+per node; the cost per access and the normalised cost; invalidations,
+forwards, stale grants and evictions; messages and bytes; PPCs (local and
+remote, per object and method, and per fault for each VM object); figures per
+node and per thread; and every object's replication level (the counters behind
+them are listed in docs/architecture.md, "Inspection and counting").  Costs
+are normalised, within each group of runs that differ only in cluster.nodes,
+to the run with the fewest nodes (the 1-node run when there is one): the shape
+of Tornado's figures.
 """
 
 from __future__ import annotations
