@@ -6,7 +6,7 @@ Object references are integers: ``oid = serial << HOME_BITS | home``.  The
 home node holds the object's root in its partition of the miss-handler
 table (``_roots``); serial 0 is reserved for system ids (0: the transport's
 node service, ``COS_OID`` = 1: the COS service below).  Each node has a
-translation table ``oid -> entry`` (see _cobj_table).  A call looks the oid
+translation table ``oid -> entry`` (see _table).  A call looks the oid
 up; a missing entry is a miss, handled by the global miss handler
 (``_miss``, the same on every node): it forwards the miss to the home (a
 remote PPC to the home's COS service, or a direct call on home), where the

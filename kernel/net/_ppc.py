@@ -8,13 +8,13 @@ when the result is a ``Payload`` whose bytes follow raw) or one ERROR frame
 (the exception by name, its reduce arguments and the remote traceback).
 
 The caller and target sides are the call and serve channels of
-``_ppc_channel`` (one connection per ordered node pair; no thread hop on
+``_channel`` (one connection per ordered node pair; no thread hop on
 either side when calls do not overlap).  Requests run on workers of a pool
 that grows on demand: a worker is started whenever none is idle, so a handler
 that blocks on a third node never delays any other request (idle workers
 retire after ``IDLE_TIMEOUT``).  A request runs inline on the worker that
 read it; the reading role moves to another worker when the handler may block
-(see ``_ppc_channel``).  A timeout raises ``PPCTimeout`` and forgets
+(see ``_channel``).  A timeout raises ``PPCTimeout`` and forgets
 the call (a late reply is dropped); a peer that dies fails all its pending
 calls at once with ``NodeLost``.  ``PPCCore.fan_out`` is the one way to call
 several nodes at once (all requests sent first, this node's share run on the

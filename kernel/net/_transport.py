@@ -16,15 +16,18 @@ and never parses anything.  Fresh nonces on both sides make a recorded
 handshake useless; the two labels ("C", "S") stop a reflection.
 
 After authentication the stream carries frames: a fixed ``struct`` header
-(kind, request id, oid, body length, payload length), a msgpack body, and a
-raw payload (pages travel here, with no encoding copy).  A header announcing
+(kind, request id, oid, body length, payload length), a msgpack body, and an
+optional raw payload, sent without an encoding copy (the node service's
+``run_on`` uses it; the VM's pages travel as bytes inside the msgpack body
+today, in a Grant or as a plain result).  A header announcing
 more than ``max_frame`` bytes drops the connection before any body is read.
 A frame is written with one ``sendall`` (or one ``sendmsg`` for a large
 payload) under the connection's send lock, so frames from several threads
 never interleave.
 
-Reading is done by one thread per connection (see ``_ppc``); ``FrameReader``
-buffers the stream so a small frame costs one ``recv``.
+Who reads a connection is decided in ``_channel`` (a calling thread reads its
+own replies as leader; serving workers hand the reading role on);
+``FrameReader`` buffers the stream so a small frame costs one ``recv``.
 """
 
 from __future__ import annotations
