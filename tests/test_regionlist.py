@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tornado_dsm.objects._regionlist import RegionEntry, RegionList
+from tornado_dsm.objects._process import RegionEntry, RegionList
 
 
 class TestFind:
