@@ -70,69 +70,62 @@ def _declared(iface: type, name: str):
     raise AttributeError(name)
 
 
-class ObjectRef:
-    """A reference to a clustered object bound to this node's COS.
-
-    ``ref.oid`` is the integer reference (the same on every node);
-    ``ref.call("m", *a)`` or ``ref.m(*a)`` calls it; ``ref.destroy()``.
-    """
+class _Reference:
+    """What every reference has: the oid, its COS, identity and destroy."""
 
     __slots__ = ("cos", "oid")
 
     def __init__(self, cos, oid: int) -> None:
         self.cos, self.oid = cos, oid
 
-    def call(self, method: str, *args):
-        """``cos.call(oid, method, *args)``."""
-        return self.cos.call(self.oid, method, *args)
-
     def destroy(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """``cos.destroy(oid)``."""
         self.cos.destroy(self.oid, timeout)
+
+    def __int__(self) -> int:
+        return self.oid
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Reference) and other.oid == self.oid
+
+    def __hash__(self) -> int:
+        return hash(self.oid)
+
+
+class ObjectRef(_Reference):
+    """A reference to a clustered object bound to this node's COS.
+
+    ``ref.oid`` is the integer reference (the same on every node);
+    ``ref.call("m", *a)`` or ``ref.m(*a)`` calls it; ``ref.destroy()``.
+    """
+
+    __slots__ = ()
+
+    def call(self, method: str, *args):
+        """``cos.call(oid, method, *args)``."""
+        return self.cos.call(self.oid, method, *args)
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
             raise AttributeError(method)
         return functools.partial(self.cos.call, self.oid, method)
 
-    def __int__(self) -> int:
-        return self.oid
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, (ObjectRef, TypedRef)) and other.oid == self.oid
-
-    def __hash__(self) -> int:
-        return hash(self.oid)
-
     def __repr__(self) -> str:
         return f"ObjectRef({self.oid:#x}, node {self.cos.node})"
 
 
-class TypedRef:
+class TypedRef(_Reference):
     """Base of the classes ``ref_class`` generates: the interface's methods,
     ``on``, ``on_each`` and ``destroy``.  Not an ObjectRef subclass on purpose:
     a class with ``__getattr__`` makes every attribute lookup on its instances
     slower, and these are on the fault path."""
 
-    __slots__ = ("cos", "oid", "_table", "_on")
+    __slots__ = ("_table", "_on")
     INTERFACE: type = Interface
 
     def __init__(self, cos, oid: int) -> None:
-        self.cos, self.oid = cos, oid
+        super().__init__(cos, oid)
         self._table, self._on = cos._table, None
-
-    def destroy(self, timeout: float = DRAIN_TIMEOUT) -> None:
-        """``cos.destroy(oid)``."""
-        self.cos.destroy(self.oid, timeout)
-
-    def __int__(self) -> int:
-        return self.oid
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, (ObjectRef, TypedRef)) and other.oid == self.oid
-
-    def __hash__(self) -> int:
-        return hash(self.oid)
 
     def on(self, node: int):
         """The same interface aimed at the rep on ``node`` (direct if it is this node)."""
