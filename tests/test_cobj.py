@@ -156,7 +156,7 @@ class TestPartitioned:
 
 def current_cos_call_reps(oid, node, method, *args):
     """The root-side direct rep call (bypasses key routing)."""
-    return current_cos().call_reps(oid, (node,), method, args)[node]
+    return current_cos().call_reps(oid, (node,), method, args)[0]
 
 
 class TestGroup:

@@ -149,9 +149,8 @@ class ClusteredRoot:
         installed after the node list was taken is not called: take the list
         and change ``rep_args``' state under one ``lock`` section.
         """
-        if nodes is None:
-            nodes = self.rep_nodes()
-        return self._cos.call_reps(self.oid, tuple(nodes), method, args)
+        nodes = self.rep_nodes() if nodes is None else tuple(nodes)
+        return dict(zip(nodes, self._cos.call_reps(self.oid, nodes, method, args)))
 
     gather = broadcast  # the same mechanism, read for its results
 

@@ -58,16 +58,8 @@ def check_implements(rep_class: type) -> None:
     """TypeError unless ``rep_class`` implements every method of its interfaces."""
     for iface in interfaces_of(rep_class):
         for name in interface_methods(iface):
-            if getattr(rep_class, name) is _declared(iface, name):
+            if getattr(rep_class, name) is getattr(iface, name):
                 raise TypeError(f"{rep_class.__qualname__} does not implement {iface.__qualname__}.{name}")
-
-
-def _declared(iface: type, name: str):
-    """The interface's own declaration of ``name`` (the ``...`` body)."""
-    for cls in iface.__mro__:
-        if name in vars(cls):
-            return vars(cls)[name]
-    raise AttributeError(name)
 
 
 class _Reference:
@@ -174,8 +166,7 @@ class _OnEach(_Aimed):
     @staticmethod
     def _make(name: str, declared):
         def method(self, *args):
-            results = self.cos.call_reps(self.oid, self.target, name, args)
-            return [results[n] for n in self.target]
+            return self.cos.call_reps(self.oid, self.target, name, args)
         return functools.update_wrapper(method, declared)
 
 
@@ -188,7 +179,7 @@ def ref_class(iface: type) -> type:
     if cls is None:
         if not (isinstance(iface, type) and issubclass(iface, Interface)):
             raise TypeError(f"{iface!r} is not an Interface subclass")
-        methods = {n: through_table(n, _declared(iface, n)) for n in interface_methods(iface)}
+        methods = {n: through_table(n, getattr(iface, n)) for n in interface_methods(iface)}
         cls = type(f"{iface.__name__}Ref", (TypedRef, iface), {"__slots__": (), "INTERFACE": iface, **methods})
         _classes[(iface, TypedRef)] = cls
     return cls
@@ -198,7 +189,7 @@ def _peer_class(iface: type, kind: type) -> type:
     """The class of ``kind`` (_OnNode or _OnEach) for ``iface``, cached."""
     cls = _classes.get((iface, kind))
     if cls is None:
-        methods = {n: kind._make(n, _declared(iface, n)) for n in interface_methods(iface)}
+        methods = {n: kind._make(n, getattr(iface, n)) for n in interface_methods(iface)}
         cls = type(f"{iface.__name__}{kind.__name__}", (kind,), {"__slots__": (), **methods})
         _classes[(iface, kind)] = cls
     return cls
