@@ -51,23 +51,9 @@ def _default(obj):
     name = getattr(cls, "__wire_name__", None)
     if name is None:
         raise TypeError(f"cannot send a {cls.__qualname__} in a PPC (not msgpack-able, not a wire_record)")
-    return msgpack.ExtType(RECORD, _pack_record([name, [getattr(obj, f) for f in cls.__wire_fields__]]))
-
-
-def _pack_record(value) -> bytes:
-    """Pack a record's body with this thread's second Packer (the first one is
-    busy packing the message around it); a record nested in a record, rare,
-    gets a fresh Packer."""
-    if getattr(_tls, "in_record", False):
-        return msgpack.packb(value, use_bin_type=True, default=_default)
-    packer = getattr(_tls, "record", None)
-    if packer is None:
-        packer = _tls.record = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
-    _tls.in_record = True
-    try:
-        return packer(value)
-    finally:
-        _tls.in_record = False
+    # a fresh Packer: this thread's own is busy packing the message around the record
+    body = [name, [getattr(obj, f) for f in cls.__wire_fields__]]
+    return msgpack.ExtType(RECORD, msgpack.packb(body, use_bin_type=True, default=_default))
 
 
 def _ext_hook(code: int, data: bytes):
