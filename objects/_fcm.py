@@ -340,21 +340,19 @@ class FCMPages:
 @wire_record
 @attrs.frozen
 class FCMSpec:
-    """What every rep of an FCM (and of its PageDirectory) is built from."""
+    """What every rep of an FCM (and of its PageDirectory) is built from.
+    The manager is not in it: it is the FCM's variant class (``fcm_root``)."""
 
     vpage: int           # first virtual page of the memory object in the window
     npages: int
     protocol: str        # "ivy" or "migrate"
-    manager: str         # "centralized", "fixed" or "dynamic"
     cor: int             # oid of the COR (the backing store)
     anonymous: bool      # zero-filled memory (else a file)
     debug: bool = False  # check IVY's invariants after every request
     directory: int = 0   # oid of the PageDirectory (centralized, fixed), set after creation
 
     def check(self) -> None:
-        """ValueError naming a bad protocol or manager and the accepted ones."""
-        if self.manager not in MANAGERS:
-            raise ValueError(f"manager must be one of {MANAGERS}, not {self.manager!r}")
+        """ValueError naming a bad protocol and the accepted ones."""
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
 

@@ -103,7 +103,6 @@ def handle_fault(address: int, access: int) -> None:
         _latency[(perf_counter_ns() - t0).bit_length()] += 1
 
 
-
 # ---- Process -------------------------------------------------------------------------------
 
 # The sorted region list a Process rep caches: immutable snapshots.  attach and

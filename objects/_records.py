@@ -33,10 +33,10 @@ class Grant:
 class CORStatistics:
     """I/O done by a backing store."""
 
-    pages_read: int
-    pages_zero_filled: int
-    pages_written: int
-    fsyncs: int
+    pages_read: int         # pages read back: from the file, or from swap after an eviction
+    pages_zero_filled: int  # first touches the COR itself answered with zeros
+    pages_written: int      # pages written back: evictions, flushes, frees
+    fsyncs: int             # fsync calls (a file's flush); 0 for anonymous memory
 
 
 @wire_record
@@ -44,10 +44,10 @@ class CORStatistics:
 class FrameStatistics:
     """Frames of one node."""
 
-    capacity: int | None
-    resident: int
-    evicted_copies: int
-    evicted_owned: int
+    capacity: int | None  # frames this node may hold (memory_per_node in pages); None: no limit
+    resident: int         # frames allocated in the node's memfd now
+    evicted_copies: int   # read copies dropped to make room
+    evicted_owned: int    # owned pages handed back to their backing store to make room
 
 
 @wire_record

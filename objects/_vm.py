@@ -95,7 +95,7 @@ class VirtualMemory:
         cfg, cos = self.config, self.cos
         kind = "file" if path else "anonymous"
         cor = int(cos.create(CORRoot, kind, npages, path, nbytes, mode, name=f"cor:{name}"))
-        spec = FCMSpec(first, npages, cfg.protocol, cfg.manager, cor, kind == "anonymous", cfg.debug)
+        spec = FCMSpec(first, npages, cfg.protocol, cor, kind == "anonymous", cfg.debug)
         fcm = int(cos.create(fcm_root(cfg.manager), spec, policy="per_node", name=f"fcm:{name}"))
         directory = 0
         if cfg.manager != "dynamic":
