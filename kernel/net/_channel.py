@@ -240,18 +240,25 @@ class CallChannel:
                 self.token.release()
 
     def fail(self, reason: str) -> None:
-        """Close the channel and fail every pending call with NodeLost (idempotent)."""
+        """The connection broke: the peer is lost.  The core announces the loss,
+        then aborts this channel (its pending calls fail with NodeLost)."""
+        self.abort(reason, pending=False)
+        self.core._peer_lost(self.peer, self.reason)
+        self.abort(reason)   # a channel the core no longer knew (replaced) still fails its calls
+
+    def abort(self, reason: str, pending: bool = True) -> None:
+        """Close the channel and, with ``pending``, fail every pending call with
+        NodeLost (idempotent; no call back to the core)."""
         if not self.closed:
             self.reason = reason
             self.closed = True
             self.conn.close()
-        while True:
+        while pending:
             try:
                 _rid, call = self.pending.popitem()
             except KeyError:
                 break
             call.complete(None, NodeLost(f"node {self.peer} is lost: {self.reason}"), 0)
-        self.core._peer_lost(self.peer, self.reason)
 
 
 class ServeChannel:
@@ -321,11 +328,15 @@ class ServeChannel:
         return None
 
     def fail(self, reason: str) -> None:
-        """Close the connection; the peer counts as lost."""
+        """The connection broke: the peer counts as lost (the core aborts this channel)."""
+        self.abort(reason)
+        self.core._peer_lost(self.peer, reason)
+
+    def abort(self, reason: str) -> None:
+        """Close the connection (idempotent; no call back to the core)."""
         if not self.closed:
             self.closed = True
             self.conn.close()
-        self.core._peer_lost(self.peer, reason)
 
 
 def monitor(core) -> None:

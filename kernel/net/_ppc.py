@@ -139,7 +139,7 @@ class PPCCore:
     """The messaging half of a node runtime: channels, calls, serving, counting.
 
     Subclasses provide ``node_id``, ``nnodes`` and ``_serve_service`` (oid 0)
-    and may extend ``_peer_lost``.
+    and may override ``_announce_lost`` and extend ``_peer_lost``.
     """
 
     def __init__(self, node_id, max_frame: int, default_timeout: float | None) -> None:
@@ -152,6 +152,7 @@ class PPCCore:
         self._serves: dict[int, ServeChannel] = {}
         self._changed = threading.Condition()
         self._lost: dict[int, str] = {}
+        self._announcing: dict[int, int] = {}   # peer -> the thread announcing its loss now
         self._rids = itertools.count(1)
         self._dispatcher = None
         self.stopping = False
@@ -295,18 +296,45 @@ class PPCCore:
     before_blocking = staticmethod(before_blocking)
 
     def _peer_lost(self, peer: int, reason: str) -> bool:
-        """Forget ``peer``: close both its channels, fail its calls.  True the first time."""
+        """Forget ``peer``: announce the loss, then close both its channels and
+        fail its calls.  True the first time.  The loss is announced before any
+        of the peer's calls fails, and a later report of the same loss (the
+        other channel's reader) waits for the announcement: so a thread that
+        sees a call fail with NodeLost also sees what the listeners did."""
         with self._changed:
             call, serve = self._calls.pop(peer, None), self._serves.pop(peer, None)
             first = peer not in self._lost and (call is not None or serve is not None)
             if first:
                 self._lost[peer] = reason
+                self._announcing[peer] = threading.get_ident()
             self._changed.notify_all()
+        if first:
+            self._announce_once(peer, reason)
+        else:
+            self._await_announcement(peer)
         if call is not None:
-            call.fail(reason)
+            call.abort(reason)
         if serve is not None:
-            serve.fail(reason)
+            serve.abort(reason)
         return first
+
+    def _announce_once(self, peer: int, reason: str) -> None:
+        """Run ``_announce_lost``, then let the threads waiting for it go on."""
+        try:
+            self._announce_lost(peer, reason)
+        finally:
+            with self._changed:
+                del self._announcing[peer]
+                self._changed.notify_all()
+
+    def _await_announcement(self, peer: int) -> None:
+        """Wait while another thread announces the loss of ``peer``."""
+        with self._changed:
+            while self._announcing.get(peer, threading.get_ident()) != threading.get_ident():
+                self._changed.wait()
+
+    def _announce_lost(self, peer: int, reason: str) -> None:
+        """Tell whoever listens that ``peer`` is lost (once, before its calls fail)."""
 
     def close_channels(self) -> None:
         """Close every channel (their pending calls fail with NodeLost)."""

@@ -84,7 +84,8 @@ class NodeRuntime(PPCCore):
         return f"<NodeRuntime node {self.node_id} of {self.nnodes}>"
 
     def add_node_lost_listener(self, fn) -> None:
-        """Call ``fn(node, reason)`` (on a reader thread) whenever a peer is lost."""
+        """Call ``fn(node, reason)`` (on a reader thread) whenever a peer is lost,
+        before any call pending on that peer fails with NodeLost."""
         self._lost_listeners.append(fn)
 
     # -- listening --
@@ -170,9 +171,8 @@ class NodeRuntime(PPCCore):
                              f"methods: {', '.join(sorted(_SERVICE))}")
         return handler(self, conn, args, payload)
 
-    def _peer_lost(self, peer: int, reason: str) -> bool:
-        if not super()._peer_lost(peer, reason):
-            return False
+    def _announce_lost(self, peer: int, reason: str) -> None:
+        """Log the loss and call the node-lost listeners (before the peer's calls fail)."""
         if self.stopping:
             log.debug("node %s: node %s disconnected while stopping", self.node_id, peer)
         else:
@@ -182,6 +182,10 @@ class NodeRuntime(PPCCore):
                 fn(peer, reason)
             except Exception:
                 log.exception("node-lost listener %r failed", fn)
+
+    def _peer_lost(self, peer: int, reason: str) -> bool:
+        if not super()._peer_lost(peer, reason):
+            return False
         if peer == 0 and self.node_id != 0:
             self.stop()   # node 0 is gone: the cluster is over
         return True
