@@ -153,9 +153,8 @@ def address(array) -> int:
 
 @pytest.fixture(scope="class")
 def own_cluster():
-    """A 3-node cluster of this class's own (the default window: no other cluster
-    of these tests uses it)."""
-    with td.Cluster(nodes=3, size=16 << 20) as c:
+    """A 3-node cluster of this class's own."""
+    with new_cluster(3) as c:
         yield c
 
 
@@ -188,7 +187,7 @@ class TestAccessors:
 class TestClosed:
     def test_node_set_of_a_closed_cluster(self):
         """After close, node_set raises RuntimeError saying the cluster is closed."""
-        c = td.Cluster(nodes=1, size=16 << 20)
+        c = new_cluster(1)
         c.close()
         with pytest.raises(RuntimeError, match="closed"):
             c.node_set
