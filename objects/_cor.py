@@ -158,9 +158,9 @@ class CORClient:
     COR interface: a PPC when the COR lives on another node).
 
     An anonymous COR holds a page only once it has been spilled to it, and a
-    spill always reaches the manager that fills that page later (the
-    directory's rep of the page, or the dynamic manager's home through
-    ``take_back``), which marks it ``backed``.  So until then the manager knows
+    spill is always made by the manager that fills that page later (the
+    directory's rep of the page, or under the dynamic manager the owner,
+    which keeps the page it evicted), which marks it ``backed``.  So until then the manager knows
     the page is zeros and answers without calling the COR: a first touch of
     anonymous memory costs no PPC.  A file's pages are always read from it.
     """
@@ -186,14 +186,10 @@ class CORClient:
         next(self._zero_fills)
 
     def spill(self, page: int, data, dirty: bool) -> None:
-        """Write an evicted owned page back to the COR."""
-        self.mark_backed(page)
-        self.cor.write_back(page, data, dirty)
-
-    def mark_backed(self, page: int) -> None:
-        """The COR holds ``page`` now (a spill here or, for the dynamic manager, elsewhere)."""
+        """Write an evicted owned page back to the COR (which holds it from now on)."""
         if self.backed is not None:
             self.backed[page] = 1
+        self.cor.write_back(page, data, dirty)
 
     @property
     def zero_fills(self) -> int:

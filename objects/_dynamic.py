@@ -16,11 +16,33 @@ faulting thread's lock section, as IVY's owner serves itself.
 
 Serialization: the owner serves one request of a page at a time
 (``serving``), holding it across the invalidations it sends.  A request that
-reaches a node with its own request for that page outstanding waits for it
-(IVY: a request for a page in transition waits at the next owner), so a
+reaches a non-owner with its own request for that page outstanding waits for
+it (IVY: a request for a page in transition waits at the next owner), so a
 request never chases an ownership that is still in flight.  Forwarding holds
 nothing.  A hop limit turns a broken hint chain into a loud internal error
 instead of endless forwarding.
+
+Why no cycle of waits can form (the rule the eviction path keeps):
+
+1. Ownership moves only with a grant, along the request chain.  Nothing
+   else may hand it on.  An evicted owned page is written back to the COR
+   and its owner stays the owner, without a copy (``release_owned``: KEPT),
+   so the next request is served from the COR.  (Handing it to the home
+   out of band instead made the home an owner while its own request was
+   still chasing the old one: owners then waited on each other's requests
+   under memory pressure, 3 runs in 3, and read grants of the old version
+   installed beside the new owner's writes.)
+2. So an owner's hint is itself and its own faults never leave the node.
+   A request waits at a node that is changing the page (``requesting``):
+   either a non-owner whose request is heading for the owner, or the owner
+   itself, granting its own fault or evicting, which needs nothing but
+   invalidation acks and the COR, and neither waits.  (The owner must wait
+   too: its own grant is made before it is installed, and a request served
+   in between would be granted the same version.)  So waits form chains
+   that end at the owner, never cycles.
+3. An eviction needs only the COR, which never waits and needs no frame:
+   a node whose frames are full can always finish the evictions others'
+   faults are waiting for.
 """
 
 from __future__ import annotations
@@ -33,7 +55,7 @@ from tornado_dsm.kernel import DSMInternalError
 
 from ._copyset import bits
 from ._fcm import (
-    KEPT, NIL, READ, RELEASED, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
+    KEPT, NIL, READ, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
     cor_client, gather_access, wait,
 )
 from ._interfaces import DynamicFCM
@@ -200,8 +222,10 @@ class DynamicManager(CoherenceManager):
         self.invalidations += len(readers)
 
     def release_owned(self, page: int, version: int, data: bytes, dirty: bool):
-        """Eviction of an owned page: write it back and give ownership
-        (without a copy) to the home node; readers keep their copies."""
+        """Eviction of an owned page: write it back and stay its owner, without
+        a copy (KEPT); readers keep theirs.  The next request is served from
+        the COR.  Ownership is not handed to anyone: it moves only with a grant
+        (see the essay).  None if the page was given away meanwhile."""
         cond = self.pages.cond
         with cond:
             while self.serving[page]:
@@ -211,26 +235,11 @@ class DynamicManager(CoherenceManager):
             self.serving[page] = 1
         try:
             self.store.spill(page, data, dirty)
-            if self.home == self.node:
-                return KEPT
-            self.fcm.on(self.home).take_back(page, version, int(self.copyset[page]))
-            with cond:
-                self.copyset[page], self.prob_owner[page] = 0, self.home
-            return RELEASED
+            return KEPT
         finally:
             with cond:
                 self.serving[page] = 0
                 cond.notify_all()
-
-    def take_back(self, page: int, version: int, copyset: int) -> None:
-        """At the home: own ``page`` again, without a copy unless we hold a read copy."""
-        self.store.mark_backed(page)  # the COR has it now: the next first touch reads it
-        with self.pages.cond:
-            self.owner[page] = 1
-            self.prob_owner[page] = self.node
-            self.copyset[page] = np.uint64(copyset & ~(1 << self.node))
-            self.pages.version[page] = max(int(self.pages.version[page]), version)
-            self.pages.cond.notify_all()
 
     def invalidate(self, page: int, new_version: int, new_owner: int = -1) -> None:
         """Drop our read copy; the page's next owner is ``new_owner`` (a better hint)."""
@@ -252,9 +261,6 @@ class DynamicFCMRep(FCMRep, DynamicFCM):
 
     def serve(self, page: int, requester: int, want: int, have_version: int, hops: int) -> tuple:
         return self.manager.serve(page, requester, want, have_version, hops)
-
-    def take_back(self, page: int, version: int, copyset: int) -> None:
-        self.manager.take_back(page, version, copyset)
 
     def _check_page(self, page: int, owner: int, copyset: int) -> None:
         """Debug mode: IVY's invariants for ``page`` across all nodes."""

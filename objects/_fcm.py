@@ -300,8 +300,11 @@ class FCMPages:
                 self._locked_map(page)
                 self._locked_free_frame(page)
                 return True
+            # No access while the manager decides: the bytes sent back are final,
+            # and once the directory forgets us no local read may see them.
             self.requesting[page] = 1
-            self.access[page] = READ  # stop writes: the bytes sent back are final
+            before = int(self.access[page])
+            self.access[page] = NIL
             self._locked_map(page)
             version, dirty = int(self.version[page]), bool(self.dirty[page])
             data = self.memory.frame(self.vpage + page).tobytes()
@@ -310,15 +313,23 @@ class FCMPages:
             outcome = self.manager.release_owned(page, version, data, dirty)
         finally:
             with self.cond:
-                self.requesting[page] = 0
-                if outcome and self.version[page] == version:
-                    self.access[page] = NIL
-                    self.dirty[page] = 0
-                    self.owned[page] = outcome == KEPT
-                    self._locked_map(page)
-                    self._locked_free_frame(page)
-                self.cond.notify_all()
+                self._locked_finish_release(page, version, before, outcome)
         return True
+
+    def _locked_finish_release(self, page: int, version: int, before: int, outcome) -> None:
+        """Settle an eviction of an owned page.  Only if it is still ours: a
+        request served between the manager's section and this one may have
+        given the page away (give_page clears owned and sets access)."""
+        self.requesting[page] = 0
+        if self.version[page] == version and self.owned[page]:
+            if outcome:
+                self.dirty[page] = 0
+                self.owned[page] = outcome == KEPT
+                self._locked_free_frame(page)
+            else:
+                self.access[page] = before  # refused: the page stays as it was
+            self._locked_map(page)
+        self.cond.notify_all()
 
     # -- in-core fault support and inspection ----------------------------------
 

@@ -105,10 +105,6 @@ class DynamicFCM(FCM):
         """Answer a request as owner or forward it along probOwner; (Grant, owner node)."""
         ...
 
-    def take_back(self, page: int, version: int, copyset: int) -> None:
-        """At the FCM's home: own an evicted page again."""
-        ...
-
 
 class PageDirectory(Interface):
     """IVY's manager for the centralized (singleton) and fixed (partitioned) schemes."""

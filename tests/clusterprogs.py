@@ -104,3 +104,21 @@ def write_pages(a, value):
 
 def sum_pages(a):
     return int(sum(int(a[i]) for i in range(0, a.size, 512)))
+
+
+def pressure_counts(nodes, protocol, manager, frames, rounds):
+    """Every node adds 1, ``rounds`` times, to word 0 and to the word one page on,
+    with room for ``frames`` pages per node: each fault evicts the other page.
+    Returns the two totals (exact when no write is lost)."""
+    with td.Cluster(nodes=nodes, protocol=protocol, manager=manager, memory_per_node=frames * 4096,
+                    size=4 << 20, debug=True) as c:
+        a = c.zeros((1024,), np.int64)
+        c.run(increment_two_pages, a, rounds)
+        stats = c.statistics().total
+        return [int(a[0]), int(a[512]), stats.evicted_owned + stats.evicted_copies]
+
+
+def increment_two_pages(a, rounds):
+    for _ in range(rounds):
+        atomic.fetch_add(address_of(a, 0), 1)
+        atomic.fetch_add(address_of(a, 512), 1)

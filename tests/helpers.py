@@ -5,12 +5,19 @@
 * ``NNODES``: the size of conftest's ``three_nodes`` cluster;
 * ``new_cluster``: a ``tornado_dsm.Cluster`` whose window is in a slot of its own;
 * ``remote_calls``: remote PPCs counted cluster-wide on some objects;
-* ``attempt``: runs on a node (module level, so nodes import it by name).
+* ``attempt``: runs on a node (module level, so nodes import it by name);
+* ``run_isolated``: a ``clusterprogs`` program in a Python process of its own,
+  killed with its nodes after a timeout (for runs that could hang).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 
 import tornado_dsm as td
 from tornado_dsm.kernel import DEFAULT_BASE
@@ -63,3 +70,29 @@ def attempt(fn, *args):
         return ("ok", fn(*args))
     except Exception as e:  # noqa: BLE001
         return (type(e).__name__, str(e))
+
+
+# ---- a program that could hang, in a process of its own ----------------------------
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_isolated(program: str, *args, timeout: float = 60.0):
+    """Run ``clusterprogs.<program>(*args)`` in a new Python process (a session of
+    its own, so its node processes go with it) and return what it returns
+    (JSON-able).  A run still going after ``timeout`` seconds is killed, group and
+    all, and fails the test as a hang; a run that raised fails with its stderr."""
+    code = (f"import json, sys, clusterprogs; "
+            f"print(json.dumps(clusterprogs.{program}(*json.loads(sys.argv[1]))))")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], cwd=_TESTS,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{program}{args} hung: still running after {timeout} s") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"{program}{args} exited with {proc.returncode}:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])

@@ -100,12 +100,11 @@ class TestCORClient:
         assert calls == [] and store.zero_fills == 2
 
     def test_spilled_page_is_read_back(self):
-        """After a spill (here or reported by take_back), the page is read from the COR."""
+        """After a spill, the page is read from the COR; the other pages stay known zeros."""
         store, calls = self.client(anonymous=True)
         store.spill(2, b"y" * PAGE, True)
-        store.mark_backed(3)
-        assert store.fill(2) == b"x" * PAGE and store.fill(3) == b"x" * PAGE
-        assert calls == [("write_back", 2), ("read_page", 2), ("read_page", 3)] and store.zero_fills == 0
+        assert store.fill(2) == b"x" * PAGE and store.known_zero(3)
+        assert calls == [("write_back", 2), ("read_page", 2)] and store.zero_fills == 0
 
     def test_file_pages_always_read(self):
         """A file's pages are never assumed zero."""

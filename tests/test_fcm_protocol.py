@@ -52,9 +52,6 @@ class NodeFCM:
     def serve(self, page, requester, want, have_version, hops):
         return self.manager.serve(page, requester, want, have_version, hops)
 
-    def take_back(self, page, version, copyset):
-        return self.manager.take_back(page, version, copyset)
-
 
 class Peers:
     """A typed FCM reference's ``on``/``on_each``, across the harness's nodes."""
