@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class AnonymousCOR:
         self.npages = npages
         self.swapped = np.zeros(npages, dtype=np.uint8)
         self.swap_fd: int | None = None
+        # PPC threads write back concurrently: the memfd is made once under
+        # this lock, or two first write-backs would each make one and the
+        # page written to the losing memfd would be lost.
+        self._swap_lock = threading.Lock()
         self._reads = self._zero_fills = self._writes = 0
 
     def read_page(self, page: int) -> bytes | None:
@@ -55,20 +60,25 @@ class AnonymousCOR:
     def write_back(self, page: int, data) -> None:
         """Keep an evicted page in swap until it is touched again."""
         self._check(page)
-        if self.swap_fd is None:
-            self.swap_fd = os.memfd_create("tornado_dsm-swap", os.MFD_CLOEXEC)
-        _pwrite_all(self.swap_fd, data, page * PAGE, PAGE)
+        _pwrite_all(self._swap(), data, page * PAGE, PAGE)
         self.swapped[page] = 1
         self._writes += 1
+
+    def _swap(self) -> int:
+        with self._swap_lock:
+            if self.swap_fd is None:
+                self.swap_fd = os.memfd_create("tornado_dsm-swap", os.MFD_CLOEXEC)
+            return self.swap_fd
 
     def flush(self) -> None:
         """Swap is not durable: nothing to do."""
 
     def close(self) -> None:
         """Drop the swap.  Idempotent."""
-        if self.swap_fd is not None:
-            os.close(self.swap_fd)
-            self.swap_fd = None
+        with self._swap_lock:
+            if self.swap_fd is not None:
+                os.close(self.swap_fd)
+                self.swap_fd = None
 
     def statistics(self) -> CORStatistics:
         """Pages read back from swap, zero-filled and swapped out."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -27,6 +31,24 @@ class TestAnonymousCOR:
         """A page outside the store is a ValueError naming the range."""
         with pytest.raises(ValueError, match=r"\[0, 4\)"):
             AnonymousCOR(4).read_page(4)
+
+    def test_concurrent_first_write_backs(self, monkeypatch):
+        """Pages written back at once by many threads, before any swap exists, all come back."""
+        real = os.memfd_create
+        monkeypatch.setattr(os, "memfd_create", lambda *a: (time.sleep(0.01), real(*a))[1])
+        cor, start = AnonymousCOR(8), threading.Barrier(8)
+
+        def spill(page):
+            start.wait()
+            cor.write_back(page, np.full(PAGE, page + 1, dtype=np.uint8))
+
+        threads = [threading.Thread(target=spill, args=(p,)) for p in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [cor.read_page(p)[0] for p in range(8)] == list(range(1, 9))
+        cor.close()
 
 
 class TestFileCOR:
