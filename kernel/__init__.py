@@ -18,7 +18,7 @@ from .machine import (
     NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
 )
 from .net import (
-    NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
+    LOST, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
     RemoteError, before_blocking, current_runtime, new_key, parse_address, peek_count,
     read_key_file, run_node, wire_record, write_key_file,
 )
@@ -33,7 +33,7 @@ __all__ = [
     "PROT_READ", "PROT_WRITE", "READ", "WRITE", "DSMInternalError", "FaultRefused", "HATStatistics",
     "KernelPager", "MemoryLayoutError", "NodeMemory", "PagerStatistics", "SegmentationFault",
     "atomic", "log2_percentile", "trap", "view_at",
-    "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
+    "LOST", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
     "parse_address", "peek_count", "read_key_file", "run_node", "wire_record", "write_key_file",
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",

@@ -158,7 +158,8 @@ class Directory:
         if not mask:
             return
         readers = bits(mask)
-        self.fcm.on_each(readers).invalidate(page, new_version)
+        # a lost reader's copy died with it: nothing to wait for (LOST)
+        self.fcm.on_each(readers, tolerate_lost=True).invalidate(page, new_version)
         self.invalidations += len(readers)
 
     def _first_touch(self, page: int) -> bytes:
@@ -197,6 +198,9 @@ class PageDirectoryRep(ClusteredRep, PageDirectory):
 
     def statistics(self) -> DirectoryStatistics:
         return DirectoryStatistics(self.dir.invalidations, self.store.zero_fills)
+
+    def owners(self) -> bytes:
+        return self.dir.owner.tobytes()
 
 
 class PageDirectoryRoot(ClusteredRoot):

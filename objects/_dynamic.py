@@ -47,11 +47,13 @@ Why no cycle of waits can form (the rule the eviction path keeps):
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 import attrs
 
-from tornado_dsm.kernel import DSMInternalError
+from tornado_dsm.kernel import DSMInternalError, NodeLost
 
 from ._copyset import bits
 from ._fcm import (
@@ -131,10 +133,28 @@ class DynamicManager(CoherenceManager):
         if target == self.node:
             grant, owner = self.serve(page, self.node, want, have_version, 0)
         else:
-            grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
+            try:
+                grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
+            except NodeLost as lost:
+                target = self._find_owner(page, lost)
+                grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
         with self.pages.cond:
             self.prob_owner[page] = owner
         return grant
+
+    def _find_owner(self, page: int, lost: NodeLost) -> int:
+        """A hint led to a lost node: ask every live node whether it owns the
+        page (IVY's broadcast).  A transfer in flight leaves no owner for a
+        moment, so ask a few times; no owner then means the page died with
+        the lost node: re-raise naming the page."""
+        others = [n for n in self.fcm.cos.runtime.connected_peers() if n != self.node]
+        for attempt in range(5):
+            owns = self.fcm.on_each(others, tolerate_lost=True).owns(page)
+            found = [n for n, yes in zip(others, owns) if yes is True]
+            if found:
+                return found[0]
+            time.sleep(0.01 * (attempt + 1))
+        raise NodeLost(f"page {page} was owned by a lost node, no live node owns it ({lost})")
 
     # -- every node: serve or forward ---------------------------------------------
 
@@ -216,7 +236,8 @@ class DynamicManager(CoherenceManager):
         if not mask:
             return
         readers = bits(mask)
-        self.fcm.on_each(readers).invalidate(page, new_version, requester)
+        # a lost reader's copy died with it: nothing to wait for (LOST)
+        self.fcm.on_each(readers, tolerate_lost=True).invalidate(page, new_version, requester)
         with self.pages.cond:
             self.copyset[page] = 0
         self.invalidations += len(readers)
@@ -261,6 +282,9 @@ class DynamicFCMRep(FCMRep, DynamicFCM):
 
     def serve(self, page: int, requester: int, want: int, have_version: int, hops: int) -> tuple:
         return self.manager.serve(page, requester, want, have_version, hops)
+
+    def owns(self, page: int) -> bool:
+        return bool(self.manager.owner[page])
 
     def _check_page(self, page: int, owner: int, copyset: int) -> None:
         """Debug mode: IVY's invariants for ``page`` across all nodes."""

@@ -416,6 +416,9 @@ class FCMRep(ClusteredRep, FCM):
     def access_of(self, page: int) -> int:
         return int(self.pages.access[page])
 
+    def owned_pages(self) -> bytes:
+        return np.packbits(self.pages.owned).tobytes()
+
     # -- whole-object operations ---------------------------------------------
 
     def drop_mappings(self) -> int:

@@ -29,6 +29,10 @@ class Process(Interface):
         """The oid of the Region holding ``address``, or None (the fault is refused)."""
         ...
 
+    def region_name(self, address: int) -> str:
+        """The name of the array whose Region holds ``address`` ("" if none): for fault messages."""
+        ...
+
     def set_regions(self, entries: list) -> None:
         """Replace a rep's cached region list (the root broadcasts it)."""
         ...
@@ -85,6 +89,10 @@ class FCM(Interface):
         """This node's access to ``page`` (NIL, READ, WRITE): the debug checks gather it."""
         ...
 
+    def owned_pages(self) -> bytes:
+        """The pages this node owns, as ``np.packbits`` of the ownership array (node loss accounting)."""
+        ...
+
     def drop_mappings(self) -> int:
         """Unmap every page here, keep the cached copies; the pages cached here."""
         ...
@@ -105,6 +113,10 @@ class DynamicFCM(FCM):
         """Answer a request as owner or forward it along probOwner; (Grant, owner node)."""
         ...
 
+    def owns(self, page: int) -> bool:
+        """True if this node owns ``page`` (the search for an owner when a hint points at a lost node)."""
+        ...
+
 
 class PageDirectory(Interface):
     """IVY's manager for the centralized (singleton) and fixed (partitioned) schemes."""
@@ -119,6 +131,10 @@ class PageDirectory(Interface):
 
     def statistics(self) -> DirectoryStatistics:
         """Invalidations sent and pages zero-filled by this directory rep."""
+        ...
+
+    def owners(self) -> bytes:
+        """This rep's owner per page (int16, -1: none yet), as bytes (node loss accounting)."""
         ...
 
 

@@ -98,9 +98,15 @@ def handle_fault(address: int, access: int) -> None:
     except ObjectDestroyed as exc:
         raise FaultRefused(f"use after free: {exc}") from None
     except (NodeLost, PPCTimeout) as exc:
-        raise FaultRefused(f"{type(exc).__name__}: {exc}") from None
+        raise FaultRefused(f"{type(exc).__name__} in {_array_name(address)}: {exc}") from None
     finally:
         _latency[(perf_counter_ns() - t0).bit_length()] += 1
+
+
+def _array_name(address: int) -> str:
+    """The name of the array at ``address``, for fault messages (slow path only)."""
+    name = _process.region_name(address)
+    return f"array {name!r}" if name else "an array"
 
 
 # ---- Process -------------------------------------------------------------------------------
@@ -181,6 +187,10 @@ class ProcessRep(ClusteredRep, Process):
     def find_region(self, address: int) -> int | None:
         entry = self.regions.find(address)
         return None if entry is None else entry.oid
+
+    def region_name(self, address: int) -> str:
+        entry = self.regions.find(address)
+        return "" if entry is None else entry.name
 
     # Rare operations go to the root (K42: reps forward what needs the whole picture).
 

@@ -62,7 +62,7 @@ class Peers:
     def on(self, node):
         return self.nodes[node]
 
-    def on_each(self, nodes):
+    def on_each(self, nodes, tolerate_lost=False):
         return _Each([self.nodes[n] for n in nodes])
 
 

@@ -15,14 +15,15 @@ import numpy as np
 
 from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
 from tornado_dsm.objects import (
-    VirtualMemory, VMConfig, drop_mappings, set_process, start_node, stop_node,
+    VirtualMemory, VMConfig, drop_mappings, lost_pages, set_process, start_node, stop_node,
 )
 
 from . import _runner
-from ._config import check_cluster_args
+from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
 
 DEFAULT_WINDOW = 1 << 30
+STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
 
 
 class Cluster:
@@ -33,20 +34,26 @@ class Cluster:
     ``policies``: {"process": "replicated" | "singleton",
     "region": "per_node" | "singleton" | "group:k"}.  ``memory_per_node``:
     bytes of frames a node may hold (None: no limit).  ``base``/``size``:
-    the DSM window (same address on every node).
+    the DSM window (same address on every node).  ``timeout``: seconds
+    within which every call between nodes (and every `run`, unless it says
+    otherwise) must answer; None (default) waits as long as the nodes live.
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
-                 size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False) -> None:
+                 size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
+                 timeout: float | None = None) -> None:
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
+        self.timeout = check_timeout("timeout", timeout)
         self.nnodes, self.threads_per_node = nodes, threads_per_node
         self.config = VMConfig(base, size, protocol, manager, frames, debug)
         self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind, array)
+        self._names: dict[int, str] = {}     # start address -> the array's name
         self._lock = threading.Lock()
-        self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,))
+        self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
+                                  timeout=self.timeout)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
@@ -67,8 +74,9 @@ class Cluster:
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
-        a = self.vm.allocate(nbytes, name=f"array{len(self._arrays)}")
-        return self._register(a, "anonymous", shape, dtype)
+        name = f"array{len(self._names)}"
+        a = self.vm.allocate(nbytes, name=name)
+        return self._register(a, "anonymous", shape, dtype, name)
 
     def empty(self, shape, dtype=np.float64) -> np.ndarray:
         """Like `zeros` (shared memory starts zeroed; no cheaper way exists)."""
@@ -89,7 +97,7 @@ class Cluster:
         self._check_room(nbytes)
         a = self.vm.allocate(nbytes, name=str(path), prot="r" if mode == "r" else "rw",
                              path=str(path), mode=mode)
-        return self._register(a, "file", shape, dtype)
+        return self._register(a, "file", shape, dtype, str(path))
 
     def flush(self, array: np.ndarray) -> int:
         """Write the dirty pages of a file-backed array back (pwrite + fsync); returns how many."""
@@ -117,21 +125,32 @@ class Cluster:
 
     # ---- work --------------------------------------------------------------------------
 
-    def run(self, fn, *args, nodes="all", threads: int | None = None) -> list:
+    def run(self, fn, *args, nodes="all", threads: int | None = None,
+            timeout: float | None = None) -> list:
         """Run module-level ``fn(*args)`` on ``threads`` threads of each chosen node.
 
-        ``nodes``: "all", a node id or a list of ids.  Returns the results
-        ordered by node, then thread.  An exception on a node is re-raised
-        here with the node and thread named.
+        ``nodes``: "all" (every node still alive: see `lost_nodes`), a node id
+        or a list of ids.  Returns the results ordered by node, then thread.
+        An exception on a node is re-raised here with the node and thread
+        named; a lost node raises NodeLost with how its process ended.
+        ``timeout`` (default: the cluster's): seconds within which every
+        thread must return, else TimeoutError naming the late nodes and
+        threads (which run on: Python cannot stop a thread).
         """
-        chosen = _runner.check_nodes(nodes, self.nnodes)
+        chosen = self._live(nodes)
         threads = self.threads_per_node if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
+        limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
         job = _runner.pack(fn, args, self._arrays_by_start())
-        # every chosen node at once; node 0's share runs its threads from this one
-        outcomes = self.node_set.run_on_each(chosen, _runner.run_job, job, threads)
-        return _runner.unpack_results(chosen, outcomes)
+        # every chosen node at once; node 0's share runs its threads from this one.
+        # A node stops waiting for its threads at the limit and says which are
+        # late; the grace is for its answer, so only a node that cannot answer
+        # (stopped, overloaded) is a PPC timeout.
+        ppc_limit = None if limit is None else limit + _runner.ANSWER_GRACE
+        outcomes = self.node_set.run_on_each(chosen, _runner.run_job, job, threads, limit,
+                                             timeout=ppc_limit, return_errors=True)
+        return _runner.unpack_results(chosen, outcomes, fn, limit)
 
     # ---- observation --------------------------------------------------------------------
 
@@ -143,6 +162,29 @@ class Cluster:
         """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):
         calls, bytes and latencies per (object, method, local/remote)."""
         return self.node_set.ppc_statistics()
+
+    def lost_nodes(self) -> dict:
+        """{node: reason} of every node lost while the cluster ran (empty if none):
+        the reason says how its process ended (signal or exit code, and the
+        last Python frame it ran when it crashed)."""
+        return self.node_set.lost_nodes()
+
+    def node_status(self) -> dict:
+        """{node: "alive" or "lost: <reason>"} for every node."""
+        lost = self.lost_nodes()
+        return {n: f"lost: {lost[n]}" if n in lost else "alive" for n in range(self.nnodes)}
+
+    def lost_arrays(self) -> dict:
+        """{array name: number of pages lost} for the live arrays that lost pages
+        with a lost node (their other pages still work; touching a lost one
+        raises SegmentationFault naming the array).  Empty if nothing was lost."""
+        lost = set(self.lost_nodes())
+        if not lost:
+            return {}
+        with self._lock:
+            live = [(self._names[start], a) for start, (a, *_rest) in self._arrays.items()]
+        counts = {name: len(lost_pages(self.vm, a, lost)) for name, a in live}
+        return {name: n for name, n in counts.items() if n}
 
     def arrays(self) -> list:
         """The live shared arrays of this cluster (not yet freed), oldest first."""
@@ -171,22 +213,33 @@ class Cluster:
         if nodes is None:
             return
         try:
-            for n in range(1, self.nnodes):
-                try:
-                    nodes.run_on(n, stop_node)
-                except Exception:  # a node already gone: its process exit unmaps it anyway
-                    pass
+            # in parallel and bounded: a node lost, stopped or hung is reaped
+            # (terminated, then killed) by the NodeSet, whose exit unmaps it anyway
+            others = [n for n in range(1, self.nnodes) if n not in nodes.lost_nodes()]
+            outcomes = nodes.run_on_each(others, stop_node, timeout=STOP_TIMEOUT, return_errors=True)
+            for n, out in zip(others, outcomes):
+                if isinstance(out, TimeoutError) and n in nodes.processes:
+                    nodes.processes[n].kill()   # stopped or hung: it would not obey shutdown either
         finally:
             nodes.__exit__(None, None, None)
             stop_node()
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
+    def _register(self, a, kind: str, shape, dtype, name: str) -> np.ndarray:
         view = view_at(a.start, shape, dtype)
         with self._lock:
             self._arrays[a.start] = (a, kind, view)
+            self._names[a.start] = name
         return view
+
+    def _live(self, nodes) -> list:
+        """The chosen node ids; "all" leaves out the lost nodes."""
+        chosen = _runner.check_nodes(nodes, self.nnodes)
+        if nodes == "all":
+            lost = self.lost_nodes()
+            chosen = [n for n in chosen if n not in lost]
+        return chosen
 
     def _arrays_by_start(self) -> dict:
         with self._lock:

@@ -60,3 +60,12 @@ def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, mem
         if not isinstance(value, int) or value <= 0 or value % PAGE:
             raise ValueError(f"{name} must be a positive multiple of {PAGE}, not {value!r}")
     return cos_policies, frames
+
+
+def check_timeout(name: str, value) -> float | None:
+    """A timeout in seconds: None (no limit) or a finite number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be None (no limit) or a finite number of seconds > 0, not {value!r}")
+    return float(value)

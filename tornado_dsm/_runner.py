@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import threading
+import time
 import traceback
 
 import attrs
@@ -20,6 +21,9 @@ import numpy as np
 from tornado_dsm.kernel import PAGE, current_cos, view_at
 
 _local = threading.local()
+
+ANSWER_GRACE = 2.0   # seconds a node may take to answer after its threads' time limit
+_LATE = ("late",)    # the outcome of a thread still running at the limit
 
 
 @attrs.frozen
@@ -76,8 +80,10 @@ def _ref(value, arrays: dict):
     return value  # a private array: sent by value
 
 
-def run_job(job: tuple, threads: int) -> list:
-    """On a node: run the job on ``threads`` threads; [("ok", pickled) | ("error", ...)] per thread."""
+def run_job(job: tuple, threads: int, limit: float | None = None) -> list:
+    """On a node: run the job on ``threads`` threads; [("ok", pickled) | ("error", ...)
+    | ("late",)] per thread.  ``limit``: seconds to wait for the threads; one still
+    running then is reported late and left to run (daemon: it cannot hold the node's exit)."""
     module, qualname, packed = job
     fn = importlib.import_module(module)
     for part in qualname.split("."):
@@ -92,12 +98,27 @@ def run_job(job: tuple, threads: int) -> list:
         except BaseException as exc:  # reported to the caller with node and thread
             outcomes[t] = ("error", _pickle_exc(exc), traceback.format_exc())
 
-    workers = [threading.Thread(target=body, args=(t,), name=f"tornado_dsm-run-{t}") for t in range(threads)]
+    workers = [threading.Thread(target=body, args=(t,), name=f"tornado_dsm-run-{t}", daemon=True)
+               for t in range(threads)]
     for w in workers:
         w.start()
+    deadline = None if limit is None else time.monotonic() + limit
     for w in workers:
-        w.join()
-    return outcomes
+        w.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return [_LATE if o is None else o for o in outcomes]
+
+
+def _late(nodes: list, outcomes: list) -> list:
+    """'node N (threads [..] still running)' / 'node N (no answer: ...)' for each late node."""
+    late = []
+    for node, out in zip(nodes, outcomes):
+        if isinstance(out, TimeoutError):
+            late.append(f"node {node} (no answer: stopped or overloaded)")
+        elif not isinstance(out, BaseException):
+            threads = [t for t, o in enumerate(out) if o == _LATE]
+            if threads:
+                late.append(f"node {node} (threads {threads} still running)")
+    return late
 
 
 def _pickle_exc(exc: BaseException) -> bytes:
@@ -107,10 +128,17 @@ def _pickle_exc(exc: BaseException) -> bytes:
         return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
 
-def unpack_results(nodes: list, outcomes: list) -> list:
-    """Results ordered by node then thread; the first failure re-raised, named."""
+def unpack_results(nodes: list, outcomes: list, fn=None, limit: float | None = None) -> list:
+    """Results ordered by node then thread.  Late threads or nodes (``limit``)
+    are one TimeoutError naming them all; else the first failure is re-raised, named."""
+    late = _late(nodes, outcomes)
+    if late:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise TimeoutError(f"run of {name} did not finish within {limit} s: {'; '.join(late)}")
     results = []
     for node, per_thread in zip(nodes, outcomes):
+        if isinstance(per_thread, BaseException):
+            raise per_thread
         for t, outcome in enumerate(per_thread):
             if outcome[0] == "error":
                 exc = pickle.loads(outcome[1])

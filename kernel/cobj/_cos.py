@@ -301,15 +301,16 @@ class ClusteredObjectSystem:
             return self._call_local_rep(oid, method, args)
         return self.runtime.call(node, oid, method, list(args))
 
-    def call_reps(self, oid: int, nodes, method: str, args) -> list:
+    def call_reps(self, oid: int, nodes, method: str, args, tolerate_lost: bool = False) -> list:
         """Call ``method(*args)`` on the rep of ``oid`` on each of ``nodes`` in parallel
         (``call_rep`` on each, the remote PPCs sent before any reply is awaited); the
-        results in ``nodes`` order."""
+        results in ``nodes`` order (``LOST`` for a lost node if ``tolerate_lost``)."""
         nodes = tuple(nodes)
         self._start_rep_calls(oid, method, sum(n != self.node for n in nodes))
         rt = self.runtime
         return rt.fan_out(nodes, oid, method, list(args), timeout=rt.default_timeout,
-                          local=lambda: self._call_local_rep(oid, method, args))
+                          local=lambda: self._call_local_rep(oid, method, args),
+                          tolerate_lost=tolerate_lost)
 
     def _start_rep_calls(self, oid: int, method: str, remote: int) -> None:
         """Before calling reps of ``oid`` directly: the lock-debug check, then count the

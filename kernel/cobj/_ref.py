@@ -127,10 +127,14 @@ class TypedRef(_Reference):
             on = self._on = [cls(self.cos, self.oid, n) for n in range(self.cos.nnodes)]
         return on[node]
 
-    def on_each(self, nodes):
+    def on_each(self, nodes, tolerate_lost: bool = False):
         """The same interface aimed at the reps on ``nodes`` at once: each method
-        returns the list of results in ``nodes`` order."""
-        return _peer_class(self.INTERFACE, _OnEach)(self.cos, self.oid, tuple(nodes))
+        returns the list of results in ``nodes`` order.  ``tolerate_lost``: a
+        node lost before or during the call gives ``LOST`` instead of raising
+        NodeLost (for calls whose purpose dies with the node, e.g. invalidating
+        its copy)."""
+        target = tuple(nodes)
+        return _peer_class(self.INTERFACE, _OnEach)(self.cos, self.oid, (target, tolerate_lost))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.oid:#x}, node {self.cos.node})"
@@ -138,7 +142,7 @@ class TypedRef(_Reference):
 
 class _Aimed:
     """An interface aimed at given reps: ``target`` is one node (``on``) or a
-    tuple of nodes (``on_each``); the subclasses make the methods."""
+    (tuple of nodes, tolerate_lost) pair (``on_each``); the subclasses make the methods."""
 
     __slots__ = ("cos", "oid", "target")
 
@@ -166,7 +170,8 @@ class _OnEach(_Aimed):
     @staticmethod
     def _make(name: str, declared):
         def method(self, *args):
-            return self.cos.call_reps(self.oid, self.target, name, args)
+            nodes, tolerate_lost = self.target
+            return self.cos.call_reps(self.oid, nodes, name, args, tolerate_lost)
         return functools.update_wrapper(method, declared)
 
 

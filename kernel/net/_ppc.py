@@ -197,7 +197,7 @@ class PPCCore:
 
     def fan_out(self, nodes, oid: int, method: str, args=None, *, local=None, payload=None,
                 reply=None, on_error=None, timeout: float | None = None,
-                tolerate_lost: bool = False) -> list:
+                tolerate_lost: bool = False, return_errors: bool = False) -> list:
         """PPC ``method(args)`` on ``oid`` at every node of ``nodes`` at once; results in ``nodes`` order.
 
         The one parallel call of the kernel.  Contract:
@@ -215,7 +215,8 @@ class PPCCore:
         * ``tolerate_lost``: a node lost before or during the call gives
           ``LOST`` instead of an error;
         * every node is waited for, then the first error in ``nodes`` order
-          is raised, as ``on_error(node, error)`` returns it when given;
+          is raised, as ``on_error(node, error)`` returns it when given
+          (``return_errors``: every node's error is its result instead);
         * a node named twice is called twice (this node's share in turn).
         """
         nodes = tuple(nodes)
@@ -224,6 +225,8 @@ class PPCCore:
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = [_attempt(local) if c is None else c for c in calls]
         outcomes = [_await(n, c, reply, deadline) for n, c in zip(nodes, calls)]
+        if return_errors:
+            return [o.error if isinstance(o, _Failed) else o for o in outcomes]
         return _results(nodes, outcomes, on_error, tolerate_lost)
 
     def _send(self, node: int, oid: int, method: str, args, payload):

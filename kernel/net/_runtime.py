@@ -76,6 +76,8 @@ class NodeRuntime(PPCCore):
         self.stopped = threading.Event()
         self._lost_listeners: list = []
         self._registrar = None   # node 0 only: the start-up bookkeeping
+        self.describe_loss = None   # node 0: fn(peer) -> how its process ended ("" if unknown)
+        self.node0_lost = False     # not node 0: node 0 went away without closing the cluster
         self.registered = threading.Event()   # node_id and nnodes are known
         if nnodes is not None:
             self.registered.set()
@@ -184,11 +186,20 @@ class NodeRuntime(PPCCore):
                 log.exception("node-lost listener %r failed", fn)
 
     def _peer_lost(self, peer: int, reason: str) -> bool:
+        if self.describe_loss is not None and not self.stopping and peer not in self._lost:
+            detail = self.describe_loss(peer)   # the process's end, read before anyone is told
+            reason = f"{reason}; {detail}" if detail else reason
         if not super()._peer_lost(peer, reason):
             return False
         if peer == 0 and self.node_id != 0:
+            self.node0_lost = not self.stopping
             self.stop()   # node 0 is gone: the cluster is over
         return True
+
+    def lost_peers(self) -> dict:
+        """{node: reason} of every peer lost so far (empty while none is)."""
+        with self._changed:
+            return dict(self._lost)
 
     # -- stopping --
 

@@ -45,6 +45,7 @@ import socket
 import sys
 import traceback
 
+from ._loss import crash_log_path, describe_end, enable_crash_log
 from ._runtime import EXIT_GRACE, NodeRuntime, NodeStartupError, _set_current, unpack_run_on
 from ._stats import from_wire
 from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection, FrameReader, check_key, connect,
@@ -151,6 +152,18 @@ class NodeSet:
         self.processes: dict[int, multiprocessing.Process] = {}
         self._tmpdir = tmpdir
         self.closed = False
+        runtime.describe_loss = self._describe_loss
+
+    def _describe_loss(self, node: int) -> str:
+        """How a lost spawned node's process ended (see ``_loss``); "" for a joined node."""
+        proc = self.processes.get(node)
+        if proc is None:
+            return ""
+        return describe_end(proc, crash_log_path(self._tmpdir, node))
+
+    def lost_nodes(self) -> dict:
+        """{node: reason} of the nodes lost while the cluster ran."""
+        return {} if self.closed else self.runtime.lost_peers()
 
     def __enter__(self) -> "NodeSet":
         return self
@@ -169,14 +182,17 @@ class NodeSet:
         re-raised here with the remote traceback in a note."""
         return self.run_on_each((node,), fn, *args, timeout=timeout)[0]
 
-    def run_on_each(self, nodes, fn, *args, timeout: float | None = None) -> list:
+    def run_on_each(self, nodes, fn, *args, timeout: float | None = None,
+                    return_errors: bool = False) -> list:
         """Run module-level ``fn(*args)`` on every node of ``nodes`` at once; results in
         ``nodes`` order.  Node 0's share runs on this thread after the others'
         requests are sent; every node finishes before the first exception (in
         ``nodes`` order, with its remote traceback in a note) is raised.
-        ``timeout`` defaults to the runtime's."""
+        ``timeout`` defaults to the runtime's.  ``return_errors``: each node's
+        exception is its result instead of being raised."""
         rt = self.runtime
-        return _run_each(rt, nodes, fn, args, rt.default_timeout if timeout is None else timeout)
+        return _run_each(rt, nodes, fn, args, rt.default_timeout if timeout is None else timeout,
+                         return_errors=return_errors)
 
     def run_on_all(self, fn, *args, timeout: float | None = None) -> list:
         """``run_on_each`` on every node: ``fn(*args)`` everywhere at once; results by node."""
@@ -219,14 +235,15 @@ class NodeSet:
 
 
 def _run_each(rt: NodeRuntime, nodes, fn, args: tuple, timeout: float | None,
-              on_error=None) -> list:
+              on_error=None, return_errors: bool = False) -> list:
     """``fn(*args)`` on ``nodes`` through the node service's ``run_on`` (see ``PPCCore.fan_out``)."""
     nodes = tuple(nodes)
     # pickled only when it leaves this process: a local run takes any callable
     remote = any(n != rt.node_id for n in nodes)
     payload = pickle.dumps((fn, tuple(args)), protocol=pickle.HIGHEST_PROTOCOL) if remote else None
     return rt.fan_out(nodes, 0, "run_on", None, local=lambda: fn(*args), payload=payload,
-                      reply=unpack_run_on, on_error=on_error, timeout=timeout)
+                      reply=unpack_run_on, on_error=on_error, timeout=timeout,
+                      return_errors=return_errors)
 
 
 def _broadcast(rt: NodeRuntime, method: str) -> None:
@@ -256,7 +273,8 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     _check_args(nnodes, transport, address, join)
     key = new_key() if key is None else check_key(key)
     rt = NodeRuntime(0, nnodes, key, max_frame, timeout)
-    tmpdir = tempfile.mkdtemp(prefix="tornado-dsm-") if transport == "unix" else None
+    # the run directory: Unix sockets, and the spawned nodes' crash reports
+    tmpdir = tempfile.mkdtemp(prefix="tornado-dsm-")
     cluster = NodeSet(rt, tmpdir)
     _register_atexit()
     _open_clusters.append(cluster)
@@ -302,7 +320,7 @@ def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, 
         config = {"node": k, "address": rt.address, "key": rt.key, "max_frame": rt.max_frame,
                   "timeout": rt.default_timeout, "start_timeout": start_timeout,
                   "log_level": log_level, "listen": _child_listen(cluster, transport, k),
-                  "attach": attach}
+                  "attach": attach, "crash_log": crash_log_path(cluster._tmpdir, k)}
         proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
         proc.start()
         cluster.processes[k] = proc
@@ -337,7 +355,21 @@ def _register_atexit() -> None:
     global _atexit_registered
     if not _atexit_registered:
         atexit.register(_close_all)
+        _exit_on_sigterm()
         _atexit_registered = True
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (the default: die at once) would leave the run directory and the
+    node processes' sockets behind: make it a SystemExit in node 0, so with-blocks
+    and the atexit hook close the clusters.  A handler the program set is kept."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _close_all() -> None:
@@ -370,8 +402,18 @@ def run_node(config: dict) -> int:
         rt.stop()
         return 1
     rt.stopped.wait()
+    if rt.node0_lost:   # node 0 died without closing: nobody else removes its run directory
+        _remove_run_dir(config)
     _watchdog()
     return 0
+
+
+def _remove_run_dir(config: dict) -> None:
+    """Remove node 0's run directory, found beside this node's socket or crash report."""
+    for path in (config.get("listen"), config.get("crash_log")):
+        if isinstance(path, str) and os.path.basename(os.path.dirname(path)).startswith("tornado-dsm-"):
+            cleanup_dir(os.path.dirname(path))
+            return
 
 
 def _join(rt: NodeRuntime, config: dict) -> None:
@@ -428,6 +470,7 @@ def spawned_main(config: dict) -> None:
     # Ctrl-C in a terminal reaches the whole process group: node 0 handles it
     # (closing the cluster stops this node); a spawned node ignores it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    enable_crash_log(config.get("crash_log"))
     logging.basicConfig(level=config.get("log_level", logging.WARNING),
                         format=f"tornado_dsm node {config.get('node')}: %(levelname)s %(message)s")
     code = run_node(config)
