@@ -9,10 +9,16 @@ cluster are in ``_startup``.
 oid 0 is the node service: register, ready, run_on (pickle, allowed only on
 authenticated connections and only inside its payload), ping, quiesce,
 shutdown, stats.
+
+Admission is bounded: at most MAX_PENDING_HANDSHAKES accepted connections may
+be unauthenticated at once (more are closed on arrival), each gets one deadline
+for the handshake and its HELLO together, and a failing accept (out of file
+descriptors, say) backs off and retries instead of ending the accept loop.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
 import socket
@@ -23,12 +29,24 @@ from ._ppc import PPCCore
 from ._stats import to_wire
 from ._wire import Payload, decode_error, encode_error, pack, unpackb
 from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection,
-                         FrameReader, check_key, connect, handshake_accept, listen,
-                         local_address)
+                         FrameReader, check_key, connect, handshake_accept,
+                         handshake_deadline, listen, local_address)
 
 log = logging.getLogger("tornado_dsm.node")
 
 EXIT_GRACE = 5.0   # seconds a stopping node may take before it is forced out
+
+# Connections accepted but not yet authenticated (each holds a thread and an fd
+# for up to HANDSHAKE_TIMEOUT); beyond this many, new ones are closed at once.
+MAX_PENDING_HANDSHAKES = 64
+
+# After a failed accept (out of fds or buffers, an aborted connection) the
+# accept loop waits this long before trying again, doubling up to the cap.
+ACCEPT_BACKOFF_MIN = 0.01
+ACCEPT_BACKOFF_MAX = 1.0
+
+# What accept reports on a listener that stop() (or someone) closed.
+_LISTENER_GONE = frozenset((errno.EBADF, errno.EINVAL, errno.ENOTSOCK))
 
 _current = None
 
@@ -74,6 +92,9 @@ class NodeRuntime(PPCCore):
         self.address = None
         self.stopping = False
         self.stopped = threading.Event()
+        self._pending_lock = threading.Lock()
+        self.pending_handshakes = 0   # admit threads not yet past HELLO
+        self._cap_warned = False      # the at-cap warning was logged for this burst
         self._lost_listeners: list = []
         self._registrar = None   # node 0 only: the start-up bookkeeping
         self.describe_loss = None   # node 0: fn(peer) -> how its process ended ("" if unknown)
@@ -99,27 +120,93 @@ class NodeRuntime(PPCCore):
         threading.Thread(target=self._accept_loop, name=f"node{self.node_id}-accept",
                          daemon=True).start()
 
+    # Contract: accepts until the listener is closed and only then returns
+    # (quietly when stop() closed it).  Any other accept failure -- EMFILE,
+    # ENFILE, ENOBUFS, ENOMEM, ECONNABORTED, ... -- is transient: warn once per
+    # burst of failures and retry after a back-off, since returning would leave
+    # the node deaf for ever while its listener still queues connections.
     def _accept_loop(self) -> None:
+        delay = 0.0   # 0: the last accept succeeded (no burst in progress)
         while True:
             try:
                 sock, peer = self.listener.accept()
-            except OSError:
-                return   # listener closed
+            except OSError as e:
+                if e.errno in _LISTENER_GONE or self.listener.fileno() < 0:
+                    self._listener_gone(e)
+                    return
+                delay = self._accept_failed(e, delay)
+                continue
+            delay = 0.0
+            self._dispatch(sock, peer)
+
+    # Contract: called after a failed accept with the delay of the previous
+    # failure (0 for the first of a burst); logs the first, sleeps, and returns
+    # the delay to use next.  Sleeping on ``stopped`` lets stop() cut it short.
+    def _accept_failed(self, e: OSError, delay: float) -> float:
+        if delay == 0.0:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            log.warning("node %s: accept failed with %s (%s); backing off (%g s doubling "
+                        "to %g s) until it succeeds", self.node_id, name, e.strerror,
+                        ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX)
+        delay = min(max(2 * delay, ACCEPT_BACKOFF_MIN), ACCEPT_BACKOFF_MAX)
+        self.stopped.wait(delay)
+        return delay
+
+    # Contract: the accept loop is ending; silent if stop() closed the listener,
+    # otherwise a warning, because nothing will be accepted any more.
+    def _listener_gone(self, e: OSError) -> None:
+        if not self.stopping:
+            log.warning("node %s: listener closed unexpectedly (%s); no longer accepting",
+                        self.node_id, e)
+
+    # Contract: every accepted socket is either handed to an admit thread that
+    # holds one pending-handshake slot, or closed now.  The cap bounds the
+    # threads and fds that peers who never finish a handshake can pin.
+    def _dispatch(self, sock: socket.socket, peer) -> None:
+        if not self._claim_pending():
+            sock.close()
+            return
+        try:
             threading.Thread(target=self._admit, args=(sock, peer),
                              name=f"node{self.node_id}-admit", daemon=True).start()
+        except RuntimeError as e:   # no thread to be had: drop this one, keep accepting
+            self._release_pending()
+            sock.close()
+            log.warning("node %s: dropped a connection: cannot start its thread: %s",
+                        self.node_id, e)
 
+    # Contract: take a pending-handshake slot (True) or refuse (False) when
+    # MAX_PENDING_HANDSHAKES are taken, warning once until the count drains to 0.
+    def _claim_pending(self) -> bool:
+        with self._pending_lock:
+            if self.pending_handshakes < MAX_PENDING_HANDSHAKES:
+                self.pending_handshakes += 1
+                return True
+            warn, self._cap_warned = not self._cap_warned, True
+        if warn:
+            log.warning("node %s: %d handshakes already pending (MAX_PENDING_HANDSHAKES=%d); "
+                        "closing new connections until they finish", self.node_id,
+                        MAX_PENDING_HANDSHAKES, MAX_PENDING_HANDSHAKES)
+        return False
+
+    # Contract: give back a slot taken by ``_claim_pending``; a count drained to 0
+    # ends the burst, so the next time the cap is hit it is logged again.
+    def _release_pending(self) -> None:
+        with self._pending_lock:
+            self.pending_handshakes -= 1
+            if self.pending_handshakes == 0:
+                self._cap_warned = False
+
+    # Contract: runs on its own thread holding a pending slot, which it gives
+    # back as soon as the peer has proven the key and said HELLO (or failed);
+    # then the connection becomes a serve channel or is closed with one warning.
     def _admit(self, sock: socket.socket, peer) -> None:
-        """Authenticate a new connection and read its HELLO; drop it on any failure."""
         who = peer or "unix peer"
         try:
-            handshake_accept(sock, self.key)
-            reader = FrameReader(sock, self.max_frame)
-            sock.settimeout(5.0)
-            kind, _f, _r, _o, body, payload = reader.next()
-            sock.settimeout(None)
-            if kind != HELLO or payload is not None:
-                raise ConnectionError(f"first frame is kind {kind}, expected HELLO")
-            hello = unpackb(body)
+            try:
+                reader, hello = self._read_hello(sock)
+            finally:
+                self._release_pending()
             if not self.registered.wait(60.0):   # a peer may dial before our directory came
                 raise ConnectionError("this node never registered")
             node = self._hello_node(hello)
@@ -134,6 +221,22 @@ class NodeRuntime(PPCCore):
             sock.close()
             return
         self.add_serve_channel(Connection(sock, self.max_frame), reader, node)
+
+    # Contract: returns (reader, decoded HELLO) once the handshake and the HELLO
+    # frame have both arrived within one deadline (HANDSHAKE_TIMEOUT in all);
+    # raises otherwise.  One budget for both, so no drip of bytes -- before or
+    # after the MACs -- keeps an unidentified peer's thread alive longer.
+    def _read_hello(self, sock: socket.socket):
+        deadline = handshake_deadline()
+        handshake_accept(sock, self.key, deadline)
+        reader = FrameReader(sock, self.max_frame)
+        reader.deadline = deadline
+        kind, _f, _r, _o, body, payload = reader.next()
+        reader.deadline = None
+        sock.settimeout(None)
+        if kind != HELLO or payload is not None:
+            raise ConnectionError(f"first frame is kind {kind}, expected HELLO")
+        return reader, unpackb(body)
 
     def _hello_node(self, hello) -> int:
         """The peer id a HELLO claims, checked (node 0 assigns ids to joiners)."""

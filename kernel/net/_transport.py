@@ -13,7 +13,9 @@ peer sends is decoded before it has proven it holds the per-cluster secret:
 
 Every handshake message has a fixed length, so authentication reads raw bytes
 and never parses anything.  Fresh nonces on both sides make a recorded
-handshake useless; the two labels ("C", "S") stop a reflection.
+handshake useless; the two labels ("C", "S") stop a reflection.  The whole
+handshake has one deadline (HANDSHAKE_TIMEOUT; the accepting node's HELLO read
+shares it), not a timeout per recv, so dripping bytes cannot hold it open.
 
 After authentication the stream carries frames: a fixed ``struct`` header
 (kind, request id, oid, body length, payload length), a msgpack body, and an
@@ -42,13 +44,14 @@ import socket
 import stat
 import struct
 import threading
+import time
 
 log = logging.getLogger("tornado_dsm.transport")
 
 MAGIC = b"TDSM\x01"
 NONCE = 32
 DIGEST = 32
-HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 5.0   # seconds for a whole handshake (and, when accepting, the HELLO)
 DEFAULT_MAX_FRAME = 64 << 20
 MIN_KEY = 16
 
@@ -149,12 +152,52 @@ def _tune(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+# Contract: a moment ``seconds`` from now by which a whole exchange of several
+# sends and recvs must be finished.  A timeout per recv would let a peer that
+# sends one byte just before each expires hold a connection (and the thread
+# reading it) for ever; under a Deadline each recv gets only the time left.
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    # Contract: the error to raise once the budget is spent; it names the deadline.
+    def expired(self) -> ConnectionError:
+        return ConnectionError(f"not finished within the {self.seconds:g} s handshake deadline")
+
+    # Contract: set ``sock``'s timeout to the time left, or raise ``expired()``.
+    def arm(self, sock: socket.socket) -> None:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise self.expired()
+        sock.settimeout(left)
+
+
+# Contract: a fresh Deadline of HANDSHAKE_TIMEOUT, read at each call (not bound
+# at import) so one setting -- or a test's monkeypatch -- reaches every caller.
+def handshake_deadline() -> Deadline:
+    return Deadline(HANDSHAKE_TIMEOUT)
+
+
+# Contract: one ``recv_into``; under ``deadline`` it may block only for the time
+# left, and running out raises ``deadline.expired()``, not a bare "timed out".
+def _recv_into(sock: socket.socket, view, deadline: Deadline | None) -> int:
+    if deadline is None:
+        return sock.recv_into(view)
+    deadline.arm(sock)
+    try:
+        return sock.recv_into(view)
+    except TimeoutError:
+        raise deadline.expired() from None
+
+
+# Contract: exactly ``n`` bytes; ConnectionError at EOF or once ``deadline`` passes.
+def _recv_exact(sock: socket.socket, n: int, deadline: Deadline | None = None) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:])
+        k = _recv_into(sock, view[got:], deadline)
         if k == 0:
             raise ConnectionError("peer closed the connection")
         got += k
@@ -167,12 +210,12 @@ def _mac(key: bytes, label: bytes, a: bytes, b: bytes) -> bytes:
     return hmac.new(key, label + a + b, hashlib.sha256).digest()
 
 
+# Contract: bound a handshake by ``deadline`` and make any failure an
+# AuthenticationError; once it succeeded, the socket is left blocking and tuned.
 @contextlib.contextmanager
-def _handshaking(sock: socket.socket):
-    """Bound a handshake in time and make any failure an AuthenticationError;
-    once it succeeded, the socket is left blocking and tuned for frames."""
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+def _handshaking(sock: socket.socket, deadline: Deadline):
     try:
+        deadline.arm(sock)   # sends too: a peer that never reads must not stall us
         yield
     except AuthenticationError:
         raise
@@ -182,28 +225,36 @@ def _handshaking(sock: socket.socket):
     _tune(sock)
 
 
-def handshake_accept(sock: socket.socket, key: bytes) -> None:
+# Contract: authenticate the peer that connected on ``sock``, all of it before
+# ``deadline`` (default: HANDSHAKE_TIMEOUT from now); AuthenticationError if not.
+def handshake_accept(sock: socket.socket, key: bytes, deadline: Deadline | None = None) -> None:
     """Authenticate the peer that connected on ``sock``; AuthenticationError if it fails."""
-    with _handshaking(sock):
+    deadline = deadline or handshake_deadline()
+    with _handshaking(sock, deadline):
         ns = secrets.token_bytes(NONCE)
         sock.sendall(MAGIC + ns)
-        answer = _recv_exact(sock, NONCE + DIGEST)
+        answer = _recv_exact(sock, NONCE + DIGEST, deadline)
         nc, mac = answer[:NONCE], answer[NONCE:]
         if not hmac.compare_digest(mac, _mac(key, b"C", ns, nc)):
             raise AuthenticationError("peer did not prove it holds the cluster key")
+        deadline.arm(sock)
         sock.sendall(_mac(key, b"S", nc, ns))
 
 
-def handshake_connect(sock: socket.socket, key: bytes) -> None:
+# Contract: authenticate ourselves to, and the accepting peer on, ``sock``, all
+# of it before ``deadline`` (default: HANDSHAKE_TIMEOUT from now).
+def handshake_connect(sock: socket.socket, key: bytes, deadline: Deadline | None = None) -> None:
     """Authenticate ourselves to, and the accepting peer on, ``sock``."""
-    with _handshaking(sock):
-        hello = _recv_exact(sock, len(MAGIC) + NONCE)
+    deadline = deadline or handshake_deadline()
+    with _handshaking(sock, deadline):
+        hello = _recv_exact(sock, len(MAGIC) + NONCE, deadline)
         if not hmac.compare_digest(hello[:len(MAGIC)], MAGIC):
             raise AuthenticationError("peer is not a tornado_dsm node (bad magic)")
         ns = hello[len(MAGIC):]
         nc = secrets.token_bytes(NONCE)
+        deadline.arm(sock)
         sock.sendall(nc + _mac(key, b"C", ns, nc))
-        mac = _recv_exact(sock, DIGEST)
+        mac = _recv_exact(sock, DIGEST, deadline)
         if not hmac.compare_digest(mac, _mac(key, b"S", nc, ns)):
             raise AuthenticationError("peer did not prove it holds the cluster key")
 
@@ -300,6 +351,9 @@ class FrameReader:
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        # Set while an unauthenticated-so-far connection's HELLO is read: all its
+        # recvs share the handshake's deadline.  None for every later frame.
+        self.deadline: Deadline | None = None
 
     def _fill(self, need: int) -> None:
         """Make at least ``need`` bytes available from ``start``."""
@@ -311,7 +365,7 @@ class FrameReader:
             self.buf[:n] = self.buf[self.start:self.end]
             self.start, self.end = 0, n
         while self.end - self.start < need:
-            k = self.sock.recv_into(self.view[self.end:])
+            k = _recv_into(self.sock, self.view[self.end:], self.deadline)
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             self.end += k
@@ -356,7 +410,7 @@ class FrameReader:
         view = memoryview(out)
         got = have
         while got < plen:
-            k = self.sock.recv_into(view[got:])
+            k = _recv_into(self.sock, view[got:], self.deadline)
             if k == 0:
                 raise ConnectionError("peer closed the connection")
             got += k
