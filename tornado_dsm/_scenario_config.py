@@ -10,6 +10,7 @@ file, the key, the bad value and what is accepted.
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from pathlib import Path
 
@@ -269,10 +270,14 @@ def check(scenario: Scenario) -> Scenario:
     return scenario
 
 
+# Refuse a value of the wrong type, outside the choices or the range of ``spec``,
+# or a float that is nan or infinite (nan compares false with every bound).
 def _check_value(key: str, spec: Key, value, source: str) -> None:
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         raise ScenarioError(source, key, value, f"wrong type {type(value).__name__}; expected {spec.accepted}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(source, key, value, f"not a finite number; expected {spec.accepted}")
     if spec.choices and value not in spec.choices:
         raise ScenarioError(source, key, value, f"expected {spec.accepted}")
     if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
