@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tornado_dsm._cli import main
 from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load
 
 FLOAT_KEYS = sorted(k for k, spec in KEYS.items()
@@ -61,3 +62,78 @@ class TestCheckValue:
             load(path)
         assert str(info.value) == (f"{path}: workload.write_fraction = nan: not a finite number; "
                                    "expected a number from 0 to 1")
+
+
+FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
+
+
+class TestReadText:
+    def test_directory_is_refused(self, tmp_path):
+        """A directory given as FILE is a ScenarioError saying so, not an IsADirectoryError."""
+        with pytest.raises(ScenarioError) as info:
+            load(tmp_path)
+        assert str(info.value) == f"{tmp_path}: (file) = {str(tmp_path)!r}: a directory; {FILE_ACCEPTED}"
+
+    def test_binary_file_is_refused(self, tmp_path):
+        """A file holding a NUL byte is refused as binary, naming the byte's offset and line."""
+        path = tmp_path / "prog.toml"
+        path.write_bytes(b"name = 'x'\n\x7fELF\x02\x00\x01")
+        with pytest.raises(ScenarioError) as info:
+            load(path)
+        assert str(info.value).endswith(f"a binary file (a NUL byte at offset 16, line 2); {FILE_ACCEPTED}")
+
+    @given(prefix=st.text(st.characters(codec="ascii", exclude_characters="\x00"), max_size=40),
+           bad=st.integers(0x80, 0xFF))
+    def test_non_utf8_file_is_refused(self, tmp_path_factory, prefix, bad):
+        """Any file with a byte that is not UTF-8 is refused, naming the byte, its offset and line."""
+        path = tmp_path_factory.mktemp("enc") / "latin.toml"
+        data = prefix.encode() + bytes([bad]) + b" "
+        path.write_bytes(data)
+        with pytest.raises(ScenarioError) as info:
+            load(path)
+        assert info.value.key == "(file)" and str(info.value).endswith(
+            f"not UTF-8 (byte {bad:#04x} at offset {len(prefix)}, line {prefix.count(chr(10)) + 1}); "
+            f"{FILE_ACCEPTED}")
+
+    def test_unreadable_path_is_refused(self, tmp_path):
+        """A path that cannot be opened (a file used as a directory) names the OS's reason."""
+        (tmp_path / "plain").write_text("")
+        path = tmp_path / "plain" / "x.toml"
+        with pytest.raises(ScenarioError) as info:
+            load(path)
+        assert str(info.value) == f"{path}: (file) = {str(path)!r}: cannot be read (Not a directory); {FILE_ACCEPTED}"
+
+    def test_endless_file_is_refused(self):
+        """A device that never ends (/dev/zero) is refused after a bounded read, not read forever."""
+        with pytest.raises(ScenarioError, match=r"/dev/zero: \(file\) = '/dev/zero': larger than 1048576 bytes"):
+            load("/dev/zero")
+
+
+def cli_error(capsys, *argv: str) -> str:
+    """Run the CLI, expect exit status 2 and return its one line of stderr."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+class TestCliRun:
+    @pytest.mark.parametrize("command", ["run", "inspect"])
+    def test_directory_exits_2(self, tmp_path, capsys, command):
+        """run/inspect DIRECTORY exits 2 with one line naming the directory, no traceback."""
+        err = cli_error(capsys, command, str(tmp_path))
+        assert err == f"tornado-dsm: error: {tmp_path}: (file) = {str(tmp_path)!r}: a directory; {FILE_ACCEPTED}"
+
+    def test_binary_file_exits_2(self, tmp_path, capsys):
+        """run BINARY exits 2 with one line naming the file and the NUL byte."""
+        path = tmp_path / "a.out"
+        path.write_bytes(b"\x7fELF\x02\x01\x01\x00")
+        assert cli_error(capsys, "run", str(path)).startswith(
+            f"tornado-dsm: error: {path}: (file) = {str(path)!r}: a binary file (a NUL byte at offset 7, line 1)")
+
+    def test_non_utf8_file_exits_2(self, tmp_path, capsys):
+        """run LATIN-1-FILE exits 2 with one line naming the file and the byte."""
+        path = tmp_path / "latin.toml"
+        path.write_bytes("name = 'café'\n".encode("latin-1"))
+        assert cli_error(capsys, "run", str(path)).startswith(
+            f"tornado-dsm: error: {path}: (file) = {str(path)!r}: not UTF-8 (byte 0xe9 at offset 11, line 1)")

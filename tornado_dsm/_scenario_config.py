@@ -153,13 +153,50 @@ def load(path, sets=(), varies=()) -> Scenario:
     """
     path = str(path)
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ScenarioError(path, "(file)", path, "no such file; `tornado-dsm list` shows the shipped ones") from None
+        doc = tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(path, "(syntax)", str(exc), "valid TOML (https://toml.io)") from None
     return from_dict(doc, path, sets, varies)
+
+
+MAX_FILE_BYTES = 1 << 20  # a scenario is a few lines; more is the wrong file (or /dev/zero)
+_FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
+
+
+# The text of scenario file ``path``.  ScenarioError (key "(file)") if it is
+# missing, a directory, unreadable, larger than MAX_FILE_BYTES, binary or not UTF-8.
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError(path, "(file)", path, "no such file; `tornado-dsm list` shows the shipped ones") from None
+    except IsADirectoryError:
+        raise ScenarioError(path, "(file)", path, f"a directory; {_FILE_ACCEPTED}") from None
+    except OSError as exc:
+        raise ScenarioError(path, "(file)", path, f"cannot be read ({exc.strerror}); {_FILE_ACCEPTED}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError(path, "(file)", path, f"larger than {MAX_FILE_BYTES} bytes; {_FILE_ACCEPTED}")
+    return _decode(path, data)
+
+
+# ``data`` as text; ScenarioError naming the first NUL byte (a binary file) or
+# the first byte that is not UTF-8, with its offset and line.
+def _decode(path: str, data: bytes) -> str:
+    if b"\0" in data:
+        at = data.index(b"\0")
+        raise ScenarioError(path, "(file)", path, f"a binary file (a NUL byte at offset {at}, line "
+                            f"{_line(data, at)}); {_FILE_ACCEPTED}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(path, "(file)", path, f"not UTF-8 (byte {data[exc.start]:#04x} at offset "
+                            f"{exc.start}, line {_line(data, exc.start)}); {_FILE_ACCEPTED}") from None
+
+
+# The 1-based line of byte offset ``at`` in ``data``.
+def _line(data: bytes, at: int) -> int:
+    return data.count(b"\n", 0, at) + 1
 
 
 def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenario:
