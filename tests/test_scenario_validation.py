@@ -64,6 +64,20 @@ class TestCheckValue:
                                    "expected a number from 0 to 1")
 
 
+
+class TestCheckMemory:
+    @given(memory=st.integers(0, 3 * 4096) | st.integers(4096, 1 << 40))
+    def test_refused_exactly_below_one_page(self, memory):
+        """memory_per_node is refused exactly when it is from 1 to 4095 bytes (less than a frame)."""
+        if 0 < memory < 4096:
+            with pytest.raises(ScenarioError) as info:
+                from_dict({"cluster": {"memory_per_node": memory}})
+            assert_names(info.value, "cluster.memory_per_node", memory,
+                         "less than one page; expected 0 (no limit) or an integer of at least 4096 (one page)")
+        else:
+            assert from_dict({"cluster": {"memory_per_node": memory}})["cluster.memory_per_node"] == memory
+
+
 FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
 
 
@@ -137,3 +151,21 @@ class TestCliRun:
         path.write_bytes("name = 'café'\n".encode("latin-1"))
         assert cli_error(capsys, "run", str(path)).startswith(
             f"tornado-dsm: error: {path}: (file) = {str(path)!r}: not UTF-8 (byte 0xe9 at offset 11, line 1)")
+
+
+@pytest.fixture
+def no_start(monkeypatch):
+    """Fail the test if any cluster would start (every check must come before)."""
+    def started(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+    monkeypatch.setattr("tornado_dsm._scenario_run.run_one", started)
+
+
+class TestCliRunBeforeStart:
+    def test_memory_below_one_page_exits_2_before_start(self, tmp_path, capsys, no_start):
+        """memory_per_node = 1 exits 2 with one line, before any node starts."""
+        path = tmp_path / "mem.toml"
+        path.write_text("[cluster]\nmemory_per_node = 1\n")
+        assert cli_error(capsys, "run", str(path)) == (
+            f"tornado-dsm: error: {path}: cluster.memory_per_node = 1: less than one page; "
+            "expected 0 (no limit) or an integer of at least 4096 (one page)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
@@ -68,7 +69,8 @@ KEYS: dict[str, Key] = {
                                 "Coherence: IVY multiple readers/single writer, or migrate (one copy moves)."),
     "cluster.manager": _choice("dynamic", MANAGERS,
                                "IVY manager: one directory on node 0, page p on node p mod N, or probOwner hints."),
-    "cluster.memory_per_node": _int(0, 0, None, "Bytes of frames a node may hold (0: no limit)."),
+    "cluster.memory_per_node": Key(int, 0, f"0 (no limit) or an integer of at least {PAGE} (one page)", low=0,
+                                   doc="Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
     "policies.process": _choice("replicated", ("replicated", "singleton"),
@@ -304,6 +306,7 @@ def check(scenario: Scenario) -> Scenario:
             raise ScenarioError(source, key, values[key], f"does not apply to workload kind {kind!r}; "
                                 f"it applies to {', '.join(KEYS[key].kinds)}")
     _check_cross(source, values)
+    _check_memory(source, values)
     return scenario
 
 
@@ -321,6 +324,7 @@ def _check_value(key: str, spec: Key, value, source: str) -> None:
         raise ScenarioError(source, key, value, f"out of range; expected {spec.accepted}")
 
 
+# Refuse values that are wrong only together with others.
 def _check_cross(source: str, v: dict) -> None:
     region = v["policies.region"]
     try:
@@ -336,3 +340,10 @@ def _check_cross(source: str, v: dict) -> None:
                             f"a divisor of workload.n ({v['workload.n']})")
     if v["region.backing"] == "anonymous" and v["region.path"]:
         raise ScenarioError(source, "region.path", v["region.path"], "only with region.backing = 'file'")
+
+
+# Refuse a memory limit below one page (a node could hold no frame at all).
+def _check_memory(source: str, v: dict) -> None:
+    if 0 < v["cluster.memory_per_node"] < PAGE:
+        raise ScenarioError(source, "cluster.memory_per_node", v["cluster.memory_per_node"],
+                            f"less than one page; expected {KEYS['cluster.memory_per_node'].accepted}")
