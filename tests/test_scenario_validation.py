@@ -3,15 +3,20 @@ memory_per_node, --base, output paths and unreadable scenario files (no cluster)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
+import types
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tornado_dsm._cli import main
-from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load
+from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load, physical_memory
+from tornado_dsm._scenario_run import RunContext
+from tornado_dsm._workloads import DRIVERS, memory_bytes, window_pages
 
 FLOAT_KEYS = sorted(k for k, spec in KEYS.items()
                     if float in (spec.type if isinstance(spec.type, tuple) else (spec.type,)))
@@ -76,6 +81,127 @@ class TestCheckMemory:
                          "less than one page; expected 0 (no limit) or an integer of at least 4096 (one page)")
         else:
             assert from_dict({"cluster": {"memory_per_node": memory}})["cluster.memory_per_node"] == memory
+
+
+
+class AllocationCounter:
+    """A stand-in RunContext that counts the pages a driver allocates and runs nothing."""
+
+    def __init__(self, s) -> None:
+        self.s, self.pages = s, 0
+        self.cluster = types.SimpleNamespace(run=lambda *a, **k: [], drop_mappings=lambda *a, **k: [])
+
+    params = RunContext.params  # the drivers' real parameters
+
+    def region(self, pages: int, dtype=np.int64) -> np.ndarray:
+        self.pages += pages
+        return np.zeros(pages * 4096 // np.dtype(dtype).itemsize, dtype)
+
+    def step(self, *args, **kwargs) -> list:
+        return []
+
+
+@st.composite
+def small_scenarios(draw):
+    """A valid scenario of any kind with small sizes (matmul's block divides n)."""
+    kind = draw(st.sampled_from(sorted(DRIVERS)))
+    n = draw(st.integers(2, 100))
+    doc = {"cluster": {"nodes": draw(st.integers(2 if kind == "ping-pong" else 1, 4)),
+                       "threads_per_node": draw(st.integers(1, 3))},
+           "region": {"pages": draw(st.integers(1, 40))},
+           "workload": {"kind": kind, "repeats": draw(st.integers(1, 4))}}
+    if kind == "infault":
+        doc["workload"]["form"] = draw(st.sampled_from(["multithreaded", "multiprogrammed"]))
+    if kind == "matmul":
+        doc["workload"].update(n=n, block=n)
+    return from_dict(doc)
+
+
+class TestWindowPages:
+    @given(s=small_scenarios())
+    def test_equals_what_the_driver_allocates(self, s):
+        """window_pages is exactly the pages every kind's driver allocates in one run."""
+        ctx = AllocationCounter(s)
+        with contextlib.suppress(AssertionError):  # jacobi checks results nothing computed
+            DRIVERS[s["workload.kind"]](ctx, s)
+        assert window_pages(s) == ctx.pages
+
+
+class TestCheckWindow:
+    def test_infault_larger_than_window_is_refused(self):
+        """infault's pages × nodes × threads beyond the window is refused, naming both sizes and the keys."""
+        with pytest.raises(ScenarioError) as info:
+            from_dict({"cluster": {"nodes": 2, "threads_per_node": 4, "window_mib": 1}, "region": {"pages": 33}})
+        assert str(info.value) == (
+            "<string>: cluster.window_mib = 1: the window (1048576 bytes) is smaller than the workload's "
+            "arrays: infault takes region.pages × cluster.nodes × cluster.threads_per_node = 33 × 2 × 4 = "
+            "264 pages = 1081344 bytes; raise cluster.window_mib to at least 2, or lower region.pages, "
+            "cluster.nodes, cluster.threads_per_node")
+
+    @given(s=small_scenarios(), window_mib=st.integers(1, 3))
+    def test_refused_exactly_when_the_arrays_do_not_fit(self, s, window_mib):
+        """Any kind is refused exactly when its arrays need more than cluster.window_mib."""
+        fits = window_pages(s) * 4096 <= window_mib << 20
+        try:
+            s.with_values({"cluster.window_mib": window_mib})
+        except ScenarioError as exc:
+            assert not fits and exc.key == "cluster.window_mib" and f"= {window_pages(s)} pages" in str(exc)
+        else:
+            assert fits
+
+    def test_above_the_largest_window_names_the_keys_to_lower(self):
+        """A footprint above the largest window says so and names only the keys to lower."""
+        with pytest.raises(ScenarioError, match=r"above the largest window \(1048576 MiB\): lower "
+                                                r"region.pages, cluster.nodes, cluster.threads_per_node$"):
+            from_dict({"cluster": {"nodes": 64, "threads_per_node": 64, "window_mib": 1 << 20},
+                       "region": {"pages": 1 << 20}})
+
+    def test_false_sharing_counts_a_region_per_pass(self):
+        """false-sharing's fresh region per pass counts (pages + 1) × repeats against the window."""
+        with pytest.raises(ScenarioError, match=r"\(region.pages \+ 1\) × workload.repeats = \(255 \+ 1\) × 2 = "
+                                                r"512 pages = 2097152 bytes; raise cluster.window_mib to at least 2"):
+            from_dict({"cluster": {"window_mib": 1}, "region": {"pages": 255},
+                       "workload": {"kind": "false-sharing", "repeats": 2}})
+
+
+class TestCheckMachine:
+    @given(s=small_scenarios(), machine=st.integers(1 << 16, 1 << 24))
+    def test_refused_exactly_above_half_the_memory(self, s, machine):
+        """Any scenario is refused exactly when its memory bound exceeds half the machine's memory."""
+        total, _how = memory_bytes(s)
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr("tornado_dsm._scenario_config.physical_memory", lambda: machine)
+                s.with_values({})
+        except ScenarioError as exc:
+            assert total > machine // 2 and f"may take {total} bytes" in str(exc)
+            assert f"more than half ({machine // 2} bytes) of this machine's {machine} bytes" in str(exc)
+        else:
+            assert total <= machine // 2
+
+    def test_shared_read_counts_a_copy_per_node(self, monkeypatch):
+        """shared-read's bound is a copy of the region per node; the error names the keys to lower."""
+        monkeypatch.setattr("tornado_dsm._scenario_config.physical_memory", lambda: 1 << 30)
+        with pytest.raises(ScenarioError) as info:
+            from_dict({"cluster": {"nodes": 4, "window_mib": 1024}, "region": {"pages": 40000},
+                       "workload": {"kind": "shared-read"}})
+        assert str(info.value) == (
+            "<string>: region.pages = 40000: the run may take 655360000 bytes of memory (4 copies of the "
+            "regions' 163840000 bytes), more than half (536870912 bytes) of this machine's 1073741824 bytes; "
+            "lower region.pages, cluster.nodes, or set cluster.memory_per_node (bytes of frames per node)")
+
+    def test_memory_per_node_caps_the_bound(self, monkeypatch):
+        """memory_per_node bounds the frames, so the same scenario with a cap is accepted."""
+        monkeypatch.setattr("tornado_dsm._scenario_config.physical_memory", lambda: 1 << 30)
+        doc = {"cluster": {"nodes": 4, "memory_per_node": 1 << 20, "window_mib": 1024}, "region": {"pages": 40000},
+               "workload": {"kind": "shared-read"}}
+        assert memory_bytes(from_dict(doc)) == (4 * (1 << 20) + 163840000, "4 nodes × cluster.memory_per_node "
+                                                "1048576 bytes of frames + 163840000 bytes of the swap of evicted pages")
+
+    def test_uses_this_machines_memory(self):
+        """The limit is this machine's physical memory (page size × physical pages)."""
+        import os
+        assert physical_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
@@ -169,3 +295,23 @@ class TestCliRunBeforeStart:
         assert cli_error(capsys, "run", str(path)) == (
             f"tornado-dsm: error: {path}: cluster.memory_per_node = 1: less than one page; "
             "expected 0 (no limit) or an integer of at least 4096 (one page)")
+
+    def test_more_than_half_the_memory_exits_2_before_start(self, tmp_path, capsys, no_start):
+        """A run that would take more than half of this machine's memory exits 2 before start."""
+        machine = physical_memory()
+        pages = min(1 << 20, machine // (64 * 4096) + 1)   # 64 copies of it: more than the whole machine
+        if 64 * pages * 4096 <= machine // 2:
+            pytest.skip("this machine has more memory than the largest shared-read can take")
+        path = tmp_path / "big.toml"
+        path.write_text(f"[cluster]\nnodes = 64\nwindow_mib = 1048576\n[region]\npages = {pages}\n"
+                        "[workload]\nkind = \"shared-read\"\n")
+        err = cli_error(capsys, "run", str(path))
+        assert err.startswith(f"tornado-dsm: error: {path}: region.pages = {pages}: the run may take "
+                              f"{64 * pages * 4096} bytes of memory (64 copies") and f"this machine's {machine} bytes" in err
+
+    def test_larger_than_window_exits_2_before_start(self, tmp_path, capsys, no_start):
+        """A workload larger than the window exits 2 with one line before any node starts."""
+        path = tmp_path / "wide.toml"
+        path.write_text("[cluster]\nwindow_mib = 1\n[region]\npages = 1000\n")
+        assert cli_error(capsys, "run", str(path)).startswith(
+            f"tornado-dsm: error: {path}: cluster.window_mib = 1: the window (1048576 bytes) is smaller")

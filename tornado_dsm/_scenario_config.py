@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import tomllib
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
+from ._workloads import footprint_formula, footprint_keys, memory_bytes, window_pages
 
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
 
@@ -307,6 +309,8 @@ def check(scenario: Scenario) -> Scenario:
                                 f"it applies to {', '.join(KEYS[key].kinds)}")
     _check_cross(source, values)
     _check_memory(source, values)
+    _check_window(source, values)
+    _check_machine(source, values)
     return scenario
 
 
@@ -347,3 +351,40 @@ def _check_memory(source: str, v: dict) -> None:
     if 0 < v["cluster.memory_per_node"] < PAGE:
         raise ScenarioError(source, "cluster.memory_per_node", v["cluster.memory_per_node"],
                             f"less than one page; expected {KEYS['cluster.memory_per_node'].accepted}")
+
+
+MIB = 1 << 20
+
+
+# Refuse a workload whose arrays do not fit the DSM window, naming the bytes both
+# ways, the window the workload needs and the keys that would make it fit.
+def _check_window(source: str, v: dict) -> None:
+    need, window = window_pages(v) * PAGE, v["cluster.window_mib"] * MIB
+    if need <= window:
+        return
+    most = KEYS["cluster.window_mib"].high
+    fix = f"raise cluster.window_mib to at least {-(-need // MIB)}, or lower " if need <= most * MIB else \
+        f"it is above the largest window ({most} MiB): lower "
+    raise ScenarioError(source, "cluster.window_mib", v["cluster.window_mib"],
+                        f"the window ({window} bytes) is smaller than the workload's arrays: "
+                        f"{v['workload.kind']} takes {footprint_formula(v)} = {need // PAGE} "
+                        f"pages = {need} bytes; {fix}{', '.join(footprint_keys(v))}")
+
+
+# This machine's physical memory in bytes (what the memory check compares with).
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# Refuse a run that may take more than half of this machine's physical memory,
+# naming both numbers, how the run's was counted and the keys that lower it.
+def _check_machine(source: str, v: dict) -> None:
+    machine, (total, how) = physical_memory(), memory_bytes(v)
+    if total <= machine // 2:
+        return
+    keys = list(dict.fromkeys(footprint_keys(v) + ([] if v["workload.kind"] == "infault" else ["cluster.nodes"])))
+    cap = ", or set cluster.memory_per_node (bytes of frames per node)" \
+        if 2 * window_pages(v) * PAGE <= machine // 2 else ""
+    raise ScenarioError(source, keys[0], v[keys[0]],
+                        f"the run may take {total} bytes of memory ({how}), more than half ({machine // 2} "
+                        f"bytes) of this machine's {machine} bytes; lower {', '.join(keys)}{cap}")
