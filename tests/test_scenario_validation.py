@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tornado_dsm._cli import main
 from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load, physical_memory
-from tornado_dsm._scenario_run import RunContext
+from tornado_dsm._scenario_run import RunContext, plan_runs, run_scenario
 from tornado_dsm._workloads import DRIVERS, memory_bytes, window_pages
 
 FLOAT_KEYS = sorted(k for k, spec in KEYS.items()
@@ -38,6 +38,14 @@ def assert_names(exc: ScenarioError, key: str, value, fragment: str) -> None:
     """The error names the key, shows the value and says what is accepted."""
     message = str(exc)
     assert exc.key == key and f"{key} = {value!r}" in message and fragment in message
+
+
+@pytest.fixture
+def no_start(monkeypatch):
+    """Fail the test if any cluster would start (every check must come before)."""
+    def started(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+    monkeypatch.setattr("tornado_dsm._scenario_run.run_one", started)
 
 
 class TestCheckValue:
@@ -204,6 +212,34 @@ class TestCheckMachine:
         assert physical_memory() == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+
+BASE_ACCEPTED = "expected a positive (nonzero) multiple of the page size (4096), e.g. 0x200000000000 (the default)"
+
+
+class TestPlanRuns:
+    @given(base=st.integers(-(1 << 20), 1 << 46).filter(lambda b: b <= 0 or b % 4096))
+    def test_zero_negative_or_unaligned_base_is_refused(self, base):
+        """Any base that is not a positive multiple of 4096 is refused, shown in hex."""
+        with pytest.raises(ScenarioError) as info:
+            plan_runs(from_dict({}), base)
+        assert str(info.value) == f"<string>: --base = {hex(base)!r}: {BASE_ACCEPTED}"
+
+    def test_windows_past_user_space_are_refused(self):
+        """A base whose last combination's window would pass the end of user space is refused."""
+        s = from_dict({"vary": {"nodes": [1, 2]}})
+        with pytest.raises(ScenarioError) as info:
+            plan_runs(s, 0x7FFF_0000_0000)
+        assert str(info.value) == (
+            "<string>: --base = '0x7fff00000000': the windows of the 2 run(s) would end at 0x800f04000000, "
+            "past the end of user space (0x7ffffffff000); expected a base of at most 0x7feffbfff000")
+        assert [b for _o, _s, b in plan_runs(s, 0x7FEF_FBFF_F000)] == [0x7FEF_FBFF_F000, 0x7FFF_FBFF_F000]
+
+    def test_run_scenario_refuses_a_bad_base_before_start(self, no_start):
+        """run_scenario(base=0) is a ScenarioError before any cluster starts."""
+        with pytest.raises(ScenarioError, match="--base = '0x0'"):
+            run_scenario(from_dict({}), base=0, progress=False)
+
+
 FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
 
 
@@ -279,14 +315,6 @@ class TestCliRun:
             f"tornado-dsm: error: {path}: (file) = {str(path)!r}: not UTF-8 (byte 0xe9 at offset 11, line 1)")
 
 
-@pytest.fixture
-def no_start(monkeypatch):
-    """Fail the test if any cluster would start (every check must come before)."""
-    def started(*args, **kwargs):
-        raise AssertionError("a cluster was started")
-    monkeypatch.setattr("tornado_dsm._scenario_run.run_one", started)
-
-
 class TestCliRunBeforeStart:
     def test_memory_below_one_page_exits_2_before_start(self, tmp_path, capsys, no_start):
         """memory_per_node = 1 exits 2 with one line, before any node starts."""
@@ -315,3 +343,37 @@ class TestCliRunBeforeStart:
         path.write_text("[cluster]\nwindow_mib = 1\n[region]\npages = 1000\n")
         assert cli_error(capsys, "run", str(path)).startswith(
             f"tornado-dsm: error: {path}: cluster.window_mib = 1: the window (1048576 bytes) is smaller")
+
+    @pytest.mark.parametrize("base,shown", [("0", "0x0"), ("0x1001", "0x1001"), ("-4096", "-0x1000")])
+    def test_bad_base_exits_2_before_start(self, capsys, no_start, base, shown):
+        """--base 0, negative or unaligned exits 2 with one line before any node starts."""
+        assert cli_error(capsys, "run", "quickstart", f"--base={base}").endswith(
+            f"quickstart.toml: --base = {shown!r}: {BASE_ACCEPTED}")
+
+    def test_base_not_a_number_is_an_argparse_error(self, capsys):
+        """--base abc is argparse's usage error naming the option and the text."""
+        with pytest.raises(SystemExit) as info:
+            main(["run", "quickstart", "--base", "abc"])
+        assert info.value.code == 2
+        assert "tornado-dsm run: error: argument --base: invalid address value: 'abc'" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("option", ["--json", "--plot"])
+    def test_output_in_missing_directory_exits_2_before_start(self, tmp_path, capsys, no_start, option):
+        """--json/--plot in a directory that does not exist exits 2 before any node starts."""
+        out = tmp_path / "missing" / "r.out"
+        assert cli_error(capsys, "run", "quickstart", option, str(out)).endswith(
+            f"quickstart.toml: {option} = {str(out)!r}: the directory {str(out.parent)!r} does not exist; "
+            "expected a file path in an existing, writable directory")
+
+    def test_output_under_a_file_exits_2_before_start(self, tmp_path, capsys, no_start):
+        """--json under a plain file (not a directory) exits 2 before any node starts."""
+        (tmp_path / "plain").write_text("")
+        out = tmp_path / "plain" / "r.json"
+        assert cli_error(capsys, "run", "quickstart", "--json", str(out)).endswith(
+            f"--json = {str(out)!r}: {str(out.parent)!r} is not a directory; "
+            "expected a file path in an existing, writable directory")
+
+    def test_output_that_is_a_directory_exits_2_before_start(self, tmp_path, capsys, no_start):
+        """--plot naming an existing directory exits 2 before any node starts."""
+        assert cli_error(capsys, "run", "quickstart", "--plot", str(tmp_path)).endswith(
+            f"--plot = {str(tmp_path)!r}: a directory; expected a file path in an existing, writable directory")
