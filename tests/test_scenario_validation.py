@@ -240,6 +240,23 @@ class TestPlanRuns:
             run_scenario(from_dict({}), base=0, progress=False)
 
 
+
+class TestCheckCross:
+    @given(nodes=st.integers(1, 64), tpn=st.integers(1, 64), pages=st.integers(1, 9))
+    def test_false_sharing_refused_exactly_when_threads_outnumber_words(self, nodes, tpn, pages):
+        """false-sharing is refused exactly when its threads outnumber the data pages' words (512 a page)."""
+        doc = {"cluster": {"nodes": nodes, "threads_per_node": tpn}, "region": {"pages": pages},
+               "workload": {"kind": "false-sharing"}}
+        if pages * 512 < nodes * tpn:
+            with pytest.raises(ScenarioError) as info:
+                from_dict(doc)
+            assert_names(info.value, "region.pages", pages, f"too few for false-sharing's {nodes * tpn} threads "
+                         f"(cluster.nodes × cluster.threads_per_node), a word each, 512 a page; expected at least "
+                         f"{-(-nodes * tpn // 512)}")
+        else:
+            assert from_dict(doc)["region.pages"] == pages
+
+
 FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
 
 

@@ -21,7 +21,7 @@ from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
-from ._workloads import footprint_formula, footprint_keys, memory_bytes, window_pages
+from ._workloads import WORDS, footprint_formula, footprint_keys, memory_bytes, window_pages
 
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
 
@@ -337,6 +337,11 @@ def _check_cross(source: str, v: dict) -> None:
         raise ScenarioError(source, "policies.region", region,
                             f"expected {KEYS['policies.region'].accepted}; "
                             f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})") from None
+    threads = v["cluster.nodes"] * v["cluster.threads_per_node"]
+    if v["workload.kind"] == "false-sharing" and v["region.pages"] * WORDS < threads:
+        raise ScenarioError(source, "region.pages", v["region.pages"],
+                            f"too few for false-sharing's {threads} threads (cluster.nodes × cluster.threads_per_node),"
+                            f" a word each, {WORDS} a page; expected at least {-(-threads // WORDS)}")
     if v["workload.kind"] == "ping-pong" and v["cluster.nodes"] < 2:
         raise ScenarioError(source, "cluster.nodes", 1, "ping-pong needs at least 2 nodes")
     if v["workload.kind"] == "matmul" and v["workload.n"] % v["workload.block"]:
