@@ -90,6 +90,14 @@ def _check_output(source: str, option: str, path) -> None:
         raise ScenarioError(source, option, path, f"the directory {str(folder)!r} is not writable; {accepted}")
 
 
+# Run every combination of the checked ``scenario`` at --base (or the default window).
+def _execute(scenario, args):
+    from ._scenario_run import run_scenario
+
+    extra = {} if args.base is None else {"base": args.base}
+    return run_scenario(scenario, progress=not args.no_progress, **extra)
+
+
 # ---- run -----------------------------------------------------------------------------
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
