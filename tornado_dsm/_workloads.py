@@ -338,6 +338,7 @@ def steps_of(s) -> int:
 
 # ---- memory footprint (checked before any node starts) -----------------------------------
 
+# Threads of scenario ``s`` in the whole cluster.
 def _threads(s) -> int:
     return s["cluster.nodes"] * s["cluster.threads_per_node"]
 
@@ -358,32 +359,32 @@ FOOTPRINTS = {
 }
 
 
+# Pages of the DSM window the driver of scenario ``s`` allocates in one run.
 def window_pages(s) -> int:
-    """Pages of the DSM window the driver of scenario ``s`` allocates in one run."""
     return FOOTPRINTS[s["workload.kind"]][1](s)
 
 
+# The scenario keys the window footprint of ``s`` grows with (those its formula names).
 def footprint_keys(s) -> list[str]:
-    """The scenario keys the window footprint of ``s`` grows with (those its formula names)."""
     return re.findall(r"[a-z]+[.][a-z_]+", FOOTPRINTS[s["workload.kind"]][0])
 
 
+# The window footprint of ``s`` in words and in numbers ("region.pages + 1 = 16 + 1").
 def footprint_formula(s) -> str:
-    """The window footprint of ``s`` in words and in numbers ("region.pages + 1 = 16 + 1")."""
     formula = FOOTPRINTS[s["workload.kind"]][0]
     return f"{formula} = {re.sub(r'[a-z]+[.][a-z_]+', lambda m: str(s[m.group()]), formula)}"
 
 
+# How many nodes may hold a frame of one page: infault's threads touch only their own
+# pages (one node each); every other kind shares its pages among all nodes.
 def copies_per_page(s) -> int:
-    """How many nodes may hold a frame of one page: infault's threads touch only their
-    own pages (one node each); every other kind shares its pages among all nodes."""
     return 1 if s["workload.kind"] == "infault" else s["cluster.nodes"]
 
 
+# An upper bound of the memory one run of ``s`` takes, and how it was counted: the
+# frames of every node (at most memory_per_node each), plus the backing store (the file,
+# or the swap of pages evicted under memory_per_node).
 def memory_bytes(s) -> tuple[int, str]:
-    """An upper bound of the memory one run of ``s`` takes, and how it was counted: the
-    frames of every node (at most memory_per_node each), plus the backing store (the
-    file, or the swap of pages evicted under memory_per_node)."""
     regions, copies, cap = window_pages(s) * PAGE, copies_per_page(s), s["cluster.memory_per_node"]
     frames = regions * copies
     how = f"{copies} cop{'y' if copies == 1 else 'ies'} of the regions' {regions} bytes"
