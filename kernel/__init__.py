@@ -14,8 +14,8 @@ has its clustered object system attached before any user code runs.
 
 from .machine import (
     DEFAULT_BASE, DEFAULT_SIZE, HAT, MODE_FLOOR, MODE_PYTHON, PAGE, PROT_NONE, PROT_READ, PROT_WRITE,
-    READ, WRITE, DSMInternalError, FaultRefused, HATStatistics, KernelPager, MemoryLayoutError,
-    NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
+    READ, USER_SPACE_END, WRITE, DSMInternalError, FaultRefused, HATStatistics, KernelPager,
+    MemoryLayoutError, NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
 )
 from .net import (
     LOST, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
@@ -30,7 +30,8 @@ from .cobj import (
 
 __all__ = [
     "DEFAULT_BASE", "DEFAULT_SIZE", "HAT", "MODE_FLOOR", "MODE_PYTHON", "PAGE", "PROT_NONE",
-    "PROT_READ", "PROT_WRITE", "READ", "WRITE", "DSMInternalError", "FaultRefused", "HATStatistics",
+    "PROT_READ", "PROT_WRITE", "READ", "USER_SPACE_END", "WRITE", "DSMInternalError", "FaultRefused",
+    "HATStatistics",
     "KernelPager", "MemoryLayoutError", "NodeMemory", "PagerStatistics", "SegmentationFault",
     "atomic", "log2_percentile", "trap", "view_at",
     "LOST", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",

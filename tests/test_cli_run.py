@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -16,10 +17,14 @@ REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# The console script of the Python running the tests (a virtual environment's own), else PATH's.
+SCRIPT = str(Path(sys.executable).with_name("tornado-dsm")) \
+    if Path(sys.executable).with_name("tornado-dsm").is_file() else "tornado-dsm"
+
+
 def tornado_dsm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed console script from a directory other than the repository."""
-    return subprocess.run(["tornado-dsm", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd="/")
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=timeout, cwd="/")
 
 
 @pytest.mark.multinode

@@ -8,6 +8,7 @@ run(args) -> exit status, registered in _cli.SUBCOMMANDS.  Heavy imports
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import types
 from pathlib import Path
@@ -39,21 +40,57 @@ def _add_scenario_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
                         help="compare values of a key (replaces [vary] for that key); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--base", type=lambda v: int(v, 0), default=None, metavar="ADDRESS",
+    parser.add_argument("--base", type=address, default=None, metavar="ADDRESS",
                         help="DSM window base of the first cluster (default: the library's); "
                              "each further combination's window follows it")
 
 
-def _load(args):
+# An integer written in Python's syntax (decimal, 0x..., 0o..., 0b...); argparse
+# turns the ValueError into "argument --base: invalid address value: 'TEXT'".
+def address(text: str) -> int:
+    return int(text, 0)
+
+
+# The scenario of ``args``, loaded and checked with the --base windows and the
+# ``outputs`` ((option, path or None), ...), before any node starts; None after
+# printing the one-line error (the caller exits with status 2).
+def _load(args, outputs=()):
+    from tornado_dsm.kernel import DEFAULT_BASE
+
     from ._scenario_config import ScenarioError, load
+    from ._scenario_run import plan_runs
 
     try:
-        return load(find_scenario(args.file), args.set, args.vary)
+        scenario = load(find_scenario(args.file), args.set, args.vary)
+        for option, path in outputs:
+            _check_output(scenario.source, option, path)
+        plan_runs(scenario, DEFAULT_BASE if args.base is None else args.base)
+        return scenario
     except ScenarioError as exc:
         print(f"tornado-dsm: error: {exc}", file=sys.stderr)
         return None
 
 
+# ScenarioError (key ``option``) unless ``path`` (None: not asked for) can be
+# written: not a directory, in an existing, writable directory.
+def _check_output(source: str, option: str, path) -> None:
+    from ._scenario_config import ScenarioError
+
+    if path is None:
+        return
+    folder = Path(path).parent
+    accepted = "expected a file path in an existing, writable directory"
+    if Path(path).is_dir():
+        raise ScenarioError(source, option, path, f"a directory; {accepted}")
+    if not folder.is_dir():
+        reason = f"{str(folder)!r} is not a directory" if folder.exists() else \
+            f"the directory {str(folder)!r} does not exist"
+        raise ScenarioError(source, option, path, f"{reason}; {accepted}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ScenarioError(source, option, path, f"the directory {str(folder)!r} is not writable; {accepted}")
+
+
+# Run every combination of the checked ``scenario`` at --base (or the default window).
 def _execute(scenario, args):
     from ._scenario_run import run_scenario
 
@@ -73,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     """Run every combination, print the table, write the JSON and the plot if asked."""
     from . import _report
 
-    scenario = _load(args)
+    scenario = _load(args, (("--json", args.json), ("--plot", args.plot)))
     if scenario is None:
         return 2
     runs = _execute(scenario, args)

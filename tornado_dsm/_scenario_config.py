@@ -10,14 +10,18 @@ file, the key, the bad value and what is accepted.
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import tomllib
 from pathlib import Path
 
 import attrs
 
+from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
+from ._workloads import WORDS, footprint_formula, footprint_keys, memory_bytes, window_pages
 
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
 
@@ -67,7 +71,8 @@ KEYS: dict[str, Key] = {
                                 "Coherence: IVY multiple readers/single writer, or migrate (one copy moves)."),
     "cluster.manager": _choice("dynamic", MANAGERS,
                                "IVY manager: one directory on node 0, page p on node p mod N, or probOwner hints."),
-    "cluster.memory_per_node": _int(0, 0, None, "Bytes of frames a node may hold (0: no limit)."),
+    "cluster.memory_per_node": Key(int, 0, f"0 (no limit) or an integer of at least {PAGE} (one page)", low=0,
+                                   doc="Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
     "policies.process": _choice("replicated", ("replicated", "singleton"),
@@ -152,13 +157,50 @@ def load(path, sets=(), varies=()) -> Scenario:
     """
     path = str(path)
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ScenarioError(path, "(file)", path, "no such file; `tornado-dsm list` shows the shipped ones") from None
+        doc = tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(path, "(syntax)", str(exc), "valid TOML (https://toml.io)") from None
     return from_dict(doc, path, sets, varies)
+
+
+MAX_FILE_BYTES = 1 << 20  # a scenario is a few lines; more is the wrong file (or /dev/zero)
+_FILE_ACCEPTED = "expected a scenario file (UTF-8 TOML text) or the name of a shipped one (`tornado-dsm list`)"
+
+
+# The text of scenario file ``path``.  ScenarioError (key "(file)") if it is
+# missing, a directory, unreadable, larger than MAX_FILE_BYTES, binary or not UTF-8.
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ScenarioError(path, "(file)", path, "no such file; `tornado-dsm list` shows the shipped ones") from None
+    except IsADirectoryError:
+        raise ScenarioError(path, "(file)", path, f"a directory; {_FILE_ACCEPTED}") from None
+    except OSError as exc:
+        raise ScenarioError(path, "(file)", path, f"cannot be read ({exc.strerror}); {_FILE_ACCEPTED}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError(path, "(file)", path, f"larger than {MAX_FILE_BYTES} bytes; {_FILE_ACCEPTED}")
+    return _decode(path, data)
+
+
+# ``data`` as text; ScenarioError naming the first NUL byte (a binary file) or
+# the first byte that is not UTF-8, with its offset and line.
+def _decode(path: str, data: bytes) -> str:
+    if b"\0" in data:
+        at = data.index(b"\0")
+        raise ScenarioError(path, "(file)", path, f"a binary file (a NUL byte at offset {at}, line "
+                            f"{_line(data, at)}); {_FILE_ACCEPTED}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(path, "(file)", path, f"not UTF-8 (byte {data[exc.start]:#04x} at offset "
+                            f"{exc.start}, line {_line(data, exc.start)}); {_FILE_ACCEPTED}") from None
+
+
+# The 1-based line of byte offset ``at`` in ``data``.
+def _line(data: bytes, at: int) -> int:
+    return data.count(b"\n", 0, at) + 1
 
 
 def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenario:
@@ -266,19 +308,27 @@ def check(scenario: Scenario) -> Scenario:
             raise ScenarioError(source, key, values[key], f"does not apply to workload kind {kind!r}; "
                                 f"it applies to {', '.join(KEYS[key].kinds)}")
     _check_cross(source, values)
+    _check_memory(source, values)
+    _check_window(source, values)
+    _check_machine(source, values)
     return scenario
 
 
+# Refuse a value of the wrong type, outside the choices or the range of ``spec``,
+# or a float that is nan or infinite (nan compares false with every bound).
 def _check_value(key: str, spec: Key, value, source: str) -> None:
     types = spec.type if isinstance(spec.type, tuple) else (spec.type,)
     if isinstance(value, bool) and bool not in types or not isinstance(value, types):
         raise ScenarioError(source, key, value, f"wrong type {type(value).__name__}; expected {spec.accepted}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(source, key, value, f"not a finite number; expected {spec.accepted}")
     if spec.choices and value not in spec.choices:
         raise ScenarioError(source, key, value, f"expected {spec.accepted}")
     if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
         raise ScenarioError(source, key, value, f"out of range; expected {spec.accepted}")
 
 
+# Refuse values that are wrong only together with others.
 def _check_cross(source: str, v: dict) -> None:
     region = v["policies.region"]
     try:
@@ -287,6 +337,11 @@ def _check_cross(source: str, v: dict) -> None:
         raise ScenarioError(source, "policies.region", region,
                             f"expected {KEYS['policies.region'].accepted}; "
                             f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})") from None
+    threads = v["cluster.nodes"] * v["cluster.threads_per_node"]
+    if v["workload.kind"] == "false-sharing" and v["region.pages"] * WORDS < threads:
+        raise ScenarioError(source, "region.pages", v["region.pages"],
+                            f"too few for false-sharing's {threads} threads (cluster.nodes × cluster.threads_per_node),"
+                            f" a word each, {WORDS} a page; expected at least {-(-threads // WORDS)}")
     if v["workload.kind"] == "ping-pong" and v["cluster.nodes"] < 2:
         raise ScenarioError(source, "cluster.nodes", 1, "ping-pong needs at least 2 nodes")
     if v["workload.kind"] == "matmul" and v["workload.n"] % v["workload.block"]:
@@ -294,3 +349,47 @@ def _check_cross(source: str, v: dict) -> None:
                             f"a divisor of workload.n ({v['workload.n']})")
     if v["region.backing"] == "anonymous" and v["region.path"]:
         raise ScenarioError(source, "region.path", v["region.path"], "only with region.backing = 'file'")
+
+
+# Refuse a memory limit below one page (a node could hold no frame at all).
+def _check_memory(source: str, v: dict) -> None:
+    if 0 < v["cluster.memory_per_node"] < PAGE:
+        raise ScenarioError(source, "cluster.memory_per_node", v["cluster.memory_per_node"],
+                            f"less than one page; expected {KEYS['cluster.memory_per_node'].accepted}")
+
+
+MIB = 1 << 20
+
+
+# Refuse a workload whose arrays do not fit the DSM window, naming the bytes both
+# ways, the window the workload needs and the keys that would make it fit.
+def _check_window(source: str, v: dict) -> None:
+    need, window = window_pages(v) * PAGE, v["cluster.window_mib"] * MIB
+    if need <= window:
+        return
+    most = KEYS["cluster.window_mib"].high
+    fix = f"raise cluster.window_mib to at least {-(-need // MIB)}, or lower " if need <= most * MIB else \
+        f"it is above the largest window ({most} MiB): lower "
+    raise ScenarioError(source, "cluster.window_mib", v["cluster.window_mib"],
+                        f"the window ({window} bytes) is smaller than the workload's arrays: "
+                        f"{v['workload.kind']} takes {footprint_formula(v)} = {need // PAGE} "
+                        f"pages = {need} bytes; {fix}{', '.join(footprint_keys(v))}")
+
+
+# This machine's physical memory in bytes (what the memory check compares with).
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# Refuse a run that may take more than half of this machine's physical memory,
+# naming both numbers, how the run's was counted and the keys that lower it.
+def _check_machine(source: str, v: dict) -> None:
+    machine, (total, how) = physical_memory(), memory_bytes(v)
+    if total <= machine // 2:
+        return
+    keys = list(dict.fromkeys(footprint_keys(v) + ([] if v["workload.kind"] == "infault" else ["cluster.nodes"])))
+    cap = ", or set cluster.memory_per_node (bytes of frames per node)" \
+        if 2 * window_pages(v) * PAGE <= machine // 2 else ""
+    raise ScenarioError(source, keys[0], v[keys[0]],
+                        f"the run may take {total} bytes of memory ({how}), more than half ({machine // 2} "
+                        f"bytes) of this machine's {machine} bytes; lower {', '.join(keys)}{cap}")

@@ -19,9 +19,9 @@ import time
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, USER_SPACE_END
 
-from ._scenario_config import Scenario
+from ._scenario_config import Scenario, ScenarioError
 from ._stats import NodeStatistics
 from ._workloads import DRIVERS, ThreadResult, steps_of
 
@@ -221,20 +221,18 @@ def _ppc_counts(cluster) -> dict:
 # ---- running ---------------------------------------------------------------------------------
 
 def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = True) -> list[RunResult]:
-    """Run every combination of ``scenario`` (one cluster each); results in vary order."""
+    """Run every combination of ``scenario`` (one cluster each); results in vary order.
+    A bad ``base`` is a ScenarioError before any cluster starts (see `plan_runs`)."""
     from tqdm import tqdm
 
-    runs = [(override, scenario.with_values(override)) for override in scenario.combinations()]
-    largest = max(s["cluster.window_mib"] << 20 for _o, s in runs)
-    slot = -(-largest // SLOT) * SLOT  # windows of successive clusters never overlap
-    bar = tqdm(total=sum(steps_of(s) for _o, s in runs), desc=scenario.name, unit="step",
+    runs = plan_runs(scenario, base)
+    bar = tqdm(total=sum(steps_of(s) for _o, s, _b in runs), desc=scenario.name, unit="step",
                disable=None if progress else True, leave=False, dynamic_ncols=True)
     results = []
     try:
-        for i, (override, s) in enumerate(runs):
+        for override, s, window_base in runs:
             try:
-                results.append(run_one(s, override, base + i * slot,
-                                       lambda label, o=override: _tick(bar, o, label)))
+                results.append(run_one(s, override, window_base, lambda label, o=override: _tick(bar, o, label)))
             except Exception as exc:
                 exc.add_note(f"while running scenario {scenario.name} ({scenario.source}) with "
                              f"{override or 'the values as written'}")
@@ -242,6 +240,28 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     finally:
         bar.close()
     return results
+
+
+# (override, scenario, window base) of every combination, in vary order: the
+# windows are one SLOT-aligned slot apart from ``base`` on, so they never overlap.
+# ScenarioError (key "--base") unless base is a positive multiple of the page and
+# every window ends within user space.
+def plan_runs(scenario: Scenario, base: int) -> list[tuple[dict, Scenario, int]]:
+    accepted = f"expected a positive (nonzero) multiple of the page size ({PAGE}), e.g. {DEFAULT_BASE:#x} (the default)"
+    if not isinstance(base, int) or isinstance(base, bool) or base <= 0 or base % PAGE:
+        raise ScenarioError(scenario.source, "--base", hex(base) if isinstance(base, int) else base, accepted)
+    runs = [(override, scenario.with_values(override)) for override in scenario.combinations()]
+    slot = -(-max(s["cluster.window_mib"] << 20 for _o, s in runs) // SLOT) * SLOT
+    planned = [(override, s, base + i * slot) for i, (override, s) in enumerate(runs)]
+    end = max(b + (s["cluster.window_mib"] << 20) for _o, s, b in planned)
+    if end > USER_SPACE_END:
+        highest = (USER_SPACE_END - (end - base)) // PAGE * PAGE
+        raise ScenarioError(scenario.source, "--base", hex(base),
+                            f"the windows of the {len(planned)} run(s) would end at {end:#x}, past the end of "
+                            f"user space ({USER_SPACE_END:#x}); "
+                            + (f"expected a base of at most {highest:#x}" if highest > 0 else
+                               "lower cluster.window_mib or the number of combinations"))
+    return planned
 
 
 def _tick(bar, override: dict, label: str) -> None:

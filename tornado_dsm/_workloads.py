@@ -11,6 +11,7 @@ measured step give the faults by kind, PPCs and messages.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from time import perf_counter
@@ -19,6 +20,7 @@ import attrs
 import numpy as np
 
 import tornado_dsm as td
+from tornado_dsm.kernel import PAGE
 
 WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
@@ -332,3 +334,65 @@ def steps_of(s) -> int:
     """How many steps the driver of ``s`` runs (the progress bar's total)."""
     kind, r = s["workload.kind"], s["workload.repeats"]
     return {"infault": r + 1, "producer-consumer": 2 * r}.get(kind, r)
+
+
+# ---- memory footprint (checked before any node starts) -----------------------------------
+
+# Threads of scenario ``s`` in the whole cluster.
+def _threads(s) -> int:
+    return s["cluster.nodes"] * s["cluster.threads_per_node"]
+
+
+# kind -> (formula, pages): the DSM window pages of the arrays its driver makes, in
+# words and as a function of the scenario.  No driver frees an array before the run
+# ends, so false-sharing's fresh region per pass adds up.
+FOOTPRINTS = {
+    "infault": ("region.pages × cluster.nodes × cluster.threads_per_node",
+                lambda s: s["region.pages"] * _threads(s)),
+    "shared-read": ("region.pages", lambda s: s["region.pages"]),
+    "producer-consumer": ("region.pages", lambda s: s["region.pages"]),
+    "false-sharing": ("(region.pages + 1) × workload.repeats",
+                      lambda s: (s["region.pages"] + 1) * s["workload.repeats"]),
+    "ping-pong": ("region.pages + 1", lambda s: s["region.pages"] + 1),
+    "jacobi": ("2 × max(region.pages, 3)", lambda s: 2 * max(s["region.pages"], 3)),
+    "matmul": (f"3 × ⌈workload.n² / {WORDS}⌉", lambda s: 3 * -(-s["workload.n"] ** 2 // WORDS)),
+}
+
+
+# Pages of the DSM window the driver of scenario ``s`` allocates in one run.
+def window_pages(s) -> int:
+    return FOOTPRINTS[s["workload.kind"]][1](s)
+
+
+# The scenario keys the window footprint of ``s`` grows with (those its formula names).
+def footprint_keys(s) -> list[str]:
+    return re.findall(r"[a-z]+[.][a-z_]+", FOOTPRINTS[s["workload.kind"]][0])
+
+
+# The window footprint of ``s`` in words and in numbers ("region.pages + 1 = 16 + 1").
+def footprint_formula(s) -> str:
+    formula = FOOTPRINTS[s["workload.kind"]][0]
+    return f"{formula} = {re.sub(r'[a-z]+[.][a-z_]+', lambda m: str(s[m.group()]), formula)}"
+
+
+# How many nodes may hold a frame of one page: infault's threads touch only their own
+# pages (one node each); every other kind shares its pages among all nodes.
+def copies_per_page(s) -> int:
+    return 1 if s["workload.kind"] == "infault" else s["cluster.nodes"]
+
+
+# An upper bound of the memory one run of ``s`` takes, and how it was counted: the
+# frames of every node (at most memory_per_node each), plus the backing store (the file,
+# or the swap of pages evicted under memory_per_node).
+def memory_bytes(s) -> tuple[int, str]:
+    regions, copies, cap = window_pages(s) * PAGE, copies_per_page(s), s["cluster.memory_per_node"]
+    frames = regions * copies
+    how = f"{copies} cop{'y' if copies == 1 else 'ies'} of the regions' {regions} bytes"
+    if cap and s["cluster.nodes"] * (cap // PAGE * PAGE) < frames:
+        frames = s["cluster.nodes"] * (cap // PAGE * PAGE)
+        how = f"{s['cluster.nodes']} nodes × cluster.memory_per_node {cap // PAGE * PAGE} bytes of frames"
+    if cap or s["region.backing"] == "file":
+        store = "the file" if s["region.backing"] == "file" else "the swap of evicted pages"
+        return frames + regions, f"{how} + {regions} bytes of {store}"
+    return frames, how
+

@@ -27,6 +27,7 @@ from . import _trap
 # Far from the heap (0x55.., 0x56..), the mmap area and stacks (0x7f..): 32 TiB.
 DEFAULT_BASE = 0x2000_0000_0000
 DEFAULT_SIZE = 1 << 30
+USER_SPACE_END = 0x7FFF_FFFF_F000  # no window may pass it (x86-64's 47-bit user space, less a page)
 _MAP_FAILED = ffi.cast("void *", -1)
 
 
@@ -145,7 +146,7 @@ def _check_layout(base: int, size: int) -> None:
         raise ValueError(f"base {base:#x} must be a positive multiple of the page size ({PAGE})")
     if size <= 0 or size % PAGE:
         raise ValueError(f"size {size} must be a positive multiple of the page size ({PAGE})")
-    if base + size > 0x7FFF_FFFF_F000:
+    if base + size > USER_SPACE_END:
         raise ValueError(f"window [{base:#x}, {base + size:#x}) passes the end of user space (0x7ffffffff000)")
 
 
