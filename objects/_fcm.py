@@ -339,6 +339,21 @@ class FCMPages:
         with self.cond:
             self.memory.hat.protect(self.vpage, self.npages, PROT_NONE)
 
+    def take_dirty(self) -> list:
+        """[page, bytes] of every page written here since the last write-back,
+        now clean.  A writable one is write-protected first (kept, READ, still
+        owned, as after a reader's copy): no store races the copy, and the next
+        store faults and marks it dirty again, so the next flush writes it."""
+        with self.cond:
+            dirty = np.flatnonzero(self.dirty & (self.access != NIL)).tolist()
+            for p in dirty:
+                if self._access[p] == WRITE:
+                    self._access[p] = READ
+                    self._locked_map(p)
+            out = [[p, self.memory.frame(self.vpage + p).tobytes()] for p in dirty]
+            self.dirty[dirty] = 0
+        return out
+
     def resident(self) -> int:
         """Pages this node holds a copy of."""
         return int(np.count_nonzero(self.access))
@@ -426,12 +441,7 @@ class FCMRep(ClusteredRep, FCM):
         return self.pages.resident()
 
     def dirty_pages(self) -> list:
-        pages = self.pages
-        with pages.cond:
-            dirty = np.flatnonzero(pages.dirty & (pages.access != 0)).tolist()
-            out = [[p, pages.memory.frame(pages.vpage + p).tobytes()] for p in dirty]
-            pages.dirty[dirty] = 0
-        return out
+        return self.pages.take_dirty()
 
     def statistics(self) -> FCMStatistics:
         return FCMStatistics(self.incore_faults, self.coherence_faults, self.pages.stale_grants,

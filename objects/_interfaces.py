@@ -42,7 +42,15 @@ class Process(Interface):
         ...
 
     def release(self, first_page: int) -> None:
-        """Give a reserved run back (forwarded to the root)."""
+        """Give a reserved run that was never attached back (forwarded to the root)."""
+        ...
+
+    def retire(self, first_page: int) -> None:
+        """Quarantine the run of a freed region: not reused while the window has room (to the root)."""
+        ...
+
+    def why_unmapped(self, address: int) -> str:
+        """"use after free" naming the freed region at ``address``, or "" (forwarded to the root)."""
         ...
 
     def attach(self, start: int, end: int, region: int, name: str) -> None:

@@ -92,7 +92,7 @@ def handle_fault(address: int, access: int) -> None:
     try:
         region = _process.find_region(address)
         if region is None:
-            raise FaultRefused("no region at this address (never allocated, or freed)")
+            raise FaultRefused(_why_unmapped(address))
         fcm, page = _regions[region].translate(address, access)
         _fcms[fcm].get_page(page, access)
     except ObjectDestroyed as exc:
@@ -107,6 +107,19 @@ def _array_name(address: int) -> str:
     """The name of the array at ``address``, for fault messages (slow path only)."""
     name = _process.region_name(address)
     return f"array {name!r}" if name else "an array"
+
+
+NO_REGION = "no region at this address (never allocated, or freed)"
+
+
+def _why_unmapped(address: int) -> str:
+    """The reason a fault outside every region is refused: the freed array
+    it belonged to if the Process still remembers one (a refused fault is
+    rare, so asking the root is fine), else the generic reason."""
+    try:
+        return _process.why_unmapped(address) or NO_REGION
+    except Exception:  # noqa: BLE001 -- a diagnostic must never turn into another failure
+        return NO_REGION
 
 
 # ---- Process -------------------------------------------------------------------------------
@@ -200,6 +213,12 @@ class ProcessRep(ClusteredRep, Process):
     def release(self, first_page: int) -> None:
         self.call_root("release", first_page)
 
+    def retire(self, first_page: int) -> None:
+        self.call_root("retire", first_page)
+
+    def why_unmapped(self, address: int) -> str:
+        return self.call_root("why_unmapped", address)
+
     def attach(self, start: int, end: int, region: int, name: str) -> None:
         self.call_root("attach", start, end, region, name)
 
@@ -217,6 +236,7 @@ class ProcessRoot(ClusteredRoot):
         self.base = base
         self.space = AddressSpace(npages)
         self.regions = RegionList()
+        self.detached: dict[int, tuple[int, str]] = {}  # first page -> (count, name), detach to retire
 
     def rep_args(self, node: int) -> list:
         return [self.regions.to_wire()]
@@ -227,9 +247,33 @@ class ProcessRoot(ClusteredRoot):
             return self.space.allocate(npages)
 
     def release(self, first_page: int) -> None:
-        """Give a reserved run back."""
+        """Give a reserved run that was never attached back at once."""
         with self.lock:
             self.space.release(first_page)
+
+    def retire(self, first_page: int) -> None:
+        """Give back the run of a freed (detached) region: it is quarantined
+        (_layout.py), so its addresses are not handed out again while the
+        window has other room, and faults on it name the freed region."""
+        with self.lock:
+            _count, name = self.detached.pop(first_page, (0, ""))
+            self.space.retire(first_page, name)
+
+    def why_unmapped(self, address: int) -> str:
+        """Why a fault at ``address``, in no region, is refused: "use after
+        free" naming the freed region there, or "" if none is remembered."""
+        page = (address - self.base) // PAGE
+        with self.lock:
+            found = self.space.freed_at(page) if 0 <= page < self.space.npages else None
+            if found is None:  # detached, its objects being destroyed, not yet retired
+                found = next(((first, n, name) for first, (n, name) in self.detached.items()
+                              if first <= page < first + n), None)
+        if found is None:
+            return ""
+        first, count, name = found
+        start = self.base + first * PAGE
+        return (f"use after free: array {name!r} [{start:#x}, {start + count * PAGE:#x}) was freed "
+                "(its addresses stay unmapped until the window needs them again)")
 
     def attach(self, start: int, end: int, region_oid: int, name: str) -> None:
         """Add a region; every rep knows it before this returns (ValueError if it overlaps)."""
@@ -241,7 +285,11 @@ class ProcessRoot(ClusteredRoot):
     def detach(self, region_oid: int) -> None:
         """Remove a region; every rep has forgotten it before this returns (KeyError if unknown)."""
         with self.lock:
+            gone = next((e for e in self.regions.entries if e.oid == region_oid), None)
             self.regions = self.regions.without(region_oid)
+            if gone is not None:  # remembered from now on, so a fault on it can name it
+                first = (gone.start - self.base) // PAGE
+                self.detached[first] = ((gone.end - gone.start) // PAGE, gone.name)
             entries = self.regions.to_wire()
         self.broadcast("set_regions", entries)
 

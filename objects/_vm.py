@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from tornado_dsm.kernel import PAGE, NodeMemory, current_cos, home_of
+from tornado_dsm.kernel import PAGE, NodeLost, NodeMemory, PPCTimeout, current_cos, home_of
 
 from . import _nodestate
 from ._cor import CORRoot
@@ -61,6 +61,16 @@ class Allocation:
     fcm: int
     directory: int
     cor: int
+    name: str = ""
+
+
+@attrs.frozen
+class WriteBack:
+    """What a flush did: pages written (and fsynced), and the nodes whose
+    dirty pages could not be gathered, as (node, reason)."""
+
+    written: int
+    lost: tuple = ()
 
 
 def fcm_root(manager: str) -> type:
@@ -106,25 +116,42 @@ class VirtualMemory:
         region = int(cos.create(RegionRoot, start, npages, prot, fcm, policy=self.policies["region"],
                                 name=f"region:{name}"))
         self.process.attach(start, start + npages * PAGE, region, name)
-        return Allocation(start, npages, region, fcm, directory, cor)
+        return Allocation(start, npages, region, fcm, directory, cor, name)
 
     def rep_nodes(self, oid: int) -> tuple:
         """Nodes holding a rep of ``oid`` (asked of its root: calling the reps of
         every node would make the others miss and build reps just to answer)."""
         return tuple(self.cos.call_root(oid, home_of(oid), "rep_nodes", []))
 
-    def flush(self, a: Allocation) -> int:
-        """Write every dirty page of ``a``, on every node, back to its COR; fsync."""
-        dirty = self.cos.ref(a.fcm, FCM).on_each(self.rep_nodes(a.fcm)).dirty_pages()
-        return self.cos.ref(a.cor, COR).write_pages([pair for pages in dirty for pair in pages])
+    def flush(self, a: Allocation) -> WriteBack:
+        """Write every dirty page of ``a``, on every node, back to its COR; fsync.
+
+        A node that cannot be reached (lost, or timed out) is skipped and named
+        in the result: the pages of every other node are still written and made
+        durable (a node's dirty pages are marked clean when it hands them over,
+        so they are gathered one node at a time — one failure must not drop
+        what the others handed over).  Other errors propagate."""
+        fcm = self.cos.ref(a.fcm, FCM)
+        pages, lost = [], []
+        for node in self.rep_nodes(a.fcm):
+            try:
+                pages.extend(fcm.on(node).dirty_pages())
+            except (NodeLost, PPCTimeout) as exc:
+                lost.append((node, f"{type(exc).__name__}: {exc}"))
+        written = self.cos.ref(a.cor, COR).write_pages(pages)
+        return WriteBack(written, tuple(lost))
 
     def free(self, a: Allocation) -> None:
-        """Detach and destroy the objects of ``a`` (flushing a file first)."""
+        """Detach and destroy the objects of ``a`` (the caller flushes a file first),
+        then quarantine its addresses: every node's pages of it are unmapped (the
+        FCM reps' cleanup), so a stale view faults, naming ``a``, instead of
+        aliasing the next allocation (_layout.py says until when)."""
         self.process.detach(a.region)
         for oid in (a.region, a.fcm, a.directory, a.cor):
             if oid:
                 self.cos.destroy(oid)
-        self.process.release((a.start - self.config.base) // PAGE)
+        # only once every object is gone (a failed destroy leaves the run taken)
+        self.process.retire((a.start - self.config.base) // PAGE)
 
 
 def drop_mappings(fcm_oids: list) -> int:

@@ -122,3 +122,10 @@ def increment_two_pages(a, rounds):
     for _ in range(rounds):
         atomic.fetch_add(address_of(a, 0), 1)
         atomic.fetch_add(address_of(a, 512), 1)
+
+
+def write_page_words(a, pages, value):
+    """Write value into the first word of each of ``pages`` of a (an int64 array)."""
+    for p in pages:
+        a[p * 512] = value
+    trap.check()

@@ -68,15 +68,17 @@ class TestArrays:
 
 class TestFree:
     def test_use_after_free(self, vm_cluster):
-        """Touching a freed array is a SegmentationFault saying why."""
+        """Touching a freed array is a SegmentationFault saying why; freeing it again is a ValueError."""
         a = vm_cluster.zeros((512,), np.int64)
         a[0] = 1
         vm_cluster.free(a)
-        with pytest.raises(td.SegmentationFault, match="never allocated, or freed"):
+        with pytest.raises(td.SegmentationFault, match=r"use after free: array 'array\d+' .* was freed"):
             a[0]
             td.kernel.trap.check()
-        with pytest.raises(ValueError, match="not a live shared array"):
+        with pytest.raises(ValueError, match="use after free: .* was freed"):
             vm_cluster.free(a)
+        with pytest.raises(ValueError, match="not a live shared array"):
+            vm_cluster.free(np.asarray(td.kernel.view_at(a.__array_interface__["data"][0], (8,), np.int64)))
 
     def test_free_while_others_fault(self, vm_cluster):
         """free() while other nodes fault on the array: they end with SegmentationFault, nothing hangs."""

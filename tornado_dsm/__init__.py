@@ -20,15 +20,16 @@ from .kernel import (  # noqa: E402
 __all__ = [
     "__version__", "Cluster", "current_node", "current_thread", "DSMInternalError",
     "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault",
+    "WriteBackError",
 ]
 
 
 def __getattr__(name):
     # The Cluster API pulls in the node and VM layers; import it on first use so
     # that `import tornado_dsm` stays light for the kernel-only tools.
-    if name == "Cluster":
-        from ._cluster import Cluster
-        return Cluster
+    if name in ("Cluster", "WriteBackError"):
+        from . import _cluster
+        return getattr(_cluster, name)
     if name in ("current_node", "current_thread"):
         from . import _runner
         return getattr(_runner, name)

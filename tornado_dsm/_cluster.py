@@ -5,11 +5,18 @@ on every node, and creates the Process and DSM objects.  Every array it
 hands out lives at the same address on every node; arrays passed to `run`
 travel as (address, shape, dtype, strides) and arrive as views of the same
 shared memory, never as copies.
+
+Durability and freeing (docs/durability.md): ``close()`` writes every live
+file-backed array back before it stops the nodes (``close(discard=True)``
+does not); ``free`` quarantines the array's addresses so a stale view
+faults, naming it, instead of aliasing the next allocation.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import weakref
 
 import numpy as np
 
@@ -24,6 +31,32 @@ from ._stats import gather_statistics
 
 DEFAULT_WINDOW = 1 << 30
 STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
+
+
+class WriteBackError(OSError):
+    """Some file-backed arrays could not be fully written back: their unflushed
+    writes on the nodes named are lost (the file keeps what was flushed before,
+    and the pages every other node held were written and fsynced).
+
+    ``failures``: [(array name, reason)], one per array.
+    """
+
+    __module__ = "tornado_dsm"
+
+    def __init__(self, failures) -> None:
+        self.failures = [(str(name), str(reason)) for name, reason in failures]
+        n = len(self.failures)
+        listed = "; ".join(f"{name!r}: {reason}" for name, reason in self.failures)
+        super().__init__(f"write-back of {n} file-backed array{'s' if n != 1 else ''} incomplete "
+                         f"(unflushed writes there are lost): {listed}")
+
+    def __reduce__(self):
+        return (WriteBackError, (self.failures,))
+
+
+def _lost_reason(lost) -> str:
+    return "nodes could not hand over their dirty pages: " + ", ".join(
+        f"node {node} ({why})" for node, why in lost)
 
 
 class Cluster:
@@ -50,7 +83,9 @@ class Cluster:
         self.nnodes, self.threads_per_node = nodes, threads_per_node
         self.config = VMConfig(base, size, protocol, manager, frames, debug)
         self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind, array)
-        self._names: dict[int, str] = {}     # start address -> the array's name
+        self._names = itertools.count()  # array names are never reused ("array3")
+        # id(root buffer) -> (weakref to it, name) of freed arrays' views (_freed_name)
+        self._freed: dict[int, tuple] = {}
         self._lock = threading.Lock()
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
                                   timeout=self.timeout)
@@ -64,8 +99,18 @@ class Cluster:
     def __enter__(self) -> "Cluster":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """close(): file-backed arrays are written back even when the block raised
+        (what it wrote before the error is kept, as a file object's ``with`` does;
+        call ``close(discard=True)`` yourself to drop it).  If the block raised,
+        a failure of close is added to that exception as a note, never masks it."""
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as close_exc:  # noqa: BLE001 -- reported on the exception in flight
+            exc.add_note(f"and closing the cluster failed: {type(close_exc).__name__}: {close_exc}")
 
     # ---- arrays -----------------------------------------------------------------------
 
@@ -74,16 +119,16 @@ class Cluster:
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
-        name = f"array{len(self._names)}"
-        a = self.vm.allocate(nbytes, name=name)
-        return self._register(a, "anonymous", shape, dtype, name)
+        a = self.vm.allocate(nbytes, name=f"array{next(self._names)}")
+        return self._register(a, "anonymous", shape, dtype)
 
     def empty(self, shape, dtype=np.float64) -> np.ndarray:
         """Like `zeros` (shared memory starts zeroed; no cheaper way exists)."""
         return self.zeros(shape, dtype)
 
     def map_file(self, path, shape, dtype=np.uint8, mode: str = "r+") -> np.ndarray:
-        """A shared array backed by ``path`` (read on first touch, written by `flush`).
+        """A shared array backed by ``path`` (read on first touch; written back by
+        `flush`, `free` and `close`).
 
         ``mode`` "r+" (read-write) or "r" (read-only: a write faults with
         SegmentationFault).  The file must hold the whole array.
@@ -97,22 +142,38 @@ class Cluster:
         self._check_room(nbytes)
         a = self.vm.allocate(nbytes, name=str(path), prot="r" if mode == "r" else "rw",
                              path=str(path), mode=mode)
-        return self._register(a, "file", shape, dtype, str(path))
+        return self._register(a, "file", shape, dtype)
 
     def flush(self, array: np.ndarray) -> int:
-        """Write the dirty pages of a file-backed array back (pwrite + fsync); returns how many."""
+        """Write the dirty pages of a file-backed array, on every node, back
+        (pwrite + fsync); returns how many.  Once it returns, those bytes are in
+        the file whatever happens to the nodes after.  A node that cannot be
+        reached: the others' pages are still written, then WriteBackError."""
         a, kind = self._allocation(array)
-        return self.vm.flush(a) if kind == "file" else 0
+        if kind != "file":
+            return 0
+        wb = self.vm.flush(a)
+        if wb.lost:
+            raise WriteBackError([(a.name, _lost_reason(wb.lost))])
+        return wb.written
 
     def free(self, array: np.ndarray) -> None:
-        """Free a shared array (file-backed: flushed first).  Nodes faulting on it
-        finish or get SegmentationFault ("use after free"), never a freed object."""
+        """Free a shared array (file-backed: written back first).  Nodes faulting
+        on it finish or get SegmentationFault ("use after free"), never a freed
+        object.  Its addresses are quarantined: touching any view of it, on any
+        node, is a SegmentationFault naming it, and they are handed out again
+        only when the window has no other room (from then on a stale view may
+        alias a new array; the API calls still refuse views of it).  A file whose
+        write-back misses a lost node is still freed, then WriteBackError."""
         a, kind = self._allocation(array)
-        if kind == "file":
-            self.vm.flush(a)
+        wb = self.vm.flush(a) if kind == "file" else None
         with self._lock:
-            self._arrays.pop(a.start, None)
+            entry = self._arrays.pop(a.start, None)
         self.vm.free(a)
+        if entry is not None:
+            self._remember_freed(entry[2], a.name)
+        if wb is not None and wb.lost:
+            raise WriteBackError([(a.name, _lost_reason(wb.lost))])
 
     def drop_mappings(self, array: np.ndarray, nodes="all") -> list:
         """On each chosen node, unmap the array's pages in the HAT but keep the
@@ -142,7 +203,8 @@ class Cluster:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
         limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
-        job = _runner.pack(fn, args, self._arrays_by_start())
+        job = _runner.pack(fn, args, self._arrays_by_start(), window=self._window(),
+                           check=self._check_not_reused)
         # every chosen node at once; node 0's share runs its threads from this one.
         # A node stops waiting for its threads at the limit and says which are
         # late; the grace is for its answer, so only a node that cannot answer
@@ -182,8 +244,8 @@ class Cluster:
         if not lost:
             return {}
         with self._lock:
-            live = [(self._names[start], a) for start, (a, *_rest) in self._arrays.items()]
-        counts = {name: len(lost_pages(self.vm, a, lost)) for name, a in live}
+            live = [a for a, *_rest in self._arrays.values()]
+        counts = {a.name: len(lost_pages(self.vm, a, lost)) for a in live}
         return {name: n for name, n in counts.items() if n}
 
     def arrays(self) -> list:
@@ -207,11 +269,44 @@ class Cluster:
         oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
         return gather_statistics(self, oids)
 
-    def close(self) -> None:
-        """Stop every node; idempotent."""
+    def close(self, discard: bool = False) -> None:
+        """Write every live file-backed array back (as `flush`: every node's dirty
+        pages, pwrite + fsync), then stop every node; idempotent.
+
+        ``discard=True`` skips the write-back: unflushed writes to file-backed
+        arrays are dropped (the files keep what was flushed).  A write-back
+        that fails (a node lost, a disk error) does not stop the others or the
+        shutdown: every node is stopped, then WriteBackError names each array
+        whose write-back was incomplete.
+        """
         nodes, self._nodes = getattr(self, "_nodes", None), None
         if nodes is None:
             return
+        failures = []
+        try:
+            if not discard:
+                failures = self._write_back_all()
+        finally:
+            self._stop(nodes)
+        if failures:
+            raise WriteBackError(failures)
+
+    def _write_back_all(self) -> list:
+        """Flush every live file-backed array; [(name, reason)] of those not fully written."""
+        with self._lock:
+            files = [a for a, kind, _view in self._arrays.values() if kind == "file"]
+        failures = []
+        for a in files:
+            try:
+                wb = self.vm.flush(a)
+            except Exception as exc:  # noqa: BLE001 -- the others are still written, then reported
+                failures.append((a.name, f"{type(exc).__name__}: {exc}"))
+            else:
+                if wb.lost:
+                    failures.append((a.name, _lost_reason(wb.lost)))
+        return failures
+
+    def _stop(self, nodes) -> None:
         try:
             # in parallel and bounded: a node lost, stopped or hung is reaped
             # (terminated, then killed) by the NodeSet, whose exit unmaps it anyway
@@ -226,11 +321,10 @@ class Cluster:
 
     # ---- helpers ------------------------------------------------------------------------
 
-    def _register(self, a, kind: str, shape, dtype, name: str) -> np.ndarray:
+    def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
         view = view_at(a.start, shape, dtype)
         with self._lock:
             self._arrays[a.start] = (a, kind, view)
-            self._names[a.start] = name
         return view
 
     def _live(self, nodes) -> list:
@@ -245,9 +339,54 @@ class Cluster:
         with self._lock:
             return {start: (a.start, a.npages) for start, (a, *_) in self._arrays.items()}
 
+    def _window(self) -> tuple[int, int]:
+        return self.config.base, self.config.base + self.config.size
+
+    # A cheap generation check for the API: every array this cluster hands out is a
+    # view of one buffer object of its own (view_at), and numpy keeps it at the end
+    # of every view's base chain.  Once an array is freed its buffer is remembered
+    # (weakly), so a view of it is recognised even after its addresses were reused.
+    # It cannot see plain loads and stores through a stale view: those only fault
+    # while the addresses are quarantined.
+
+    def _remember_freed(self, view: np.ndarray, name: str) -> None:
+        root, freed = _root_buffer(view), self._freed
+        key = id(root)
+
+        def forget(ref, key=key):
+            if freed.get(key, (None,))[0] is ref:
+                del freed[key]
+        try:
+            freed[key] = (weakref.ref(root, forget), name)
+        except TypeError:  # not weakly referenceable: no generation check for it
+            pass
+
+    def _freed_name(self, array: np.ndarray) -> str | None:
+        """The name of the freed array ``array`` is a view of, or None."""
+        root = _root_buffer(array)
+        entry = self._freed.get(id(root))
+        return entry[1] if entry is not None and entry[0]() is root else None
+
+    def _check_not_reused(self, array: np.ndarray) -> None:
+        """For run(): a view of a freed array whose addresses now hold another
+        array is refused (on the nodes it would be that array's memory); while
+        they are quarantined it travels as usual and faults where it is touched."""
+        name = self._freed_name(array)
+        if name is None:
+            return
+        address = array.__array_interface__["data"][0]
+        with self._lock:
+            reused = any(start <= address < start + a.npages * PAGE for start, (a, *_) in self._arrays.items())
+        if reused:
+            raise ValueError(f"use after free: an argument is a view of array {name!r}, which was freed; "
+                             "its addresses now belong to another array")
+
     def _allocation(self, array):
         if not isinstance(array, np.ndarray):
             raise TypeError(f"expected a shared numpy array from this cluster, not {type(array).__name__}")
+        name = self._freed_name(array)
+        if name is not None:
+            raise ValueError(f"use after free: this is a view of array {name!r}, which was freed")
         address = array.__array_interface__["data"][0]
         with self._lock:
             for start, (a, kind, _view) in self._arrays.items():
@@ -264,6 +403,19 @@ class Cluster:
         if cap is not None and nbytes > cap * PAGE * self.nnodes:
             raise MemoryError(f"{nbytes} bytes exceed the nodes' memory ({self.nnodes} x "
                               f"{cap * PAGE} bytes, memory_per_node)")
+
+
+def _root_buffer(array):
+    """The object at the end of an array's base chain (arrays, memoryviews)."""
+    obj = array
+    for _ in range(64):
+        if isinstance(obj, np.ndarray) and obj.base is not None:
+            obj = obj.base
+        elif isinstance(obj, memoryview):
+            obj = obj.obj
+        else:
+            break
+    return obj
 
 
 def _check_shape(shape) -> tuple:

@@ -61,22 +61,32 @@ def check_nodes(nodes, nnodes: int) -> list:
     return list(chosen)
 
 
-def pack(fn, args, arrays: dict) -> tuple:
-    """(module, qualname, pickled args) with shared arrays replaced by ArrayRefs."""
+def pack(fn, args, arrays: dict, window: tuple | None = None, check=None) -> tuple:
+    """(module, qualname, pickled args) with shared arrays replaced by ArrayRefs.
+
+    ``arrays``: {start: (start, npages)} of the live arrays; ``window``:
+    (base, end) of the DSM window — any array on window memory travels by
+    address (a view of a freed array then faults on the node that touches
+    it, as it would here), never as a copy; ``check(array)`` may refuse one.
+    """
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     if not callable(fn) or module is None or "<" in qualname:
         raise TypeError(f"run() needs a module-level function (importable on every node), not {fn!r}")
-    packed = [_ref(a, arrays) for a in args]
+    packed = [_ref(a, arrays, window, check) for a in args]
     return module, qualname, pickle.dumps(packed)
 
 
-def _ref(value, arrays: dict):
+def _ref(value, arrays: dict, window, check):
     if not isinstance(value, np.ndarray):
         return value
+    if check is not None:
+        check(value)
     address = value.__array_interface__["data"][0]
-    for start, npages in arrays.values():
-        if start <= address < start + npages * PAGE:
-            return ArrayRef(address, value.shape, value.dtype.str, value.strides)
+    shared = window is not None and window[0] <= address < window[1]
+    if not shared:
+        shared = any(start <= address < start + npages * PAGE for start, npages in arrays.values())
+    if shared:
+        return ArrayRef(address, value.shape, value.dtype.str, value.strides)
     return value  # a private array: sent by value
 
 

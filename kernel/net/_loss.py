@@ -20,6 +20,7 @@ import re
 import signal
 
 EXIT_WAIT = 2.0   # seconds node 0 waits for a lost node's process to exit
+STILL_RUNNING = "its process is still running"
 _FRAME = re.compile(r'^\s+File "(?P<file>[^"]*)", line (?P<line>\d+) in (?P<fn>\S+)')
 _crash_file = None   # kept open for faulthandler for the life of the process
 
@@ -43,7 +44,7 @@ def describe_end(proc, log_path: str | None) -> str:
     proc.join(EXIT_WAIT)
     code = proc.exitcode
     if code is None:
-        return "its process is still running"
+        return STILL_RUNNING
     if code < 0:
         what = f"its process was killed by {_signal_name(-code)}"
     else:

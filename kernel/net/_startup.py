@@ -45,7 +45,7 @@ import socket
 import sys
 import traceback
 
-from ._loss import crash_log_path, describe_end, enable_crash_log
+from ._loss import STILL_RUNNING, crash_log_path, describe_end, enable_crash_log
 from ._runtime import EXIT_GRACE, NodeRuntime, NodeStartupError, _set_current, unpack_run_on
 from ._stats import from_wire
 from ._transport import (DEFAULT_MAX_FRAME, HELLO, Connection, FrameReader, check_key, connect,
@@ -162,8 +162,15 @@ class NodeSet:
         return describe_end(proc, crash_log_path(self._tmpdir, node))
 
     def lost_nodes(self) -> dict:
-        """{node: reason} of the nodes lost while the cluster ran."""
-        return {} if self.closed else self.runtime.lost_peers()
+        """{node: reason} of the nodes lost while the cluster ran.  A process
+        that had not yet exited when its loss was announced is asked again."""
+        if self.closed:
+            return {}
+        lost = self.runtime.lost_peers()
+        for node, reason in lost.items():
+            if reason.endswith(STILL_RUNNING):
+                lost[node] = reason[:-len(STILL_RUNNING)] + self._describe_loss(node)
+        return lost
 
     def __enter__(self) -> "NodeSet":
         return self
