@@ -14,7 +14,7 @@ from ._counter import PartitionedCounter, PerNodeCounter, SingletonCounter, coun
 from ._fcm import MANAGERS, PROTOCOLS
 from ._copyset import MAX_NODES
 from ._process import fault_latency_histogram, set_process
-from ._loss import lost_pages
+from ._loss import lost_pages, pages_in_flight
 from ._vm import Allocation, VirtualMemory, VMConfig, drop_mappings, start_node, stop_node
 
 __all__ = [
@@ -22,5 +22,5 @@ __all__ = [
     "Region", "DirectoryStatistics", "FCMStatistics", "Grant", "RegionStatistics",
     "PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class", "MANAGERS",
     "PROTOCOLS", "MAX_NODES", "Allocation", "VirtualMemory", "VMConfig", "drop_mappings",
-    "fault_latency_histogram", "lost_pages", "set_process", "start_node", "stop_node",
+    "fault_latency_histogram", "lost_pages", "pages_in_flight", "set_process", "start_node", "stop_node",
 ]

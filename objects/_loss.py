@@ -66,3 +66,16 @@ def _directory_owners(vm, a, live: list, nnodes: int) -> np.ndarray:
             table = np.frombuffer(raw, dtype=np.int16)
             owners[slices[node]] = table[slices[node]]
     return owners
+
+
+def pages_in_flight() -> int:
+    """On one node: pages some thread is still resolving (a request out, or
+    the dynamic manager serving one).  Zero once every call has ended: a
+    thread left waiting on a lost peer would show here."""
+    from . import _nodestate   # the node's state exists only inside a running node
+    total = 0
+    for pages in list(_nodestate.current().frames.fcms):
+        total += int(np.count_nonzero(pages.requesting))
+        serving = getattr(pages.manager, "serving", None)
+        total += 0 if serving is None else int(np.count_nonzero(serving))
+    return total

@@ -23,6 +23,14 @@ MANAGERS = ("centralized", "fixed", "dynamic")
 WORDS = PAGE // 8
 
 
+def _await_lost(c, node: int, seconds: float = 10) -> None:
+    """Poll until node 0 has noticed the loss of ``node`` (it learns it from its reader thread)."""
+    deadline = time.monotonic() + seconds
+    while node not in c.lost_nodes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert node in c.lost_nodes()
+
+
 def _crash(c, node: int) -> None:
     with pytest.raises(td.NodeLost):
         c.run(failprogs.crash_outside_window, nodes=node)
@@ -80,7 +88,7 @@ class TestCrashReport:
         """A later run on the lost node says how its process ended."""
         with new_cluster(2) as c:
             os.kill(c.run(failprogs.pid)[1], signal.SIGKILL)
-            time.sleep(0.5)
+            _await_lost(c, 1)
             with pytest.raises(td.NodeLost, match="killed by SIGKILL"):
                 c.run(failprogs.pid, nodes=1)
 

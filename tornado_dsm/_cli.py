@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, _bench, _cli_run, _node_cmd
+from . import __version__, _bench, _chaos, _cli_run, _node_cmd
 
 # name -> module exposing HELP, add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
     "bench": _bench,
+    "chaos": _chaos,
     "node": _node_cmd,
     "run": _cli_run.RUN,
     "inspect": _cli_run.INSPECT,

@@ -70,13 +70,15 @@ class Cluster:
     the DSM window (same address on every node).  ``timeout``: seconds
     within which every call between nodes (and every `run`, unless it says
     otherwise) must answer; None (default) waits as long as the nodes live.
+    ``route(node, address)``: the address the other nodes dial to reach
+    ``node`` (fault injection puts a `Relay` there; None: the node itself).
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
                  size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, route=None) -> None:
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)
@@ -88,7 +90,7 @@ class Cluster:
         self._freed: dict[int, tuple] = {}
         self._lock = threading.Lock()
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
-                                  timeout=self.timeout)
+                                  timeout=self.timeout, route=route)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))

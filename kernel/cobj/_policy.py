@@ -31,6 +31,7 @@ import zlib
 import attrs
 
 from ..machine import DSMInternalError
+from ..net import LOST
 from ._lock import ObjectLock
 
 POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k")
@@ -147,10 +148,13 @@ class ClusteredRoot:
 
         Returns {node: result}.  Must be called without ``lock`` held.  A rep
         installed after the node list was taken is not called: take the list
-        and change ``rep_args``' state under one ``lock`` section.
+        and change ``rep_args``' state under one ``lock`` section.  A lost
+        node's rep died with it: it is left out of the result, not an error
+        (the survivors must still agree, e.g. on the region list).
         """
         nodes = self.rep_nodes() if nodes is None else tuple(nodes)
-        return dict(zip(nodes, self._cos.call_reps(self.oid, nodes, method, args)))
+        results = self._cos.call_reps(self.oid, nodes, method, args, tolerate_lost=True)
+        return {n: r for n, r in zip(nodes, results) if r is not LOST}
 
     gather = broadcast  # the same mechanism, read for its results
 

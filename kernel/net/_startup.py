@@ -62,11 +62,12 @@ _atexit_registered = False
 class _Registrar:
     """Node 0's start-up bookkeeping: addresses, joiner ids, readiness."""
 
-    def __init__(self, rt: NodeRuntime, spawned: int) -> None:
+    def __init__(self, rt: NodeRuntime, spawned: int, route=None) -> None:
         self.rt = rt
         self.nnodes = rt.nnodes
         self.cond = threading.Condition()
-        self.addresses = {0: rt.address}
+        self.route = route or (lambda node, address: address)
+        self.addresses = {0: self.route(0, rt.address)}
         self.next_joiner = spawned + 1
         self.ready_nodes: dict[int, str | None] = {}
         self.directory: list | None = None
@@ -86,7 +87,7 @@ class _Registrar:
         if isinstance(address, list) and address[0] in ("0.0.0.0", "::", ""):
             address = [self.rt._serves[node].conn.sock.getpeername()[0], address[1]]
         with self.cond:
-            self.addresses[node] = address
+            self.addresses[node] = self.route(node, address)
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.directory is not None or self.aborted)
             if self.aborted:
@@ -265,7 +266,7 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
                 key: bytes | None = None, join: int = 0, init=None, init_args: tuple = (),
                 timeout: float | None = None, start_timeout: float = 60.0,
                 max_frame: int = DEFAULT_MAX_FRAME, announce=None,
-                log_level: int = logging.WARNING, attach=None) -> NodeSet:
+                log_level: int = logging.WARNING, attach=None, route=None) -> NodeSet:
     """Start a cluster of ``nnodes`` nodes; this process is node 0.
 
     ``transport``: "unix" (sockets in a private 0700 directory) or "tcp"
@@ -275,7 +276,9 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     the cluster secret (default: a fresh random one).  ``init(*init_args)``
     runs on every node after ``attach(runtime)`` (a module-level function:
     spawned nodes receive it by reference) gave the node its object system.
-    ``timeout``: default PPC timeout.  Returns a ``NodeSet`` (a context manager).
+    ``timeout``: default PPC timeout.  ``route(node, address)``, if given,
+    returns the address the other nodes dial to reach ``node`` (fault
+    injection puts a relay there).  Returns a ``NodeSet`` (a context manager).
     """
     _check_args(nnodes, transport, address, join)
     key = new_key() if key is None else check_key(key)
@@ -286,7 +289,7 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     _register_atexit()
     _open_clusters.append(cluster)
     try:
-        _start(cluster, transport, address, join, start_timeout, announce, log_level, attach)
+        _start(cluster, transport, address, join, start_timeout, announce, log_level, attach, route)
         if init is not None:
             _run_init(cluster, init, init_args)
     except BaseException as e:
@@ -311,7 +314,8 @@ def _check_args(nnodes, transport, address, join) -> None:
         parse_address(address)
 
 
-def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach):
+def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach,
+           route=None):
     rt = cluster.runtime
     if transport == "unix":
         rt.start_listening(os.path.join(cluster._tmpdir, "node0.sock"))
@@ -321,10 +325,10 @@ def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, 
     if attach is not None:
         attach(rt)
     spawned = rt.nnodes - 1 - join
-    rt._registrar = _Registrar(rt, spawned)
+    rt._registrar = _Registrar(rt, spawned, route)
     ctx = multiprocessing.get_context("spawn")
     for k in range(1, spawned + 1):
-        config = {"node": k, "address": rt.address, "key": rt.key, "max_frame": rt.max_frame,
+        config = {"node": k, "address": rt._registrar.addresses[0], "key": rt.key, "max_frame": rt.max_frame,
                   "timeout": rt.default_timeout, "start_timeout": start_timeout,
                   "log_level": log_level, "listen": _child_listen(cluster, transport, k),
                   "attach": attach, "crash_log": crash_log_path(cluster._tmpdir, k)}
