@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -17,21 +18,31 @@ import failprogs
 from helpers import new_cluster, process_gone
 
 
-class _Relayed:
-    """A 3-node cluster whose nodes 1 and 2 are reached through relays."""
+@contextlib.contextmanager
+def relayed_cluster():
+    """A 3-node cluster whose nodes 1 and 2 are reached through relays: yields (cluster, relays)."""
+    relays: dict = {}
 
-    def __init__(self) -> None:
-        self.relays: dict = {}
-
-    def route(self, node, address):
+    def route(node, address):
         if node == 0:
             return address
-        self.relays[node] = relay = Relay(address)
+        relays[node] = relay = Relay(address)
         return relay.address
 
-    def close(self) -> None:
-        for r in self.relays.values():
+    try:
+        with new_cluster(3, route=route, timeout=20) as c:
+            yield c, relays
+    finally:
+        for r in relays.values():
             r.close()
+
+
+def _until(predicate, seconds: float = 10) -> bool:
+    """Poll ``predicate`` until true or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
 
 
 @pytest.mark.multinode
@@ -39,46 +50,29 @@ class _Relayed:
 class TestRelay:
     def test_carries_and_counts(self):
         """Every byte into a relayed node crosses its relay; results are unchanged."""
-        net = _Relayed()
-        try:
-            with new_cluster(3, route=net.route, timeout=20) as c:
-                a = c.zeros((512,), np.int64)
-                assert c.run(failprogs.fill, a, 4) == [4, 4, 4]
-                assert all(r.statistics().bytes_forwarded > 0 for r in net.relays.values())
-        finally:
-            net.close()
+        with relayed_cluster() as (c, relays):
+            a = c.zeros((512,), np.int64)
+            assert c.run(failprogs.fill, a, 4) == [4, 4, 4]
+            assert all(r.statistics().bytes_forwarded > 0 for r in relays.values())
 
     def test_delay_slows_but_loses_nothing(self):
         """A delayed link makes calls slower, never wrong."""
-        net = _Relayed()
-        try:
-            with new_cluster(3, route=net.route, timeout=20) as c:
-                a = c.zeros((512,), np.int64)
-                c.run(failprogs.fill, a, 1, nodes=1)
-                net.relays[2].set_delay(0.05)
-                start = time.monotonic()
-                assert c.run(failprogs.total, a, nodes=2) == [512]
-                assert time.monotonic() - start >= 0.1
-        finally:
-            net.close()
+        with relayed_cluster() as (c, relays):
+            a = c.zeros((512,), np.int64)
+            c.run(failprogs.fill, a, 1, nodes=1)
+            relays[2].set_delay(0.05)
+            start = time.monotonic()
+            assert c.run(failprogs.total, a, nodes=2) == [512]
+            assert time.monotonic() - start >= 0.1
 
     def test_drop_loses_the_node_cleanly(self):
         """A dropped link is a lost node: named, left out of 'all', its process gone."""
-        net = _Relayed()
-        try:
-            with new_cluster(3, route=net.route, timeout=20) as c:
-                pids = c.run(failprogs.pid)
-                net.relays[2].drop()
-                deadline = time.monotonic() + 10
-                while 2 not in c.lost_nodes() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert list(c.lost_nodes()) == [2] and len(c.run(failprogs.pid)) == 2
-                deadline = time.monotonic() + 10
-                while not process_gone(pids[2]) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert process_gone(pids[2])
-        finally:
-            net.close()
+        with relayed_cluster() as (c, relays):
+            pids = c.run(failprogs.pid)
+            relays[2].drop()
+            assert _until(lambda: 2 in c.lost_nodes())
+            assert list(c.lost_nodes()) == [2] and len(c.run(failprogs.pid)) == 2
+            assert _until(lambda: process_gone(pids[2]))
 
 
 class TestPlan:
