@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _chaosprogs as progs
 from ._cluster import Cluster
+from tornado_dsm.kernel import SegmentationFault
 from ._relay import Relay
 
 BOUND = 8.0     # seconds every call must end within
@@ -46,7 +47,8 @@ SLACK = 4.0     # scheduling and reporting on a loaded machine
 WORK = 1.0      # seconds the workload runs (the fault comes 0.1-0.7 s in)
 AFTER = 0.3     # seconds the survivors' workload runs
 PAGES = 6
-CLEAR = ("NodeLost", "TimeoutError", "PPCTimeout", "SegmentationFault")
+# the clear ends of a call: NodeLost is a ConnectionError, PPCTimeout a TimeoutError
+CLEAR = (ConnectionError, TimeoutError, SegmentationFault)
 DESTRUCTIVE = ("kill", "stop", "drop")
 
 
@@ -172,7 +174,7 @@ class Trial:
         try:
             return fn() or True
         except Exception as e:  # noqa: BLE001 -- classified below
-            if type(e).__name__ not in CLEAR and not isinstance(e, (ConnectionError, TimeoutError)):
+            if not isinstance(e, CLEAR):
                 self.counts["unclear"].append(f"{what}: {type(e).__name__}: {e}"[:300])
             return None
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from tornado_dsm.kernel import PAGE, atomic, current_runtime
@@ -30,5 +31,4 @@ def residue(lost: list) -> list:
 
 
 def pid() -> int:
-    import os
     return os.getpid()
