@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from tornado_dsm.kernel import PAGE, NodeLost, NodeMemory, PPCTimeout, current_cos, home_of
+from tornado_dsm.kernel import PAGE, NodeLost, NodeMemory, PPCTimeout, atomic, current_cos, home_of
 
 from . import _nodestate
 from ._cor import CORRoot
@@ -41,6 +41,7 @@ def start_node(config: VMConfig) -> None:
     memory = NodeMemory(base=config.base, size=config.size, node=cos.node, handler=handle_fault)
     frames = FrameAccount(memory, config.memory_per_node)
     _nodestate.install(_nodestate.NodeState(memory, frames))
+    atomic.configure_waits(config.protocol == "migrate")  # a read there takes the page
 
 
 def stop_node() -> None:

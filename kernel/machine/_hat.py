@@ -5,7 +5,9 @@ of page v is always at memfd offset v * PAGE (identity placement), so mapping
 is only a protection change: one `mprotect` per run of contiguous pages, which
 keeps neighbouring pages in one kernel mapping and makes a run cost about as
 much as one page.  Per-page state is one uint8 numpy array that the C trap
-reads too (portable decode, scratch restore).
+reads too (portable decode, scratch restore).  Revoking all access to pages
+wakes the threads waiting on words of them (_waitq): that is how a write on
+another node reaches a waiter.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import attrs
 import numpy as np
 
 from ._errors import MemoryLayoutError
-from ._lib import ffi, lib
+from ._lib import PAGE, ffi, lib
+from . import _waitq
 
 PROT_NONE = 0
 PROT_READ = 1
@@ -73,6 +76,8 @@ class HAT:
         rc = _protect(self.slot, first, count, prot)
         if rc:
             _raise_protect_error(-rc, first, count)
+        if prot == PROT_NONE and _waitq.waiting:   # a revoked copy: its waiters re-read
+            _waitq.wake_pages(self.base + first * PAGE, count)
 
     def protect_pages(self, pages, prot: int) -> None:
         """Set every page in ``pages`` (any order, repeats allowed) to ``prot``,
@@ -93,6 +98,8 @@ class HAT:
         rc = _protect(self.slot, page, 1, prot)
         if rc:
             _raise_protect_error(-rc, page, 1)
+        if prot == PROT_NONE and _waitq.waiting:
+            _waitq.wake_pages(self.base + page * PAGE, 1)
 
     def map(self, first: int, count: int = 1, prot: int = PROT_READ) -> None:
         """Map a run readable (PROT_READ) or writable (PROT_WRITE)."""

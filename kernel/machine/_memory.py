@@ -22,7 +22,7 @@ import numpy as np
 from ._errors import DSMInternalError, MemoryLayoutError
 from ._hat import HAT
 from ._lib import PAGE, ffi, lib
-from . import _trap
+from . import _trap, _waitq
 
 # Far from the heap (0x55.., 0x56..), the mmap area and stacks (0x7f..): 32 TiB.
 DEFAULT_BASE = 0x2000_0000_0000
@@ -122,6 +122,7 @@ class NodeMemory:
         if getattr(self, "slot", None) is not None:
             _trap.unregister_window(self.slot)
             self.slot = None
+            _waitq.wake_pages(self.base, self.npages)  # their next read finds no window
         self._unmap()
 
     def _unmap(self) -> None:
