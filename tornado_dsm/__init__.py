@@ -20,7 +20,7 @@ from .kernel import (  # noqa: E402
 __all__ = [
     "__version__", "Cluster", "current_node", "current_thread", "DSMInternalError",
     "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault",
-    "WriteBackError",
+    "WriteBackError", "Word", "word", "wait", "notify", "notify_all", "Lock", "Barrier",
 ]
 
 
@@ -30,6 +30,12 @@ def __getattr__(name):
     if name in ("Cluster", "WriteBackError"):
         from . import _cluster
         return getattr(_cluster, name)
+    if name in ("Word", "word", "wait", "notify", "notify_all"):
+        from . import _words
+        return getattr(_words, name)
+    if name in ("Lock", "Barrier"):
+        from . import _barriers, _locks
+        return getattr(_locks if name == "Lock" else _barriers, name)
     if name in ("current_node", "current_thread"):
         from . import _runner
         return getattr(_runner, name)

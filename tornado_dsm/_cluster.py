@@ -15,6 +15,7 @@ faults, naming it, instead of aliasing the next allocation.
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import weakref
 
@@ -25,7 +26,7 @@ from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, lost_pages, set_process, start_node, stop_node,
 )
 
-from . import _runner
+from . import _runner, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
 
@@ -89,6 +90,8 @@ class Cluster:
         # id(root buffer) -> (weakref to it, name) of freed arrays' views (_freed_name)
         self._freed: dict[int, tuple] = {}
         self._lock = threading.Lock()
+        self._sync_names = itertools.count()
+        self._sync_uids: list[int] = []
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
                                   timeout=self.timeout, route=route)
         try:
@@ -186,6 +189,41 @@ class Cluster:
         holders = self.vm.rep_nodes(a.fcm)  # a node without a rep caches nothing
         return [self._nodes.run_on(n, drop_mappings, [a.fcm]) if n in holders else 0 for n in chosen]
 
+    # ---- synchronization ---------------------------------------------------------------
+
+    def lock(self, kind: str = "mcs", padding: str = "page", threads: int | None = None,
+             home: int = 0):
+        """A new lock (tornado_dsm._locks): pass it to `run`, use ``with lock:``.
+
+        ``kind``: tas, ttas, backoff, ticket, anderson, mcs (on DSM words) or
+        server (a clustered object on ``home``, reached by PPC).  ``padding``:
+        "page" puts every spin variable on its own page, "word" packs them.
+        ``threads``: how many threads may ever use it (anderson and mcs keep a
+        slot per thread); default every run thread of every node, plus one.
+        """
+        from ._locks import KINDS, Lock, initialize, words_needed
+        capacity = self._sync_capacity(threads, "threads")
+        space = self._sync_space("lock", _choice("lock kind", kind, KINDS), padding,
+                                 words_needed(kind, capacity), capacity)
+        initialize(kind, space)
+        oid = self._sync_object("ServerLock", [], home, space) if kind == "server" else 0
+        return Lock(space, home, oid)
+
+    def barrier(self, parties: int, kind: str = "tree", padding: str = "page", home: int = 0):
+        """A new barrier for ``parties`` threads (tornado_dsm._barriers): pass it to
+        `run`; ``barrier.wait()`` returns the episode number (0, 1, ...).
+
+        ``kind``: counter, tree, mcs, tournament, dissemination (on DSM words)
+        or server (a clustered object on ``home``, reached by PPC).  A party is
+        a (node, thread index) of `run`; the same parties serve every episode.
+        """
+        from ._barriers import KINDS, Barrier, words_needed
+        parties = _syncspace.check_count("parties", parties)
+        space = self._sync_space("barrier", _choice("barrier kind", kind, KINDS), padding,
+                                 words_needed(kind, parties), parties)
+        oid = self._sync_object("ServerBarrier", [parties], home, space) if kind == "server" else 0
+        return Barrier(space, parties, oid)
+
     # ---- work --------------------------------------------------------------------------
 
     def run(self, fn, *args, nodes="all", threads: int | None = None,
@@ -253,7 +291,7 @@ class Cluster:
     def arrays(self) -> list:
         """The live shared arrays of this cluster (not yet freed), oldest first."""
         with self._lock:
-            return [view for _a, _kind, view in self._arrays.values()]
+            return [view for _a, kind, view in self._arrays.values() if kind != "sync"]
 
     @property
     def node_set(self):
@@ -284,6 +322,7 @@ class Cluster:
         nodes, self._nodes = getattr(self, "_nodes", None), None
         if nodes is None:
             return
+        _syncspace.mark_closed(self._sync_uids)   # their use from here says "closed"
         failures = []
         try:
             if not discard:
@@ -322,6 +361,29 @@ class Cluster:
             stop_node()
 
     # ---- helpers ------------------------------------------------------------------------
+
+    def _sync_capacity(self, threads, what: str) -> int:
+        if threads is None:
+            return self.nnodes * self.threads_per_node + 1
+        return _syncspace.check_count(what, threads)
+
+    def _sync_space(self, what: str, kind: str, padding: str, nwords: int, capacity: int):
+        """The words of a new lock or barrier, in an array of their own."""
+        stride, npages = _syncspace.words_layout(padding, nwords)
+        name = f"{what}{next(self._sync_names)}"
+        self._check_room(npages * PAGE)
+        a = self.vm.allocate(npages * PAGE, name=name)
+        self._register(a, "sync", (npages * PAGE // 8,), np.uint64)
+        uid = secrets.randbits(62)
+        self._sync_uids.append(uid)
+        return _syncspace.SyncSpace(kind, f"{what} {name!r} ({kind})", a.start, stride, npages, capacity, uid)
+
+    def _sync_object(self, cls: str, args: list, home, space) -> int:
+        if not isinstance(home, int) or isinstance(home, bool) or not 0 <= home < self.nnodes:
+            raise ValueError(f"home must be a node id from 0 to {self.nnodes - 1}, not {home!r}")
+        ref = current_cos().create(f"tornado_dsm._syncserver:{cls}", *args, policy="singleton",
+                                   name=space.name, home=home)
+        return ref.oid
 
     def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
         view = view_at(a.start, shape, dtype)
@@ -405,6 +467,12 @@ class Cluster:
         if cap is not None and nbytes > cap * PAGE * self.nnodes:
             raise MemoryError(f"{nbytes} bytes exceed the nodes' memory ({self.nnodes} x "
                               f"{cap * PAGE} bytes, memory_per_node)")
+
+
+def _choice(what: str, value, accepted) -> str:
+    if value not in accepted:
+        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+    return value
 
 
 def _root_buffer(array):
