@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tornado_dsm._barriers import words_needed as barrier_words
 from tornado_dsm._cli import main
 from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load, physical_memory
 from tornado_dsm._scenario_run import RunContext, plan_runs, run_scenario
+from tornado_dsm._syncspace import words_layout
 from tornado_dsm._workloads import DRIVERS, memory_bytes, window_pages
 
 FLOAT_KEYS = sorted(k for k, spec in KEYS.items()
@@ -97,7 +99,8 @@ class AllocationCounter:
 
     def __init__(self, s) -> None:
         self.s, self.pages = s, 0
-        self.cluster = types.SimpleNamespace(run=lambda *a, **k: [], drop_mappings=lambda *a, **k: [])
+        self.cluster = types.SimpleNamespace(run=lambda *a, **k: [], drop_mappings=lambda *a, **k: [],
+                                             barrier=self.barrier)
 
     params = RunContext.params  # the drivers' real parameters
 
@@ -107,6 +110,9 @@ class AllocationCounter:
 
     def step(self, *args, **kwargs) -> list:
         return []
+
+    def barrier(self, parties: int, kind: str = "tree", padding: str = "page") -> None:
+        self.pages += words_layout(padding, barrier_words(kind, parties))[1]
 
 
 @st.composite
@@ -122,6 +128,9 @@ def small_scenarios(draw):
         doc["workload"]["form"] = draw(st.sampled_from(["multithreaded", "multiprogrammed"]))
     if kind == "matmul":
         doc["workload"].update(n=n, block=n)
+    if kind in ("jacobi", "producer-consumer"):
+        doc["workload"].update(steps=draw(st.sampled_from(["barrier", "run"])),
+                               barrier=draw(st.sampled_from(["counter", "tree", "dissemination"])))
     return from_dict(doc)
 
 

@@ -21,6 +21,7 @@ from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
+from ._barriers import KINDS as BARRIER_KINDS
 from ._workloads import WORDS, footprint_formula, footprint_keys, memory_bytes, window_pages
 
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
@@ -101,6 +102,13 @@ KEYS: dict[str, Key] = {
     "workload.n": _int(64, 2, 4096, "matmul: matrix side (float64).", kinds=("matmul",)),
     "workload.block": _int(16, 1, 4096, "matmul: block side.", kinds=("matmul",)),
     "workload.seed": _int(1, 0, None, "Seed of every random choice (patterns, mixes, data)."),
+    "workload.steps": _choice("barrier", ("barrier", "run"),
+                              "jacobi, producer-consumer: 'barrier' runs every step in one Cluster.run "
+                              "with a barrier between steps; 'run' makes each step a Cluster.run of its own "
+                              "(the end of a run is the barrier).", kinds=("jacobi", "producer-consumer")),
+    "workload.barrier": _choice("tree", BARRIER_KINDS,
+                                "The barrier kind between steps (workload.steps = 'barrier').",
+                                kinds=("jacobi", "producer-consumer")),
 }
 SECTIONS = ("cluster", "policies", "region", "workload")
 

@@ -142,10 +142,31 @@ def consume(p: dict, a, value: int) -> ThreadResult:
     return ThreadResult(node, thread, len(order), seconds, total)
 
 
+def produce_consume_rounds(p: dict, a, barrier, rounds: int) -> ThreadResult:
+    """Every round in one run: node 0's threads produce, a barrier, the other
+    nodes' threads consume (node 0's on one node), a barrier."""
+    node, thread, _g = _me(p["tpn"])
+    consumer = node != 0 or p["nodes"] == 1
+    t0, ops = perf_counter(), 0
+    for r in range(rounds):
+        if node == 0:
+            ops += produce(p, a, r + 1).ops
+        barrier.wait()
+        if consumer:
+            ops += consume(p, a, r + 1).ops
+        barrier.wait()
+    return ThreadResult(node, thread, ops, perf_counter() - t0, ops)
+
+
 def drive_producer_consumer(ctx, s) -> None:
-    """Rounds of: node 0 produces every page, then every other node consumes them."""
+    """Rounds of: node 0 produces every page, then every other node consumes them
+    (workload.steps: each half a run of its own, or every round in one run)."""
     a = ctx.region(s["region.pages"])
     p = ctx.params()
+    if s["workload.steps"] == "barrier":
+        barrier = ctx.cluster.barrier(_threads(s), kind=s["workload.barrier"])
+        ctx.step(produce_consume_rounds, p, a, barrier, s["workload.repeats"], label="all rounds")
+        return
     consumers = list(range(1, s["cluster.nodes"])) or [0]
     for r in range(s["workload.repeats"]):
         ctx.step(produce, p, a, r + 1, nodes=[0], label=f"produce {r + 1}")
@@ -272,13 +293,29 @@ def jacobi_reference(rows: int, iterations: int) -> np.ndarray:
     return grids[iterations % 2]
 
 
+def jacobi_sweeps(p: dict, g0, g1, barrier, iterations: int) -> ThreadResult:
+    """Every sweep in one run, a barrier after each (no band is read before
+    its neighbours finished writing it in the previous sweep)."""
+    node, thread, _g = _me(p["tpn"])
+    grids, ops, t0 = (g0, g1), 0, perf_counter()
+    for k in range(iterations):
+        ops += jacobi_sweep(p, grids[k % 2], grids[(k + 1) % 2]).ops
+        barrier.wait()
+    return ThreadResult(node, thread, ops, perf_counter() - t0)
+
+
 def drive_jacobi(ctx, s) -> None:
-    """region.pages rows of one page each; one sweep per step (the step is the barrier)."""
+    """region.pages rows of one page each; workload.steps: every sweep in one run
+    with a barrier after each, or one sweep per run (the end of a run is the barrier)."""
     rows, iterations = max(s["region.pages"], 3), s["workload.repeats"]
     grids = [ctx.region(rows, np.float64).reshape(rows, WORDS) for _ in range(2)]
     ctx.cluster.run(jacobi_init, *grids, nodes=[0], threads=1)  # arrays as args: lists travel by value
-    for k in range(iterations):
-        ctx.step(jacobi_sweep, ctx.params(), grids[k % 2], grids[(k + 1) % 2], label=f"sweep {k + 1}")
+    if s["workload.steps"] == "barrier":
+        barrier = ctx.cluster.barrier(_threads(s), kind=s["workload.barrier"])
+        ctx.step(jacobi_sweeps, ctx.params(), *grids, barrier, iterations, label="all sweeps")
+    else:
+        for k in range(iterations):
+            ctx.step(jacobi_sweep, ctx.params(), grids[k % 2], grids[(k + 1) % 2], label=f"sweep {k + 1}")
     expected = jacobi_reference(rows, iterations)
     if not np.allclose(grids[iterations % 2], expected):
         raise AssertionError("jacobi: the shared grid differs from the private reference")
@@ -333,6 +370,8 @@ DRIVERS = {
 def steps_of(s) -> int:
     """How many steps the driver of ``s`` runs (the progress bar's total)."""
     kind, r = s["workload.kind"], s["workload.repeats"]
+    if kind in ("jacobi", "producer-consumer") and s["workload.steps"] == "barrier":
+        return 1
     return {"infault": r + 1, "producer-consumer": 2 * r}.get(kind, r)
 
 
@@ -350,13 +389,23 @@ FOOTPRINTS = {
     "infault": ("region.pages × cluster.nodes × cluster.threads_per_node",
                 lambda s: s["region.pages"] * _threads(s)),
     "shared-read": ("region.pages", lambda s: s["region.pages"]),
-    "producer-consumer": ("region.pages", lambda s: s["region.pages"]),
+    "producer-consumer": ("region.pages + the barrier's pages",
+                          lambda s: s["region.pages"] + barrier_pages(s)),
     "false-sharing": ("(region.pages + 1) × workload.repeats",
                       lambda s: (s["region.pages"] + 1) * s["workload.repeats"]),
     "ping-pong": ("region.pages + 1", lambda s: s["region.pages"] + 1),
-    "jacobi": ("2 × max(region.pages, 3)", lambda s: 2 * max(s["region.pages"], 3)),
+    "jacobi": ("2 × max(region.pages, 3) + the barrier's pages",
+               lambda s: 2 * max(s["region.pages"], 3) + barrier_pages(s)),
     "matmul": (f"3 × ⌈workload.n² / {WORDS}⌉", lambda s: 3 * -(-s["workload.n"] ** 2 // WORDS)),
 }
+
+
+# Pages of the barrier between steps (workload.steps = "barrier"; page padding).
+def barrier_pages(s) -> int:
+    from ._barriers import words_needed
+    if s["workload.steps"] != "barrier":
+        return 0
+    return words_needed(s["workload.barrier"], _threads(s))
 
 
 # Pages of the DSM window the driver of scenario ``s`` allocates in one run.
