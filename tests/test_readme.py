@@ -32,3 +32,16 @@ class TestClusterExample:
         lines = r.stdout.splitlines()
         assert lines[:3] == ["[102400.0, 204800.0, 307200.0]", "[614400.0]", "1.0 3.0"]
         assert "replication view" in r.stdout and "fcm:array0" in r.stdout
+
+
+class TestSyncExample:
+    @pytest.mark.multinode
+    @pytest.mark.timeout(120)
+    def test_runs_and_prints_what_it_says(self, tmp_path):
+        """The lock-and-barrier example runs as a script and prints the totals its comments promise."""
+        script = tmp_path / "sync_example.py"
+        script.write_text(code_block_after("### Locks, barriers and waiting on a word"))
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           timeout=110, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["[6000.0, 3000.0, 1500.0]", "True"]
