@@ -187,8 +187,10 @@ class FCMPages:
             finally:
                 with self.cond:  # one section: end the request, install its grant, wake waiters
                     self.requesting[page] = 0
-                    installed = grant is not None and self._locked_try_install(page, grant)
-                    self.cond.notify_all()
+                    try:  # the HAT may fail to map (the map limit): the waiters still wake
+                        installed = grant is not None and self._locked_try_install(page, grant)
+                    finally:
+                        self.cond.notify_all()
             if installed:
                 return remote
         if self.manager.checking:
@@ -235,6 +237,16 @@ class FCMPages:
         if self._hat_prot[v] != access:
             self._map_page(v, access)
 
+    def _locked_lower_map(self, page: int) -> None:
+        """Lower the HAT's protection of the page to this node's access, never
+        raise it (cond held).  A revocation must not map a page whose mapping
+        the HAT dropped (drop_mappings, or a shed at the mprotect backend's map
+        limit): that would cost a call for nothing, and at the map limit fail
+        in a thread serving another node.  The next access maps it (in-core)."""
+        v, access = self.vpage + page, self._access[page]
+        if self._hat_prot[v] > access:
+            self._map_page(v, access)
+
     # -- owner / holder side (worker threads answering other nodes) -----------
 
     def send_copy(self, page: int, expect_version: int) -> bytes:
@@ -247,7 +259,7 @@ class FCMPages:
         """As owner with a copy (cond held): downgrade to READ, return the bytes."""
         if self._access[page] == WRITE:
             self._access[page] = READ
-            self._locked_map(page)  # revoke write first: no store races the copy
+            self._locked_lower_map(page)  # revoke write first: no store races the copy
         return self.memory.frame(self.vpage + page).tobytes()
 
     def give_page(self, page: int, expect_version: int, new_version: int, need_data: bool):
@@ -327,8 +339,7 @@ class FCMPages:
                 self.owned[page] = outcome == KEPT
                 self._locked_free_frame(page)
             else:
-                self.access[page] = before  # refused: the page stays as it was
-            self._locked_map(page)
+                self.access[page] = before  # refused: the page stays as it was (the next access maps it)
         self.cond.notify_all()
 
     # -- in-core fault support and inspection ----------------------------------
@@ -349,7 +360,7 @@ class FCMPages:
             for p in dirty:
                 if self._access[p] == WRITE:
                     self._access[p] = READ
-                    self._locked_map(p)
+                    self._locked_lower_map(p)
             out = [[p, self.memory.frame(self.vpage + p).tobytes()] for p in dirty]
             self.dirty[dirty] = 0
         return out

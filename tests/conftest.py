@@ -14,17 +14,25 @@ os.environ["TORNADO_DSM_DEBUG_LOCKS"] = "1"
 from tornado_dsm.kernel import KernelPager, NodeMemory, start_nodes  # noqa: E402
 from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
 
-from helpers import NNODES, fresh_base, process_gone  # noqa: E402
+from helpers import BACKEND_PARAMS, NNODES, fresh_base, process_gone  # noqa: E402
 
 _cobj_lockdebug.refresh()
 
 # ---- kernel: windows -----------------------------------------------------------------
 
 
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend(request):
+    """Each fault backend in turn: "mprotect", then "uffd" (skipped, naming the
+    kernel's reason, where userfaultfd is refused)."""
+    return request.param
+
+
 @pytest.fixture
-def memory():
-    """A 64-page window on node 0 with a kernel-only pager allowing everything."""
-    with NodeMemory(base=fresh_base(), size=64 * 4096, node=0) as mem:
+def memory(backend):
+    """A 64-page window on node 0 with a kernel-only pager allowing everything,
+    on each fault backend."""
+    with NodeMemory(base=fresh_base(), size=64 * 4096, node=0, backend=backend) as mem:
         mem.pager = KernelPager(mem)
         mem.set_handler(mem.pager)
         yield mem

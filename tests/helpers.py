@@ -1,6 +1,8 @@
 """Helpers shared by the test modules (conftest.py holds only fixtures and session setup).
 
 * ``fresh_base``: a window base in an address slot of its own;
+* ``BACKEND_PARAMS``: the fault backends as pytest params (uffd skipped, with
+  the kernel's reason, where it is refused); ``FAULT_SIGNAL``: each one's signal;
 * ``process_gone``: whether a node process has exited;
 * ``NNODES``: the size of conftest's ``three_nodes`` cluster;
 * ``new_cluster``: a ``tornado_dsm.Cluster`` whose window is in a slot of its own;
@@ -19,8 +21,11 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 import tornado_dsm as td
 from tornado_dsm.kernel import DEFAULT_BASE
+from tornado_dsm.kernel.machine import _backend
 
 # ---- address space ------------------------------------------------------------------
 # Every window a test creates gets its own 4 GiB slot above the default base,
@@ -31,6 +36,17 @@ _next_slot = itertools.count(1)
 def fresh_base() -> int:
     """A window base no other test in this process has used."""
     return DEFAULT_BASE + next(_next_slot) * (1 << 32)
+
+
+# ---- fault backends -----------------------------------------------------------------
+
+_UFFD = _backend.uffd_support()
+BACKEND_PARAMS = [
+    pytest.param("mprotect", id="mprotect"),
+    pytest.param("uffd", id="uffd", marks=pytest.mark.skipif(
+        not _UFFD.ok, reason=f"the uffd fault backend is refused here: {_UFFD.reason}")),
+]
+FAULT_SIGNAL = {"mprotect": signal.SIGSEGV, "uffd": signal.SIGBUS}  # what a fault is on each
 
 
 # ---- node processes -----------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The IVY/migrate protocol logic of FCMPages + PageDirectory, in one process.
 
 A unit test of the protocol state machine: each "node" here is an FCMPages
-on its own real window (real faults, real HAT), and the directory reaches
-them by direct calls.  The cross-process protocol is tested through the
+on its own real window (real faults, real HAT, on each fault backend), and
+the directory reaches them by direct calls.  The cross-process protocol is tested through the
 Cluster API (test_cluster*.py).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory
 from tornado_dsm.objects._cor import AnonymousCOR, CORClient
@@ -96,8 +96,10 @@ class Harness:
     """NODES windows, one FCMPages each, and a manager: one Directory
     ("centralized") or a DynamicManager per node ("dynamic")."""
 
-    def __init__(self, protocol: str = "ivy", manager: str = "centralized", capacity=None) -> None:
-        self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n) for n in range(NODES)]
+    def __init__(self, protocol: str = "ivy", manager: str = "centralized", capacity=None,
+                 backend: str = "mprotect") -> None:
+        self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n, backend=backend)
+                     for n in range(NODES)]
         self.protocol, self.manager = protocol, manager
         self.cor = AnonymousCOR(PAGES)
         self.store = CORClient(COR(self.cor), PAGES, anonymous=True)
@@ -154,24 +156,25 @@ class Harness:
 
 @pytest.fixture(params=[("ivy", "centralized"), ("migrate", "centralized"), ("ivy", "dynamic"),
                         ("migrate", "dynamic")])
-def harness(request):
-    with Harness(*request.param) as h:
+def harness(request, backend):
+    """A Harness for each (protocol, manager) here, on each fault backend."""
+    with Harness(*request.param, backend=backend) as h:
         yield h
 
 
 class TestMessages:
-    def test_read_from_third_owner(self):
+    def test_read_from_third_owner(self, backend):
         """A read fault whose owner is another node fetches a copy and joins the copyset."""
-        with Harness() as h:
+        with Harness(backend=backend) as h:
             h.arrays[1][0] = 5
             assert h.arrays[2][0] == 5
             assert h.holders(0) == (1, 1 << 2)
             assert h.fcms[1].access[0] == READ  # the owner was downgraded
             h.check()
 
-    def test_write_invalidates_readers(self):
+    def test_write_invalidates_readers(self, backend):
         """A write invalidates every reader before it is granted."""
-        with Harness() as h:
+        with Harness(backend=backend) as h:
             h.arrays[0][0] = 1
             assert h.arrays[1][0] == 1 and h.arrays[2][0] == 1
             h.arrays[2][1] = 9
@@ -190,9 +193,9 @@ def install(fcm, page, grant) -> bool:
 
 
 class TestCrossingMessages:
-    def test_copy_overtaken_by_invalidation_is_refused(self):
+    def test_copy_overtaken_by_invalidation_is_refused(self, backend):
         """A read copy older than an invalidation that reached the node first is not installed."""
-        with Harness() as h:
+        with Harness(backend=backend) as h:
             h.arrays[0][0] = 3                                  # node 0 owns page 0
             grant = h.directory.request(0, 2, READ, -1)         # node 2's copy, still "in flight"
             h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
@@ -201,9 +204,9 @@ class TestCrossingMessages:
             assert h.arrays[2][0] == 4                          # the retry sees the new value
             h.check()
 
-    def test_owner_answers_only_after_installing(self):
+    def test_owner_answers_only_after_installing(self, backend):
         """A copy requested from a node whose ownership grant is not installed yet waits for it."""
-        with Harness() as h:
+        with Harness(backend=backend) as h:
             h.arrays[0][0] = 7
             grant = h.directory.request(0, 1, WRITE, -1)        # node 1 now owns page 0, not installed
             seen = []
@@ -219,9 +222,9 @@ class TestCrossingMessages:
 
 class TestEviction:
     @pytest.mark.parametrize("manager", ["centralized", "dynamic"])
-    def test_owned_pages_survive_eviction(self, manager):
+    def test_owned_pages_survive_eviction(self, manager, backend):
         """Over capacity, owned pages go to the backing store and come back intact."""
-        with Harness("ivy", manager, capacity=2) as h:
+        with Harness("ivy", manager, capacity=2, backend=backend) as h:
             words = PAGE // 8
             for p in range(PAGES):
                 h.arrays[0][p * words] = 100 + p
@@ -230,9 +233,9 @@ class TestEviction:
             assert [int(h.arrays[1][p * words]) for p in range(PAGES)] == [100 + p for p in range(PAGES)]
             h.check()
 
-    def test_read_copies_go_first(self):
+    def test_read_copies_go_first(self, backend):
         """With read copies and owned pages resident, a read copy is evicted first."""
-        with Harness("ivy", "centralized", capacity=2) as h:
+        with Harness("ivy", "centralized", capacity=2, backend=backend) as h:
             words = PAGE // 8
             h.arrays[0][0] = 1                   # node 0 owns page 0
             h.arrays[1][words] = 2               # node 1 owns page 1
@@ -271,9 +274,9 @@ class ProtocolMachine(RuleBasedStateMachine):
 
     protocol, manager, capacity = "ivy", "centralized", None
 
-    def __init__(self):
+    def __init__(self, backend: str = "mprotect"):
         super().__init__()
-        self.h = Harness(self.protocol, self.manager, self.capacity)
+        self.h = Harness(self.protocol, self.manager, self.capacity, backend)
         self.model = np.zeros(PAGES * PAGE // 8, dtype=np.int64)
 
     @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1))
@@ -321,15 +324,12 @@ class EvictingDynamicMachine(ProtocolMachine):
 
 
 _settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
-ProtocolMachine.TestCase.settings = _settings
-MigrateMachine.TestCase.settings = _settings
-DynamicMachine.TestCase.settings = _settings
-MigrateDynamicMachine.TestCase.settings = _settings
-TestMigrateDynamicMachine = MigrateDynamicMachine.TestCase
-EvictingMachine.TestCase.settings = _settings
-EvictingDynamicMachine.TestCase.settings = _settings
-TestEvictingMachine = EvictingMachine.TestCase
-TestEvictingDynamicMachine = EvictingDynamicMachine.TestCase
-TestDynamicMachine = DynamicMachine.TestCase
-TestIvyMachine = ProtocolMachine.TestCase
-TestMigrateMachine = MigrateMachine.TestCase
+MACHINES = [ProtocolMachine, MigrateMachine, DynamicMachine, MigrateDynamicMachine, EvictingMachine,
+            EvictingDynamicMachine]
+
+
+@pytest.mark.parametrize("machine", MACHINES, ids=[m.__name__ for m in MACHINES])
+def test_protocol_machine(machine, backend):
+    """Random reads, writes and mapping drops from random nodes (with evictions where frames are
+    short) read what a sequential memory would, and IVY's invariants hold after every step."""
+    run_state_machine_as_test(lambda: machine(backend), settings=_settings)

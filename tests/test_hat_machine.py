@@ -1,5 +1,6 @@
 """HAT and trap against a model: random reads, writes and protection changes on
-random pages of a window, from several threads, checked after every step."""
+random pages of a window, from several threads, checked after every step, on
+each fault backend."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, KernelPager, NodeMemory, trap
@@ -34,9 +35,9 @@ def _write(arr, i, v):
 class WindowMachine(RuleBasedStateMachine):
     """Model: contents (int64 words), what the pager allows, and the HAT protection."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "mprotect") -> None:
         super().__init__()
-        self.mem = NodeMemory(base=fresh_base(), size=WINDOW_PAGES * PAGE)
+        self.mem = NodeMemory(base=fresh_base(), size=WINDOW_PAGES * PAGE, backend=backend)
         self.pager = KernelPager(self.mem)
         self.mem.set_handler(self.pager)
         self.arr = self.mem.array(0, (WINDOW_PAGES * WORDS_PER_PAGE,), np.int64)
@@ -126,5 +127,8 @@ class WindowMachine(RuleBasedStateMachine):
         self.mem.close()
 
 
-WindowMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
-TestWindowMachine = WindowMachine.TestCase
+def test_window_machine(backend):
+    """Random reads, writes, grants, unmaps and releases from several threads keep the HAT's
+    array equal to the model's protections and the frames equal to the model's contents."""
+    run_state_machine_as_test(lambda: WindowMachine(backend),
+                              settings=settings(max_examples=60, stateful_step_count=40, deadline=None))

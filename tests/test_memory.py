@@ -11,8 +11,8 @@ import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_WRITE, KernelPager, MemoryLayoutError, NodeMemory, trap
 from tornado_dsm.kernel.machine._lib import ffi, lib
 
-from helpers import fresh_base
-from test_trap import run_script
+from helpers import BACKEND_PARAMS, fresh_base
+from test_trap import run_script, window_mappings
 
 
 class TestLayout:
@@ -102,9 +102,33 @@ class TestDiscard:
         assert int(a[0]) == 7 and int(a[PAGE // 8]) == 7
 
 
+class TestBackend:
+    def test_backend_taken_is_named(self, memory, backend):
+        """A window says which fault backend it took, and so do its HAT statistics."""
+        assert memory.backend == backend and memory.hat.statistics().backend == backend
+
+    def test_auto_takes_uffd_where_allowed(self):
+        """backend='auto' takes uffd where the kernel allows it, else mprotect, and says how it chose."""
+        from tornado_dsm.kernel.machine._backend import uffd_support
+        with NodeMemory(base=fresh_base(), size=4 * PAGE, backend="auto") as mem:
+            assert mem.backend == ("uffd" if uffd_support().ok else "mprotect")
+            assert mem.backend_note.startswith("auto:")
+
+    def test_bad_backend_names_the_accepted(self):
+        """An unknown backend is a ValueError naming the accepted ones."""
+        with pytest.raises(ValueError, match="'auto', 'uffd', 'mprotect'"):
+            NodeMemory(base=fresh_base(), size=4 * PAGE, backend="mmap")
+
+    def test_environment_sets_the_default(self, monkeypatch, backend):
+        """$TORNADO_DSM_BACKEND is the backend of a window that names none."""
+        monkeypatch.setenv("TORNADO_DSM_BACKEND", backend)
+        with NodeMemory(base=fresh_base(), size=4 * PAGE) as mem:
+            assert mem.backend == backend
+
+
 class TestMapLimit:
     def test_enomem_names_sysctl(self):
-        """Running out of kernel mappings gives an error naming vm.max_map_count."""
+        """On mprotect, running out of kernel mappings gives an error advising uffd and naming vm.max_map_count."""
         r = run_script("""
             from tornado_dsm.kernel import NodeMemory, MemoryLayoutError
             limit = int(open("/proc/sys/vm/max_map_count").read())
@@ -114,6 +138,48 @@ class TestMapLimit:
                     mem.hat.map(p, 1, 1)
             except MemoryLayoutError as e:
                 print(e)
-        """)
+        """, "mprotect")
         assert r.returncode == 0, r.stderr
-        assert "vm.max_map_count" in r.stdout
+        assert "vm.max_map_count" in r.stdout and "backend='uffd'" in r.stdout
+
+    def test_fault_at_the_limit_raises_once(self):
+        """On mprotect, a fault at the map limit raises one MemoryLayoutError in the faulting thread, with
+        no traceback printed, and the window goes on (its mappings shed, later faults resolve)."""
+        r = run_script("""
+            import numpy as np
+            from tornado_dsm.kernel import NodeMemory, KernelPager, MemoryLayoutError, trap
+            limit = int(open("/proc/sys/vm/max_map_count").read())
+            npages = 2 * limit + 64
+            mem = NodeMemory(base=BASE, size=npages * 4096)
+            mem.set_handler(KernelPager(mem))
+            a = mem.array(0, (npages * 512,), np.int64)
+            errors = 0
+            try:
+                for p in range(0, npages, 2):            # every other page written: one mapping each
+                    a[p * 512] = p
+                    trap.check()
+            except MemoryLayoutError as e:
+                errors += 1
+                print("error:", e)
+            stats = mem.hat.statistics()
+            a[0] += 1                                    # the window goes on: in-core faults map again
+            print("after:", errors, stats.sheds, int(a[0]), int(a[(p - 2) * 512]) == p - 2, stats.pages_write)
+        """, "mprotect")
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr and r.stderr.count("MemoryLayoutError") == 0, r.stderr
+        assert r.stdout.count("error:") == 1 and "backend='uffd'" in r.stdout
+        after = r.stdout.split("after:")[1].split()
+        assert after[:4] == ["1", "1", "1", "True"]   # one error, one shed, the pages kept their values
+        assert after[4] == "0"                         # every page was revoked by the shed
+
+    @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
+    def test_uffd_never_splits(self, backend):
+        """On uffd, alternating protections over more pages than the map limit allows stay one mapping."""
+        with open("/proc/sys/vm/max_map_count") as f:
+            npages = 2 * int(f.read()) + 64
+        with NodeMemory(base=fresh_base(), size=npages * PAGE, backend=backend) as mem:
+            mem.set_handler(KernelPager(mem))
+            trap.touch(mem.base, npages // 2, 2 * PAGE, write=1)   # every other page read-write
+            mem.hat.protect_pages(np.arange(0, npages, 4), 1)      # every fourth read-only
+            assert window_mappings(mem) == 1
+            assert mem.hat.statistics().pages_write == npages // 4

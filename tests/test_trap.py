@@ -1,7 +1,9 @@
-"""The trap: real SIGSEGVs from mprotect-ed pages, resolved in the faulting thread."""
+"""The trap: real faults, resolved in the faulting thread, on each fault backend: SIGSEGVs
+from mprotect-ed pages, and SIGBUS from a userfaultfd-registered view."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import subprocess
@@ -14,15 +16,28 @@ import pytest
 
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE, PROT_NONE, PROT_READ, PROT_WRITE, FaultRefused, trap
+from tornado_dsm.kernel.machine._lib import ffi, lib
 
-from helpers import fresh_base
+from helpers import BACKEND_PARAMS, FAULT_SIGNAL, fresh_base
 
 
-def run_script(body: str) -> subprocess.CompletedProcess:
-    """Run a Python script in a fresh interpreter; return its outcome."""
+def run_script(body: str, backend: str | None = None) -> subprocess.CompletedProcess:
+    """Run a Python script in a fresh interpreter (its windows on ``backend``, if
+    given, through $TORNADO_DSM_BACKEND); return its outcome."""
     prologue = f"BASE = {fresh_base():#x}\n"
+    env = dict(os.environ, TORNADO_DSM_BACKEND=backend) if backend else None
     return subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(body)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def window_mappings(mem) -> int:
+    """How many kernel mappings (lines of /proc/self/maps) cover the window."""
+    count = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            count += lo < mem.end and hi > mem.base
+    return count
 
 
 class TestResolveGILHeld:
@@ -224,10 +239,29 @@ class TestChaining:
         r = run_script(self.CRASH.format(enable=""))
         assert r.returncode == -signal.SIGSEGV, r.stderr
 
+    def test_sigbus_outside_windows_reaches_faulthandler(self):
+        """A real SIGBUS outside every window (a mapped page past the end of its file) still reaches faulthandler."""
+        r = run_script("""
+            import ctypes, faulthandler, mmap, tempfile
+            faulthandler.enable()
+            from tornado_dsm.kernel import NodeMemory
+            mem = NodeMemory(base=BASE, size=1 << 20)
+            f = tempfile.TemporaryFile()
+            f.truncate(4096)
+            m = mmap.mmap(f.fileno(), 4096)
+            f.truncate(0)                    # the page is past the end of the file now
+            def bus_here():
+                ctypes.string_at(ctypes.addressof(ctypes.c_char.from_buffer(m)), 1)
+            bus_here()
+        """)
+        assert r.returncode == -signal.SIGBUS, r.stderr
+        assert "Bus error" in r.stderr and "bus_here" in r.stderr
 
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 class TestFatalCases:
-    def test_fault_inside_handler(self):
-        """A handler that touches the application view dies with a clear message, never hangs."""
+    def test_fault_inside_handler(self, backend):
+        """A handler that touches the application view dies by the fault's signal with a clear message, never hangs."""
         r = run_script("""
             import numpy as np
             from tornado_dsm.kernel import NodeMemory
@@ -235,17 +269,56 @@ class TestFatalCases:
             other = mem.array(8 * 4096, (8,), np.int64)
             mem.set_handler(lambda addr, access: int(other[0]))
             mem.array(0, (8,), np.int64)[0]
-        """)
-        assert r.returncode == -signal.SIGSEGV
+        """, backend)
+        assert r.returncode == -FAULT_SIGNAL[backend], r.stderr
         assert "fault inside the tornado_dsm fault handler" in r.stderr
 
-    def test_refused_in_thread_without_python_state(self):
-        """A refused fault in a thread with no Python state dies with a diagnostic."""
+    def test_refused_in_thread_without_python_state(self, backend):
+        """A refused fault in a thread with no Python state dies by the fault's signal with a diagnostic."""
         r = run_script("""
             from tornado_dsm.kernel import NodeMemory, KernelPager, trap
             mem = NodeMemory(base=BASE, size=1 << 20)
+            assert mem.backend == %r
             mem.set_handler(KernelPager(mem, allow_all=False))
             trap.touch_from_foreign_thread(mem.base)
-        """)
-        assert r.returncode == -signal.SIGSEGV
+        """ % backend, backend)
+        assert r.returncode == -FAULT_SIGNAL[backend], r.stderr
         assert "no Python state" in r.stderr
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
+class TestUffdMappings:
+    def test_refused_fault_heals_the_split(self, backend, memory):
+        """A refused fault splits the registered mapping only until it is raised; then it is one mapping again."""
+        memory.pager.allow(5, 1, PROT_NONE)
+        a = memory.array(0, (memory.size // 8,), np.int64)
+        a[0] = 1
+        assert window_mappings(memory) == 1
+        with pytest.raises(td.SegmentationFault):
+            a[5 * PAGE // 8] = 1
+            trap.check()
+        assert window_mappings(memory) == 1
+        memory.pager.allow(5, 1, PROT_WRITE)
+        a[5 * PAGE // 8] = 6                  # the restored page is registered: it faults and resolves
+        assert memory.frame(5)[0] == 6 and memory.hat.prot[5] == PROT_WRITE
+
+    def test_lost_pte_is_put_back_in_c(self, backend, memory):
+        """A page whose entry the kernel dropped behind the HAT is mapped again by the trap, without the handler."""
+        a = memory.array(0, (memory.size // 8,), np.int64)
+        a[0] = 42
+        faults = memory.pager.statistics()
+        assert lib.madvise(ffi.cast("void *", memory.base), PAGE, lib.MADV_DONTNEED) == 0
+        assert a[0] == 42
+        a[1] = 43
+        assert memory.pager.statistics() == faults and memory.hat.prot[0] == PROT_WRITE
+
+    def test_read_grant_is_write_protected(self, backend, memory):
+        """A page granted read on uffd faults on the first store (write protection), like PROT_READ."""
+        memory.pager.allow(2, 1, PROT_READ)
+        a = memory.array(2 * PAGE, (8,), np.int64)
+        memory.frame(2)[:8] = 7
+        assert a[0] == int.from_bytes(bytes([7] * 8), "little")
+        with pytest.raises(td.SegmentationFault, match="read-only"):
+            a[0] = 1
+            trap.check()
+        assert memory.frame(2)[0] == 7

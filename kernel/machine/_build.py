@@ -22,17 +22,29 @@ CDEF = """
 #define MAP_NORESERVE ...
 #define FALLOC_FL_KEEP_SIZE ...
 #define FALLOC_FL_PUNCH_HOLE ...
+#define MADV_DONTNEED ...
+#define UFFD_FEATURE_SIGBUS ...
+#define UFFD_FEATURE_MINOR_SHMEM ...
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM ...
+#define TD_UFFD_FEATURES ...
+#define TD_BACKEND_MPROTECT ...
+#define TD_BACKEND_UFFD ...
+#define TD_HAT_SHED ...
+#define TD_HAT_SHED_REFUSED ...
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
 int mprotect(void *addr, size_t len, int prot);
 int fallocate(int fd, int mode, long offset, long len);
+int madvise(void *addr, size_t length, int advice);
+int close(int fd);
 
 extern "Python" int td_py_fault(int window, uintptr_t addr, int access);
 int td_trap_install(void);
 int td_trap_uninstall(void);
 int td_trap_is_current(void);
 int td_trap_bind_python(void);
-int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, int mode, int node);
+int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, int mode, int node,
+                       int backend, int uffd);
 void td_window_unregister(int slot);
 void td_window_set_mode(int slot, int mode);
 void td_trap_set_portable(int on);
@@ -41,6 +53,11 @@ int td_hat_protect(int slot, size_t first, size_t count, int prot);
 void td_hat_counters(int slot, uint64_t *out);
 uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *ns);
 int64_t td_touch_foreign(uintptr_t addr, int write);
+
+int td_uffd_open(void);
+int td_uffd_api(int fd, uint64_t features, uint64_t *available);
+int td_uffd_probe_continue_wp(int fd);
+int td_uffd_register(int fd, uintptr_t base, size_t len);
 
 uint32_t td_load32(uintptr_t a);
 uint64_t td_load64(uintptr_t a);
@@ -62,6 +79,7 @@ PRELUDE = """
 #include <linux/falloc.h>
 #include <time.h>
 #include "_trap.c"
+#include "_uffd.c"
 #include "_atomic.c"
 """
 
@@ -71,7 +89,7 @@ ffibuilder.set_source(
     "tornado_dsm.kernel.machine._core",
     PRELUDE,
     include_dirs=[str(HERE)],
-    depends=[str(HERE / "_trap.c"), str(HERE / "_atomic.c")],
+    depends=[str(HERE / "_trap.c"), str(HERE / "_uffd.c"), str(HERE / "_atomic.c")],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
 )
 

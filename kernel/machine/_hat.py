@@ -2,12 +2,22 @@
 
 Maps runs of virtual pages to the node's frames with a protection.  The frame
 of page v is always at memfd offset v * PAGE (identity placement), so mapping
-is only a protection change: one `mprotect` per run of contiguous pages, which
-keeps neighbouring pages in one kernel mapping and makes a run cost about as
-much as one page.  Per-page state is one uint8 numpy array that the C trap
-reads too (portable decode, scratch restore).  Revoking all access to pages
-wakes the threads waiting on words of them (_waitq): that is how a write on
-another node reaches a waiter.
+is only a protection change, one system call per run of contiguous pages: an
+`mprotect` (backend "mprotect", which keeps neighbouring pages of equal
+protection in one kernel mapping), or on backend "uffd" a page-table change
+of the one registered mapping (UFFDIO_CONTINUE / UFFDIO_WRITEPROTECT /
+MADV_DONTNEED, _uffd.c).  The interface and the per-page state are the same
+for both: one uint8 numpy array that the C trap reads too (portable decode,
+scratch restore).  Revoking all access to pages wakes the threads waiting on
+words of them (_waitq): that is how a write on another node reaches a waiter.
+
+At the mprotect backend's map limit (vm.max_map_count) the C primitive
+sheds: it revokes every page of the window in one call, which only merges
+mappings.  A request that lowered protections is met by that; one that
+raised one (a fault being mapped) raises MemoryLayoutError advising the
+uffd backend.  Either way the node goes on: later faults map pages again
+from their cached copies (in-core faults), and revocations asked by other
+nodes no longer need new mappings.
 """
 
 from __future__ import annotations
@@ -35,8 +45,10 @@ class HATStatistics:
     pages_none: int
     pages_read: int
     pages_write: int
-    mprotect_calls: int
+    mprotect_calls: int    # protection changes (one per run; ioctls/madvise on uffd)
     pages_changed: int
+    backend: str = "mprotect"
+    sheds: int = 0         # times the window revoked every page at the map limit (mprotect)
 
     @property
     def pages_per_call(self) -> float:
@@ -52,9 +64,10 @@ class HAT:
     array always matches the page tables even when threads race on a page.
     """
 
-    def __init__(self, base: int, npages: int) -> None:
+    def __init__(self, base: int, npages: int, backend: str = "mprotect") -> None:
         self.base = base
         self.npages = npages
+        self.backend = backend
         self.prot = np.zeros(npages, dtype=np.uint8)
         self._prot = memoryview(self.prot)  # one page: ~20x faster to read than numpy
         self.slot = -1
@@ -75,8 +88,8 @@ class HAT:
             self._bad_run(first, count, prot)
         rc = _protect(self.slot, first, count, prot)
         if rc:
-            _raise_protect_error(-rc, first, count)
-        if prot == PROT_NONE and _waitq.waiting:   # a revoked copy: its waiters re-read
+            self._failed(rc, first, count)
+        elif prot == PROT_NONE and _waitq.waiting:   # a revoked copy: its waiters re-read
             _waitq.wake_pages(self.base + first * PAGE, count)
 
     def protect_pages(self, pages, prot: int) -> None:
@@ -97,8 +110,8 @@ class HAT:
         only reports addresses inside the window)."""
         rc = _protect(self.slot, page, 1, prot)
         if rc:
-            _raise_protect_error(-rc, page, 1)
-        if prot == PROT_NONE and _waitq.waiting:
+            self._failed(rc, page, 1)
+        elif prot == PROT_NONE and _waitq.waiting:
             _waitq.wake_pages(self.base + page * PAGE, 1)
 
     def map(self, first: int, count: int = 1, prot: int = PROT_READ) -> None:
@@ -114,7 +127,7 @@ class HAT:
     def statistics(self) -> HATStatistics:
         """A snapshot of the HAT's state and counters."""
         counts = np.bincount(self.prot, minlength=3)
-        out = ffi.new("uint64_t[2]")
+        out = ffi.new("uint64_t[3]")
         lib.td_hat_counters(self.slot, out)
         return HATStatistics(
             pages_none=int(counts[PROT_NONE]),
@@ -122,7 +135,19 @@ class HAT:
             pages_write=int(counts[PROT_WRITE]),
             mprotect_calls=int(out[0]),
             pages_changed=int(out[1]),
+            backend=self.backend,
+            sheds=int(out[2]),
         )
+
+    def _failed(self, rc: int, first: int, count: int) -> None:
+        """A protection change that did not simply succeed (rc from the C primitive)."""
+        if rc in (lib.TD_HAT_SHED, lib.TD_HAT_SHED_REFUSED):
+            if _waitq.waiting:  # every page lost its access
+                _waitq.wake_pages(self.base, self.npages)
+            if rc == lib.TD_HAT_SHED:
+                return
+            rc = -errno.ENOMEM
+        _raise_protect_error(-rc, first, count, self.backend)
 
     def _bad_run(self, first: int, count: int, prot: int) -> None:
         if prot not in PROT_NAMES:
@@ -135,15 +160,18 @@ class HAT:
 _protect = lib.td_hat_protect
 
 
-def _raise_protect_error(err: int, first: int, count: int) -> None:
-    if err == errno.ENOMEM:
+def _raise_protect_error(err: int, first: int, count: int, backend: str = "mprotect") -> None:
+    if err == errno.ENOMEM and backend == "mprotect":
         raise MemoryLayoutError(
             errno.ENOMEM,
-            "mprotect: the process has too many memory mappings; raise the limit with "
-            f"`sysctl -w vm.max_map_count=262144` (now {_max_map_count()}), or map pages "
-            "in longer runs",
+            "mprotect: the process has too many memory mappings (every change of protection "
+            "between neighbouring pages splits one); use the userfaultfd fault backend, which "
+            "never splits a mapping (backend='uffd', or 'auto'; cluster.backend in a scenario; "
+            "TORNADO_DSM_BACKEND=uffd), or raise the limit with "
+            f"`sysctl -w vm.max_map_count=262144` (now {_max_map_count()})",
         )
-    raise OSError(err, f"mprotect of pages [{first}, {first + count}) failed: {os.strerror(err)}")
+    what = "mprotect" if backend == "mprotect" else "userfaultfd protection change"
+    raise OSError(err, f"{what} of pages [{first}, {first + count}) failed: {os.strerror(err)}")
 
 
 def _max_map_count() -> str:

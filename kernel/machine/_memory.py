@@ -3,7 +3,10 @@
 
 * The application view is mapped MAP_SHARED at the window's fixed base, the
   same on every node, with MAP_FIXED_NOREPLACE so it never silently replaces
-  something already there.  Its protections (the HAT) are what faults.
+  something already there.  Its protections (the HAT) are what faults:
+  mprotect-ed page runs (backend "mprotect": the view is mapped PROT_NONE),
+  or page-table entries of one read-write mapping registered with a
+  userfaultfd (backend "uffd"; _backend.py, _uffd.c).
 * The kernel view maps the same file read-write at an address the OS picks.
   The runtime fills and reads frames through it, so a page is complete before
   the application view lets anyone see it.
@@ -22,7 +25,7 @@ import numpy as np
 from ._errors import DSMInternalError, MemoryLayoutError
 from ._hat import HAT
 from ._lib import PAGE, ffi, lib
-from . import _trap, _waitq
+from . import _backend, _trap, _waitq
 
 # Far from the heap (0x55.., 0x56..), the mmap area and stacks (0x7f..): 32 TiB.
 DEFAULT_BASE = 0x2000_0000_0000
@@ -35,25 +38,34 @@ class NodeMemory:
     """The DSM window of one node: frames, two views, a HAT and a fault hook.
 
     ``handler(address, access)`` resolves faults in the window (see _trap);
-    it can be replaced later with `set_handler`.  Use as a context manager or
-    call `close`.
+    it can be replaced later with `set_handler`.  ``backend``: "mprotect",
+    "uffd" or "auto" (None: $TORNADO_DSM_BACKEND, else the default; see
+    _backend.py); the one taken is ``self.backend`` and how ``auto`` chose
+    is ``self.backend_note``.  Use as a context manager or call `close`.
     """
 
     def __init__(self, base: int = DEFAULT_BASE, size: int = DEFAULT_SIZE, node: int = 0,
-                 handler=None, mode: int = _trap.MODE_PYTHON) -> None:
+                 handler=None, mode: int = _trap.MODE_PYTHON, backend: str | None = None) -> None:
         _check_layout(base, size)
+        self.backend, self.backend_note = _backend.resolve(backend)
         self.base, self.size, self.node = base, size, node
         self.npages = size // PAGE
         self.memfd = os.memfd_create(f"tornado_dsm-node{node}", os.MFD_CLOEXEC)
         self._app = self._kernel = None
+        self.uffd = -1
+        uffd = self.backend == "uffd"
         try:
             os.ftruncate(self.memfd, size)
-            self._app = _map_application_view(base, size, self.memfd)
+            self._app = _map_application_view(base, size, self.memfd, writable=uffd)
+            if uffd:  # registered before anything can touch the view
+                self.uffd = _backend.open_uffd(base, size)
             self._kernel = _map_kernel_view(size, self.memfd)
-            self.hat = HAT(base, self.npages)
+            self.hat = HAT(base, self.npages, self.backend)
             self.kernel_view = np.frombuffer(ffi.buffer(self._kernel, size), dtype=np.uint8)
             self.slot = _trap.register_window(base, self.npages, self.hat.prot, self.memfd,
-                                              node, handler or _no_handler, mode)
+                                              node, handler or _no_handler, mode,
+                                              lib.TD_BACKEND_UFFD if uffd else lib.TD_BACKEND_MPROTECT,
+                                              self.uffd)
             self.hat.bind(self.slot)
         except BaseException:
             self._unmap()
@@ -127,8 +139,11 @@ class NodeMemory:
 
     def _unmap(self) -> None:
         if self._app is not None:
-            lib.munmap(self._app, self.size)
+            lib.munmap(self._app, self.size)  # also ends its userfaultfd registration
             self._app = None
+        if self.uffd >= 0:
+            lib.close(self.uffd)
+            self.uffd = -1
         if self._kernel is not None:
             self.kernel_view = None
             lib.munmap(self._kernel, self.size)
@@ -151,9 +166,12 @@ def _check_layout(base: int, size: int) -> None:
         raise ValueError(f"window [{base:#x}, {base + size:#x}) passes the end of user space (0x7ffffffff000)")
 
 
-def _map_application_view(base: int, size: int, fd: int):
+def _map_application_view(base: int, size: int, fd: int, writable: bool = False):
+    """mprotect backend: PROT_NONE (the HAT opens page runs); uffd: read-write
+    (the userfaultfd registration makes every page fault until the HAT maps it)."""
     flags = lib.MAP_SHARED | lib.MAP_FIXED_NOREPLACE | lib.MAP_NORESERVE
-    p = lib.mmap(ffi.cast("void *", base), size, lib.PROT_NONE, flags, fd, 0)
+    prot = lib.PROT_READ | lib.PROT_WRITE if writable else lib.PROT_NONE
+    p = lib.mmap(ffi.cast("void *", base), size, prot, flags, fd, 0)
     if p == _MAP_FAILED:
         err = ffi.errno
         if err == errno.EEXIST:

@@ -1,5 +1,5 @@
 /*
- * The trap: tornado_dsm's SIGSEGV handler.
+ * The trap: tornado_dsm's SIGSEGV and SIGBUS handler.
  *
  * Included into the cffi-generated extension (see _build.py), so Python.h is
  * already in scope and the extern "Python" callback td_py_fault is declared
@@ -12,16 +12,30 @@
  * Python handler release it again, so a fault that waits on another node
  * never stops the rest of the process.
  *
- * Contract of td_trap_handler, for a SIGSEGV at address A:
+ * Two fault backends share this handler (a window says which it uses):
+ * "mprotect" windows fault with SIGSEGV (the HAT's protections are
+ * mprotect-ed page runs); "uffd" windows fault with SIGBUS (the view stays
+ * one read-write mapping registered with a userfaultfd whose SIGBUS feature
+ * signals the faulting thread instead of queueing an event; _uffd.c).  Both
+ * signals go through the same steps; the previous handler of each is kept
+ * apart, and a fatal case dies by the signal that arrived.
+ *
+ * Contract of td_trap_handler, for a SIGSEGV or SIGBUS at address A:
  *   1. A outside every registered window -> chain to the previous handler
- *      exactly as if the trap were not installed (faulthandler, SIG_DFL, ...).
+ *      of that signal exactly as if the trap were not installed
+ *      (faulthandler, SIG_DFL, ...).
  *   2. A fault while this thread is already inside the handler -> fatal, with
  *      a message; never a hang and never a silent retry loop.
- *   3. Decode read/write: x86-64 REG_ERR bit 1; portable mode (or another
- *      architecture): a page already readable in the HAT faulted on a write,
- *      otherwise it is a read (grant read first, a write faults again).
- *   4. Resolve: a FLOOR window resolves in C (mprotect read-write), the
- *      benchmark's floor; a PYTHON window calls td_py_fault in this thread.
+ *   3. Decode read/write: x86-64 REG_ERR bit 1 (the kernel sets it for a
+ *      userfaultfd SIGBUS too); portable mode (or another architecture): a
+ *      page already readable in the HAT faulted on a write, otherwise it is
+ *      a read (grant read first, a write faults again).
+ *   3b. uffd only: the HAT already grants the access -> the PTE went away
+ *      without the HAT (td_uffd_refresh puts it back, in C).  With mprotect
+ *      this cannot persist (the protection is in the VMA), so the handler
+ *      only ever sees it as a race it answers by returning.
+ *   4. Resolve: a FLOOR window resolves in C (the HAT grants read-write),
+ *      the benchmark's floor; a PYTHON window calls td_py_fault in this thread.
  *   5. Refused: map a private scratch page over the faulting page so the
  *      instruction completes, and arm an asynchronous SegmentationFault in
  *      this thread; raising it restores the real mapping (restore_scratch).
@@ -29,7 +43,9 @@
  *      to scratch without calling Python (the statement is failing anyway;
  *      Python code would receive the armed exception instead).  A thread
  *      with no Python thread state can never raise it: that case is fatal
- *      with a diagnostic.
+ *      with a diagnostic.  On a uffd window the scratch page splits the
+ *      registered mapping in three until the fault is raised; the restore
+ *      registers the page again and the kernel merges it back (_uffd.c).
  */
 
 #include <errno.h>
@@ -51,6 +67,11 @@
 #define TD_PROT_NONE 0
 #define TD_PROT_READ 1
 #define TD_PROT_WRITE 2 /* read-write */
+#define TD_BACKEND_MPROTECT 0
+#define TD_BACKEND_UFFD 1
+/* td_hat_protect's results besides 0 and -errno (mprotect backend, map limit) */
+#define TD_HAT_SHED 1         /* the window was shed to no access; the request is met */
+#define TD_HAT_SHED_REFUSED 2 /* the window was shed; the request (an upgrade) is not */
 
 static int td_py_fault(int window, uintptr_t addr, int access);
 int td_hat_protect(int slot, size_t first, size_t count, int prot);
@@ -63,13 +84,21 @@ typedef struct {
     int memfd;              /* the node's frames: page v at offset v*PAGE */
     int mode;
     int node;
-    pthread_mutex_t hat_lock; /* orders mprotect + prot[] updates of the HAT */
-    uint64_t hat_calls;       /* mprotect calls made by td_hat_protect */
+    int backend;              /* TD_BACKEND_* */
+    int uffd;                 /* the window's userfaultfd (uffd backend), else -1 */
+    pthread_mutex_t hat_lock; /* orders page-table + prot[] updates of the HAT */
+    uint64_t hat_calls;       /* protection changes made by td_hat_protect */
     uint64_t hat_pages;       /* pages those calls changed */
+    uint64_t hat_sheds;       /* times the window shed every mapping (map limit) */
 } td_window;
 
 static td_window td_windows[TD_MAX_WINDOWS];
-static struct sigaction td_previous;
+
+/* The uffd backend (_uffd.c, included after this file). */
+static int td_uffd_protect(td_window *w, size_t first, size_t count, int prot);
+static int td_uffd_refresh(td_window *w, size_t page, int access);
+static int td_uffd_restore(td_window *w, uintptr_t page_addr, size_t page);
+static struct sigaction td_previous[2]; /* [0] SIGSEGV, [1] SIGBUS, before us */
 static volatile int td_installed;
 static volatile int td_portable_decode;
 static size_t td_page = 4096;
@@ -97,31 +126,38 @@ static void td_say(const char *msg)
     }
 }
 
-/* Pass the signal on to whoever had SIGSEGV before us, exactly. */
-static void td_chain(int sig, siginfo_t *info, void *ctx)
+static struct sigaction *td_previous_of(int sig)
 {
-    if (td_previous.sa_flags & SA_SIGINFO) {
-        td_previous.sa_sigaction(sig, info, ctx);
-        return;
-    }
-    if (td_previous.sa_handler == SIG_DFL || td_previous.sa_handler == SIG_IGN) {
-        /* A real fault cannot be ignored: die the way the default would. */
-        signal(SIGSEGV, SIG_DFL);
-        raise(SIGSEGV);
-        return;
-    }
-    td_previous.sa_handler(sig);
+    return &td_previous[sig == SIGBUS];
 }
 
-/* Die by SIGSEGV after a message, through the previous handler (traceback). */
+/* Pass the signal on to whoever had it (SIGSEGV or SIGBUS) before us, exactly. */
+static void td_chain(int sig, siginfo_t *info, void *ctx)
+{
+    struct sigaction *prev = td_previous_of(sig);
+    if (prev->sa_flags & SA_SIGINFO) {
+        prev->sa_sigaction(sig, info, ctx);
+        return;
+    }
+    if (prev->sa_handler == SIG_DFL || prev->sa_handler == SIG_IGN) {
+        /* A real fault cannot be ignored: die the way the default would. */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    prev->sa_handler(sig);
+}
+
+/* Die by the fault's signal after a message, through the previous handler
+ * (traceback). */
 static void td_fatal(const char *what, uintptr_t addr, int sig, siginfo_t *info, void *ctx)
 {
     char buf[256];
     snprintf(buf, sizeof buf, "tornado_dsm: fatal: %s at %#lx\n", what, (unsigned long)addr);
     td_say(buf);
     td_chain(sig, info, ctx);
-    signal(SIGSEGV, SIG_DFL);
-    raise(SIGSEGV);
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 static int td_find_window(uintptr_t addr)
@@ -178,6 +214,16 @@ static void td_refuse(uintptr_t page_addr, int sig, siginfo_t *info, void *ctx)
     PyGILState_Release(g);
 }
 
+/* Step 3b under the window's HAT lock (see td_uffd_refresh): 1 resolved,
+ * 0 not granted after all, -errno. */
+static int td_hat_refresh(td_window *w, size_t page, int access)
+{
+    pthread_mutex_lock(&w->hat_lock);
+    int rc = td_uffd_refresh(w, page, access);
+    pthread_mutex_unlock(&w->hat_lock);
+    return rc;
+}
+
 static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
 {
     int saved_errno = errno;
@@ -207,9 +253,18 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         errno = saved_errno;
         return;
     }
+    if (w->backend == TD_BACKEND_UFFD && w->prot[page] >= access) {
+        int rc = td_hat_refresh(w, page, access);
+        if (rc < 0)
+            td_fatal("cannot re-establish a page the HAT grants", addr, sig, info, ctx);
+        if (rc > 0) {
+            errno = saved_errno;
+            return;
+        }
+    }
     if (w->mode == TD_MODE_FLOOR) {
         if (td_hat_protect(wi, page, 1, TD_PROT_WRITE) != 0)
-            td_fatal("floor mprotect failed", addr, sig, info, ctx);
+            td_fatal("floor protection change failed", addr, sig, info, ctx);
         errno = saved_errno;
         return;
     }
@@ -224,50 +279,75 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
     errno = saved_errno;
 }
 
-/* Install the handler (idempotent).  If someone replaced it since, chain to
- * them and take SIGSEGV back.  Returns 0 or -errno. */
-int td_trap_install(void)
+static int td_is_ours(const struct sigaction *sa)
+{
+    return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == td_trap_handler;
+}
+
+/* Install the handler for one signal, keeping the previous one in *prev
+ * unless it is ours already.  Returns 0 or -errno. */
+static int td_install_one(int sig, struct sigaction *prev)
 {
     struct sigaction cur, sa;
-    td_page = (size_t)sysconf(_SC_PAGESIZE);
-    if (sigaction(SIGSEGV, NULL, &cur) != 0)
+    if (sigaction(sig, NULL, &cur) != 0)
         return -errno;
-    if (td_installed && (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == td_trap_handler)
+    if (td_installed && td_is_ours(&cur))
         return 0;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = td_trap_handler;
     /* NODEFER: a nested fault must reach us (to be reported), not kill silently. */
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    td_previous = cur;
-    if (sigaction(SIGSEGV, &sa, NULL) != 0)
+    if (!td_is_ours(&cur))
+        *prev = cur;
+    return sigaction(sig, &sa, NULL) == 0 ? 0 : -errno;
+}
+
+/* Install the handler for SIGSEGV and SIGBUS (idempotent).  If someone
+ * replaced it since, chain to them and take the signal back.  Returns 0 or
+ * -errno. */
+int td_trap_install(void)
+{
+    td_page = (size_t)sysconf(_SC_PAGESIZE);
+    int rc = td_install_one(SIGSEGV, &td_previous[0]);
+    if (rc == 0)
+        rc = td_install_one(SIGBUS, &td_previous[1]);
+    if (rc == 0)
+        td_installed = 1;
+    return rc;
+}
+
+/* Give one signal back to its previous handler if ours is current. */
+static int td_uninstall_one(int sig, struct sigaction *prev)
+{
+    struct sigaction cur;
+    if (sigaction(sig, NULL, &cur) != 0)
         return -errno;
-    td_installed = 1;
+    if (td_is_ours(&cur) && sigaction(sig, prev, NULL) != 0)
+        return -errno;
     return 0;
 }
 
-/* Give SIGSEGV back to the previous handler.  Returns 0 or -errno. */
+/* Give SIGSEGV and SIGBUS back to the previous handlers.  Returns 0 or -errno. */
 int td_trap_uninstall(void)
 {
-    struct sigaction cur;
     if (!td_installed)
         return 0;
-    if (sigaction(SIGSEGV, NULL, &cur) != 0)
-        return -errno;
-    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == td_trap_handler)
-        if (sigaction(SIGSEGV, &td_previous, NULL) != 0)
-            return -errno;
-    td_installed = 0;
-    return 0;
+    int rc = td_uninstall_one(SIGSEGV, &td_previous[0]);
+    if (rc == 0)
+        rc = td_uninstall_one(SIGBUS, &td_previous[1]);
+    if (rc == 0)
+        td_installed = 0;
+    return rc;
 }
 
-/* 1 if our handler is the one the kernel will call for SIGSEGV. */
+/* 1 if our handler is the one the kernel will call for SIGSEGV and SIGBUS. */
 int td_trap_is_current(void)
 {
-    struct sigaction cur;
-    if (sigaction(SIGSEGV, NULL, &cur) != 0)
+    struct sigaction segv, bus;
+    if (sigaction(SIGSEGV, NULL, &segv) != 0 || sigaction(SIGBUS, NULL, &bus) != 0)
         return 0;
-    return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == td_trap_handler;
+    return td_is_ours(&segv) && td_is_ours(&bus);
 }
 
 /* Bind the class armed for refused faults (needs the GIL; cffi released it). */
@@ -292,8 +372,11 @@ int td_trap_bind_python(void)
     return rc;
 }
 
-/* Register a window; returns its slot or -1 when the table is full. */
-int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, int mode, int node)
+/* Register a window; returns its slot or -1 when the table is full.
+ * backend: TD_BACKEND_*; uffd: its userfaultfd (registered over the whole
+ * application view already) or -1. */
+int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, int mode, int node,
+                       int backend, int uffd)
 {
     for (int i = 0; i < TD_MAX_WINDOWS; i++) {
         if (!td_windows[i].active) {
@@ -304,8 +387,10 @@ int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, 
             w->memfd = memfd;
             w->mode = mode;
             w->node = node;
+            w->backend = backend;
+            w->uffd = uffd;
             pthread_mutex_init(&w->hat_lock, NULL);
-            w->hat_calls = w->hat_pages = 0;
+            w->hat_calls = w->hat_pages = w->hat_sheds = 0;
             __atomic_store_n(&w->active, 1, __ATOMIC_SEQ_CST);
             return i;
         }
@@ -327,40 +412,105 @@ void td_window_set_mode(int slot, int mode)
 
 void td_trap_set_portable(int on) { td_portable_decode = on; }
 
-/* The HAT's one primitive: set pages [first, first+count) of a window to
- * prot (TD_PROT_*) with one mprotect, and record it in the prot array, both
- * under the window's HAT lock so the array always matches the page tables.
- * The caller (HAT.protect) has checked the run.  Returns 0 or -errno. */
-int td_hat_protect(int slot, size_t first, size_t count, int prot)
+/* Record a change of [first, first + count) to prot (HAT lock held). */
+static void td_hat_record(td_window *w, size_t first, size_t count, int prot)
+{
+    memset((void *)(w->prot + first), prot, count);
+    w->hat_calls++;
+    w->hat_pages += count;
+}
+
+/* The mprotect backend ran out of kernel mappings (ENOMEM: vm.max_map_count)
+ * changing [first, first + count) to prot.  Shed: revoke every page of the
+ * window in one mprotect over whole mappings, which only merges them (so it
+ * cannot fail for want of mappings) and leaves room for the scratch page of
+ * a refused fault and for later changes.  Taking more access away than
+ * asked is always safe: the fault path maps a page again from its cached
+ * copy (an in-core fault).  Returns TD_HAT_SHED if the request only lowered
+ * protections (it is met now), TD_HAT_SHED_REFUSED if it raised one (the
+ * caller reports the map limit), -errno if the shed itself failed. */
+static int td_hat_shed(td_window *w, size_t first, size_t count, int prot)
+{
+    int lowers = 1;
+    for (size_t i = first; i < first + count && lowers; i++)
+        lowers = w->prot[i] >= prot;
+    if (mprotect((void *)w->base, w->npages * td_page, PROT_NONE) != 0)
+        return -errno;
+    td_hat_record(w, 0, w->npages, TD_PROT_NONE);
+    w->hat_sheds++;
+    return lowers ? TD_HAT_SHED : TD_HAT_SHED_REFUSED;
+}
+
+/* td_hat_protect's mprotect half: one mprotect for the run.  0, -errno, or
+ * a TD_HAT_SHED* result at the map limit. */
+static int td_mprotect_protect(td_window *w, size_t first, size_t count, int prot)
 {
     static const int os_prot[3] = {PROT_NONE, PROT_READ, PROT_READ | PROT_WRITE};
+    if (mprotect((void *)(w->base + first * td_page), count * td_page, os_prot[prot]) == 0) {
+        td_hat_record(w, first, count, prot);
+        return 0;
+    }
+    if (errno != ENOMEM)
+        return -errno;
+    return td_hat_shed(w, first, count, prot);
+}
+
+/* The HAT's one primitive: set pages [first, first+count) of a window to
+ * prot (TD_PROT_*) and record it in the prot array, both under the window's
+ * HAT lock so the array always matches the page tables.  mprotect backend:
+ * one mprotect; uffd backend: one ioctl or madvise per sub-run of equal old
+ * protection (_uffd.c).  The caller (HAT.protect) has checked the run.
+ * Returns 0, -errno, or (mprotect at the map limit) TD_HAT_SHED /
+ * TD_HAT_SHED_REFUSED: every page of the window lost its access. */
+int td_hat_protect(int slot, size_t first, size_t count, int prot)
+{
     td_window *w = &td_windows[slot];
-    int rc = 0;
+    int rc;
     pthread_mutex_lock(&w->hat_lock);
-    if (mprotect((void *)(w->base + first * td_page), count * td_page, os_prot[prot]) != 0) {
-        rc = -errno;
+    if (w->backend == TD_BACKEND_UFFD) {
+        rc = td_uffd_protect(w, first, count, prot); /* records as it goes */
+        if (rc == 0) {
+            w->hat_calls++;
+            w->hat_pages += count;
+        }
     } else {
-        memset((void *)(w->prot + first), prot, count);
-        w->hat_calls++;
-        w->hat_pages += count;
+        rc = td_mprotect_protect(w, first, count, prot);
     }
     pthread_mutex_unlock(&w->hat_lock);
     return rc;
 }
 
-/* Counters of td_hat_protect for a window: out[0] calls, out[1] pages. */
+/* Counters of td_hat_protect for a window: out[0] calls, out[1] pages,
+ * out[2] sheds. */
 void td_hat_counters(int slot, uint64_t *out)
 {
     td_window *w = &td_windows[slot];
     pthread_mutex_lock(&w->hat_lock);
     out[0] = w->hat_calls;
     out[1] = w->hat_pages;
+    out[2] = w->hat_sheds;
     pthread_mutex_unlock(&w->hat_lock);
 }
 
-/* Put back the real frame (with the HAT's protection) under every scratch
- * page of this thread.  Called when the SegmentationFault is raised.
- * Returns the number of pages restored, or -errno. */
+/* Put the real frame back under one scratch page (HAT lock held): mapped
+ * with the HAT's protection (MAP_NORESERVE like the view, so the kernel can
+ * merge it with its neighbours), or on uffd re-registered (_uffd.c).
+ * 0 or -errno. */
+static int td_restore_one(td_window *w, uintptr_t a)
+{
+    size_t page = (a - w->base) / td_page;
+    if (w->backend == TD_BACKEND_UFFD)
+        return td_uffd_restore(w, a, page);
+    int prot = w->prot[page] == TD_PROT_WRITE ? PROT_READ | PROT_WRITE
+             : w->prot[page] == TD_PROT_READ ? PROT_READ : PROT_NONE;
+    void *p = mmap((void *)a, td_page, prot, MAP_FIXED | MAP_SHARED | MAP_NORESERVE, w->memfd,
+                   (off_t)(page * td_page));
+    return p == MAP_FAILED ? -errno : 0;
+}
+
+/* Put back the real frame under every scratch page of this thread.  Called
+ * when the SegmentationFault is raised.  Returns the number of pages
+ * restored, or -errno. */
 int td_trap_restore_scratch(void)
 {
     int restored = 0;
@@ -370,13 +520,11 @@ int td_trap_restore_scratch(void)
         if (wi < 0)
             continue; /* the window is gone: its whole range was unmapped */
         td_window *w = &td_windows[wi];
-        size_t page = (a - w->base) / td_page;
-        int prot = w->prot[page] == TD_PROT_WRITE ? PROT_READ | PROT_WRITE
-                 : w->prot[page] == TD_PROT_READ ? PROT_READ : PROT_NONE;
-        void *p = mmap((void *)a, td_page, prot, MAP_FIXED | MAP_SHARED, w->memfd,
-                       (off_t)(page * td_page));
-        if (p == MAP_FAILED)
-            return -errno;
+        pthread_mutex_lock(&w->hat_lock); /* the protection cannot change under us */
+        int rc = td_restore_one(w, a);
+        pthread_mutex_unlock(&w->hat_lock);
+        if (rc != 0)
+            return rc;
         restored++;
     }
     td_nscratch = 0;

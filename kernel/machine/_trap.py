@@ -5,9 +5,12 @@ has a fault handler: a callable ``handler(address, access)`` run in the
 faulting thread, where access is READ or WRITE.  It resolves the fault (maps
 the page, usually through a HAT) and returns, or refuses it by raising
 `FaultRefused(reason)`.  A refused fault becomes a `SegmentationFault` raised
-in the faulting thread once it is back in Python (see _trap.c, step 5).  Any
-other exception from a handler is a bug: it is printed and the fault is
-refused with that reason, so the process goes on.
+in the faulting thread once it is back in Python (see _trap.c, step 5).  A
+`MemoryLayoutError` from a handler (the mprotect backend's map limit) is an
+expected failure too: that very exception is raised in the faulting thread
+the same way, once, with no traceback printed.  Any other exception from a
+handler is a bug: it is printed and the fault is refused with that reason,
+so the process goes on.
 
 The kernel-only pager (_pager.py) is one such handler; the Process object of
 the VM layer replaces it on the same hook.
@@ -20,7 +23,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from ._errors import DSMInternalError, SegmentationFault
+from ._errors import DSMInternalError, MemoryLayoutError, SegmentationFault
 from ._lib import PAGE, ffi, lib
 
 READ = 1
@@ -54,9 +57,26 @@ def record_refused_fault(address: int, access: str, node: int, reason: str) -> N
         _pending.fault = (address, access, node, reason)
 
 
+def record_failed_fault(exc: BaseException) -> None:
+    """Remember an expected failure of this thread's fault (raised as itself)."""
+    if getattr(_pending, "fault", None) is None:
+        _pending.fault = exc
+
+
 class _AsyncSegmentationFault(SegmentationFault):
     """The form the trap arms with PyThreadState_SetAsyncExc (no arguments);
-    _trap.c binds this class by name (td_trap_bind_python)."""
+    _trap.c binds this class by name (td_trap_bind_python).  CPython builds
+    it with no arguments in the faulting thread; when the pending fault is an
+    exception of its own (record_failed_fault), ``__new__`` returns that one,
+    and CPython raises whatever exception instance the class call returned."""
+
+    def __new__(cls, *args):
+        fault = getattr(_pending, "fault", None)
+        if not args and isinstance(fault, BaseException):
+            _pending.fault = None
+            restore_scratch()
+            return fault
+        return super().__new__(cls, *args)
 
     def __init__(self, *args) -> None:
         if args:  # unpickling or an explicit construction
@@ -95,6 +115,8 @@ def td_py_fault(window: int, addr: int, access: int) -> int:
         return 0
     except FaultRefused as exc:
         record_refused_fault(addr, ACCESS_NAMES[access], node, exc.reason)
+    except MemoryLayoutError as exc:  # expected (the map limit): raised as itself, no traceback
+        record_failed_fault(exc.with_traceback(None))
     except BaseException as exc:  # a bug in a handler must not kill the process
         traceback.print_exc(file=sys.stderr)
         record_refused_fault(addr, ACCESS_NAMES[access], node, f"fault handler raised {exc!r}")
@@ -102,7 +124,7 @@ def td_py_fault(window: int, addr: int, access: int) -> int:
 
 
 def install() -> None:
-    """Install the SIGSEGV handler, or take it back if another replaced it.
+    """Install the SIGSEGV and SIGBUS handler, or take them back if another replaced it.
 
     Idempotent.  Faults outside every window go to the previous handler.
     """
@@ -111,33 +133,35 @@ def install() -> None:
             raise DSMInternalError("trap.install", "cannot bind the SegmentationFault class")
         rc = lib.td_trap_install()
         if rc != 0:
-            raise OSError(-rc, "sigaction(SIGSEGV) failed")
+            raise OSError(-rc, "sigaction(SIGSEGV/SIGBUS) failed")
 
 
 def uninstall() -> None:
-    """Give SIGSEGV back to the handler that had it before `install`."""
+    """Give SIGSEGV and SIGBUS back to the handlers that had them before `install`."""
     with _install_lock:
         rc = lib.td_trap_uninstall()
         if rc != 0:
-            raise OSError(-rc, "sigaction(SIGSEGV) failed")
+            raise OSError(-rc, "sigaction(SIGSEGV/SIGBUS) failed")
 
 
 def is_installed() -> bool:
-    """True if the trap's handler is the one SIGSEGV reaches now."""
+    """True if the trap's handler is the one SIGSEGV and SIGBUS reach now."""
     return bool(lib.td_trap_is_current())
 
 
 def register_window(base: int, npages: int, prot_array, memfd: int, node: int,
-                    handler: FaultHandler, mode: int = MODE_PYTHON) -> int:
+                    handler: FaultHandler, mode: int = MODE_PYTHON, backend: int = 0, uffd: int = -1) -> int:
     """Register [base, base + npages pages) with its handler; returns the slot.
 
     ``prot_array`` is the HAT's uint8 per-page protection array; the C side
     reads it (portable decode, scratch restore) and must outlive the window.
+    ``backend``: lib.TD_BACKEND_MPROTECT (0) or lib.TD_BACKEND_UFFD, whose
+    ``uffd`` is already registered over the window.
     """
     install()
     ptr = ffi.cast("uint8_t *", ffi.from_buffer(prot_array))
     with _install_lock:
-        slot = lib.td_window_register(base, npages, ptr, memfd, mode, node)
+        slot = lib.td_window_register(base, npages, ptr, memfd, mode, node, backend, uffd)
         if slot < 0:
             raise MemoryError("too many tornado_dsm windows in this process (at most 32)")
         _handlers[slot] = (handler, node)
