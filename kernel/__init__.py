@@ -13,7 +13,8 @@ has its clustered object system attached before any user code runs.
 """
 
 from .machine import (
-    DEFAULT_BASE, DEFAULT_SIZE, HAT, MODE_FLOOR, MODE_PYTHON, PAGE, PROT_NONE, PROT_READ, PROT_WRITE,
+    BACKENDS, DEFAULT_BASE, DEFAULT_SIZE, HAT, MODE_FLOOR, MODE_PYTHON, PAGE, PROT_NONE, PROT_READ, PROT_WRITE,
+    check_backend, uffd_support,
     READ, USER_SPACE_END, WRITE, DSMInternalError, FaultRefused, HATStatistics, KernelPager,
     MemoryLayoutError, NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
 )
@@ -29,6 +30,7 @@ from .cobj import (
 )
 
 __all__ = [
+    "BACKENDS", "check_backend", "uffd_support",
     "DEFAULT_BASE", "DEFAULT_SIZE", "HAT", "MODE_FLOOR", "MODE_PYTHON", "PAGE", "PROT_NONE",
     "PROT_READ", "PROT_WRITE", "READ", "USER_SPACE_END", "WRITE", "DSMInternalError", "FaultRefused",
     "HATStatistics",

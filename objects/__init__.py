@@ -15,12 +15,12 @@ from ._fcm import MANAGERS, PROTOCOLS
 from ._copyset import MAX_NODES
 from ._process import fault_latency_histogram, set_process
 from ._loss import lost_pages, pages_in_flight
-from ._vm import Allocation, VirtualMemory, VMConfig, drop_mappings, start_node, stop_node
+from ._vm import Allocation, VirtualMemory, VMConfig, drop_mappings, node_backend, start_node, stop_node
 
 __all__ = [
     "CORStatistics", "FrameStatistics", "COR", "DSM", "FCM", "DynamicFCM", "PageDirectory", "Process",
     "Region", "DirectoryStatistics", "FCMStatistics", "Grant", "RegionStatistics",
     "PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class", "MANAGERS",
-    "PROTOCOLS", "MAX_NODES", "Allocation", "VirtualMemory", "VMConfig", "drop_mappings",
+    "PROTOCOLS", "MAX_NODES", "Allocation", "VirtualMemory", "VMConfig", "drop_mappings", "node_backend",
     "fault_latency_histogram", "lost_pages", "pages_in_flight", "set_process", "start_node", "stop_node",
 ]

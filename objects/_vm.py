@@ -33,15 +33,22 @@ class VMConfig:
     manager: str = "dynamic"
     memory_per_node: int | None = None  # pages
     debug: bool = False
+    backend: str | None = None  # fault backend; None: each node's $TORNADO_DSM_BACKEND or the default
 
 
 def start_node(config: VMConfig) -> None:
     """On every node: map the window, account frames, take the trap's hook."""
     cos = current_cos()
-    memory = NodeMemory(base=config.base, size=config.size, node=cos.node, handler=handle_fault)
+    memory = NodeMemory(base=config.base, size=config.size, node=cos.node, handler=handle_fault,
+                        backend=config.backend)
     frames = FrameAccount(memory, config.memory_per_node)
     _nodestate.install(_nodestate.NodeState(memory, frames))
     atomic.configure_waits(config.protocol == "migrate")  # a read there takes the page
+
+
+def node_backend() -> str:
+    """The fault backend this node's window took ("uffd" or "mprotect")."""
+    return _nodestate.current().memory.backend
 
 
 def stop_node() -> None:

@@ -129,3 +129,32 @@ def write_page_words(a, pages, value):
     for p in pages:
         a[p * 512] = value
     trap.check()
+
+
+def write_every_other_page(a, first_node):
+    """Node n writes word 0 of every other page of ``a``, starting at page n - first_node
+    (two nodes interleave page by page: every page's protection differs from its
+    neighbours' on both); returns the pages written."""
+    pages = a.reshape(-1, 512)
+    mine = np.arange(td.current_node() - first_node, len(pages), 2)
+    pages[mine, 0] = td.current_node()
+    trap.check()
+    return len(mine)
+
+
+def pages_holding_node(a, first_node):
+    """How many of this node's pages (as write_every_other_page chose them) hold its id."""
+    pages = a.reshape(-1, 512)
+    return int(np.count_nonzero(pages[td.current_node() - first_node::2, 0] == td.current_node()))
+
+
+def window_state():
+    """(backend, kernel mappings covering this node's window, HAT sheds) on this node."""
+    from tornado_dsm.objects import _nodestate
+    mem = _nodestate.current().memory
+    count = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            count += lo < mem.end and hi > mem.base
+    return mem.backend, count, mem.hat.statistics().sheds

@@ -32,9 +32,10 @@ class TestMain:
 
 class TestBenchFaults:
     def test_json_shape(self, tmp_path, capsys):
-        """bench faults writes the shared JSON shape with a ratio for every non-floor path."""
+        """bench faults writes the shared JSON shape with a ratio for every non-floor path, per backend."""
         out = tmp_path / "faults.json"
-        assert main(["bench", "faults", "--pages", "64", "--rounds", "1", "--json", str(out)]) == 0
+        assert main(["bench", "faults", "--pages", "64", "--rounds", "1", "--no-vm", "--backend", "mprotect",
+                     "--json", str(out)]) == 0
         doc = json.loads(out.read_text())
         assert doc["bench"] == "faults"
         names = [r["name"] for r in doc["results"]]
@@ -43,6 +44,25 @@ class TestBenchFaults:
             assert r["median_us"] > 0 and r["p90_us"] >= r["median_us"] and r["samples"] == 64
             assert (r["ratio_to_floor"] is None) == r["name"].startswith("floor")
         assert "kernel pager" in capsys.readouterr().out
+
+    @pytest.mark.multinode
+    @pytest.mark.timeout(120)
+    def test_both_backends_and_the_vm_path(self, tmp_path):
+        """With both backends, bench faults reports each one's paths, its in-core VM fault, and uffd against mprotect."""
+        from tornado_dsm.kernel.machine._backend import uffd_support
+        if not uffd_support().ok:
+            pytest.skip(f"the uffd fault backend is refused here: {uffd_support().reason}")
+        out = tmp_path / "faults.json"
+        cmd = ["tornado-dsm", "bench", "faults", "--pages", "32", "--rounds", "1", "--json", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=100)  # own process: its own windows
+        assert r.returncode == 0, r.stderr
+        results = {x["name"]: x for x in json.loads(out.read_text())["results"]}
+        for b in ("mprotect", "uffd"):
+            assert results[f"{b}: kernel pager (Python), gil-held"]["ratio_to_floor"] > 0
+            assert results[f"{b}: in-core fault (full object path)"]["samples"] == 32
+        cross = results["uffd vs mprotect: in-core fault, gil-released"]
+        assert cross["ratio_to_floor"] == pytest.approx(
+            cross["median_us"] / results["mprotect: in-core fault (full object path)"]["median_us"], rel=1e-6)
 
     def test_bad_arguments(self):
         """Non-positive sizes are refused with a message naming them."""

@@ -21,9 +21,9 @@ import weakref
 
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, start_nodes, view_at
 from tornado_dsm.objects import (
-    VirtualMemory, VMConfig, drop_mappings, lost_pages, set_process, start_node, stop_node,
+    VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
 
 from . import _runner, _syncspace
@@ -73,18 +73,25 @@ class Cluster:
     otherwise) must answer; None (default) waits as long as the nodes live.
     ``route(node, address)``: the address the other nodes dial to reach
     ``node`` (fault injection puts a `Relay` there; None: the node itself).
+    ``backend``: how page faults reach the nodes' fault handlers, "mprotect",
+    "uffd" (userfaultfd: no limit from vm.max_map_count, needs a kernel and
+    permissions that allow it) or "auto" (uffd where allowed); None: each
+    node's $TORNADO_DSM_BACKEND, else "mprotect".  `backends` says what
+    each node took.
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
                  size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
-                 timeout: float | None = None, route=None) -> None:
+                 timeout: float | None = None, route=None, backend: str | None = None) -> None:
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)
         self.nnodes, self.threads_per_node = nodes, threads_per_node
-        self.config = VMConfig(base, size, protocol, manager, frames, debug)
+        if backend is not None:
+            check_backend(backend)
+        self.config = VMConfig(base, size, protocol, manager, frames, debug, backend)
         self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind, array)
         self._names = itertools.count()  # array names are never reused ("array3")
         # id(root buffer) -> (weakref to it, name) of freed arrays' views (_freed_name)
@@ -259,6 +266,10 @@ class Cluster:
     def inspect(self):
         """The replication levels of every clustered object (a ReplicationView)."""
         return current_cos().inspect()
+
+    def backends(self) -> dict:
+        """{node: "uffd" or "mprotect"}: the fault backend each node's window took."""
+        return dict(enumerate(self.node_set.run_on_all(node_backend)))
 
     def ppc_statistics(self) -> list:
         """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):

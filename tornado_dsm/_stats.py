@@ -8,7 +8,7 @@ import attrs
 
 from tornado_dsm.kernel import current_cos, log2_percentile
 from tornado_dsm.objects import (
-    FCM, DirectoryStatistics, FCMStatistics, FrameStatistics, PageDirectory, Region, RegionStatistics,
+    node_backend, FCM, DirectoryStatistics, FCMStatistics, FrameStatistics, PageDirectory, Region, RegionStatistics,
 )
 
 
@@ -64,6 +64,7 @@ class ClusterStatistics:
 
     nodes: tuple[NodeStatistics, ...]
     total: NodeStatistics
+    backends: tuple[str, ...] = ()  # the fault backend of each node ("uffd" or "mprotect")
 
 
 # What each object's statistics record adds to its node's NodeStatistics.
@@ -109,7 +110,8 @@ def gather_statistics(cluster, oids: list) -> ClusterStatistics:
     total = result[0]
     for s in result[1:]:
         total = total + s
-    return ClusterStatistics(result, attrs.evolve(total, node=-1))
+    backends = tuple(cluster.node_set.run_on_all(node_backend))
+    return ClusterStatistics(result, attrs.evolve(total, node=-1), backends)
 
 
 def ppc_totals() -> dict:

@@ -13,6 +13,7 @@ attrs and its own modules: it knows nothing of nodes, messages or objects.
 from ._lib import PAGE
 from ._errors import DSMInternalError, MemoryLayoutError, SegmentationFault
 from ._hat import HAT, HATStatistics, PROT_NONE, PROT_READ, PROT_WRITE
+from ._backend import BACKENDS, check_backend, uffd_support
 from ._memory import DEFAULT_BASE, DEFAULT_SIZE, USER_SPACE_END, NodeMemory, view_at
 from ._pager import KernelPager, PagerStatistics
 from ._trap import READ, WRITE, MODE_FLOOR, MODE_PYTHON, FaultRefused
@@ -23,7 +24,7 @@ from . import _trap as trap
 __all__ = [
     "PAGE", "DSMInternalError", "MemoryLayoutError", "SegmentationFault", "HAT", "HATStatistics",
     "PROT_NONE", "PROT_READ", "PROT_WRITE", "DEFAULT_BASE", "DEFAULT_SIZE", "USER_SPACE_END", "NodeMemory",
-    "view_at",
+    "view_at", "BACKENDS", "check_backend", "uffd_support",
     "KernelPager", "PagerStatistics", "READ", "WRITE", "MODE_FLOOR", "MODE_PYTHON", "FaultRefused",
     "log2_percentile", "atomic", "trap",
 ]
