@@ -71,6 +71,29 @@ class TestBenchFaults:
 
 
 @pytest.mark.multinode
+@pytest.mark.timeout(180)
+class TestBenchScale:
+    def test_json_shape(self, tmp_path):
+        """bench scale reports the per-fault cost of each size against the smallest, and 2 threads against 1."""
+        out = tmp_path / "scale.json"
+        cmd = ["tornado-dsm", "bench", "scale", "--backend", "mprotect", "--max-pages", "64",
+               "--thread-pages", "200", "--rounds", "1", "--json", str(out)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=160)  # own process: its own windows
+        assert r.returncode == 0, r.stderr
+        results = json.loads(out.read_text())["results"]
+        sizes = [x for x in results if "interleaved writers" in x["name"]]
+        assert len(sizes) == 1 and sizes[0]["samples"] == 64 and sizes[0]["median_us"] > 0
+        two = next(x for x in results if "2 threads" in x["name"])
+        one = next(x for x in results if "1 thread " in x["name"])
+        assert two["ratio_to_floor"] == pytest.approx(two["median_us"] / one["median_us"], rel=1e-6)
+
+    def test_bad_arguments(self):
+        """A largest array under two pages is refused with a message naming --max-pages."""
+        with pytest.raises(SystemExit, match="--max-pages"):
+            main(["bench", "scale", "--max-pages", "1"])
+
+
+@pytest.mark.multinode
 @pytest.mark.timeout(240)
 class TestBenchCoherence:
     def test_json_shape(self, tmp_path):

@@ -24,6 +24,7 @@ BENCHES = {
     "faults": "tornado_dsm._bench_faults",
     "coherence": "tornado_dsm._bench_coherence",
     "ppc": "tornado_dsm._bench_ppc",
+    "scale": "tornado_dsm._bench_scale",
 }
 
 

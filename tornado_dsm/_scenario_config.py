@@ -76,6 +76,9 @@ KEYS: dict[str, Key] = {
                                    doc="Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
+    "cluster.backend": _choice("default", ("default", "auto", "uffd", "mprotect"),
+                               "Fault backend of every node: mprotect, uffd (userfaultfd: no map-count limit), "
+                               "auto (uffd where allowed); default: $TORNADO_DSM_BACKEND, else mprotect."),
     "policies.process": _choice("replicated", ("replicated", "singleton"),
                                 "Process object: a rep per node, or one rep on node 0 (remote lookups)."),
     "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",

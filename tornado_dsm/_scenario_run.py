@@ -282,7 +282,7 @@ def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None) 
             protocol=s["cluster.protocol"], manager=s["cluster.manager"],
             policies={"process": s["policies.process"], "region": s["policies.region"]},
             memory_per_node=s["cluster.memory_per_node"] or None, base=base, size=window,
-            debug=s["cluster.debug"]))
+            debug=s["cluster.debug"], backend=None if s["cluster.backend"] == "default" else s["cluster.backend"]))
         ctx = RunContext(cluster, s, tmpdir, on_step)
         DRIVERS[s["workload.kind"]](ctx, s)
         return _result(ctx, s, override, cluster, t0)

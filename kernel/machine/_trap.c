@@ -60,6 +60,13 @@
 #include <unistd.h>
 
 #define TD_MAX_WINDOWS 32
+/* The HAT lock is striped by page-table span (512 pages, 2 MiB), so threads
+ * changing pages of different spans do not wait for each other: the uffd
+ * backend's page-table changes run in parallel in the kernel too.  The
+ * mprotect backend uses stripe 0 only: every mprotect takes the address
+ * space lock for writing anyway, and a shed changes the whole window. */
+#define TD_HAT_STRIPES 64
+#define TD_HAT_SPAN_SHIFT 9
 #define TD_MODE_PYTHON 0
 #define TD_MODE_FLOOR 1
 #define TD_ACCESS_READ 1
@@ -86,13 +93,45 @@ typedef struct {
     int node;
     int backend;              /* TD_BACKEND_* */
     int uffd;                 /* the window's userfaultfd (uffd backend), else -1 */
-    pthread_mutex_t hat_lock; /* orders page-table + prot[] updates of the HAT */
-    uint64_t hat_calls;       /* protection changes made by td_hat_protect */
-    uint64_t hat_pages;       /* pages those calls changed */
+    pthread_mutex_t hat_lock[TD_HAT_STRIPES]; /* order page-table + prot[] updates of the HAT */
+    uint64_t hat_calls;       /* protection changes made by td_hat_protect (atomic) */
+    uint64_t hat_pages;       /* pages those calls changed (atomic) */
     uint64_t hat_sheds;       /* times the window shed every mapping (map limit) */
 } td_window;
 
 static td_window td_windows[TD_MAX_WINDOWS];
+
+/* The stripes of the HAT lock that cover pages [first, first + count). */
+static void td_stripes(td_window *w, size_t first, size_t count, size_t *lo, size_t *n)
+{
+    if (w->backend != TD_BACKEND_UFFD) {
+        *lo = 0, *n = 1;
+        return;
+    }
+    size_t a = first >> TD_HAT_SPAN_SHIFT, b = (first + count - 1) >> TD_HAT_SPAN_SHIFT;
+    *lo = a % TD_HAT_STRIPES;
+    *n = b - a + 1 < TD_HAT_STRIPES ? b - a + 1 : TD_HAT_STRIPES;
+}
+
+/* Lock the HAT for pages [first, first + count): their stripes, in
+ * increasing index order (two runs never wait for each other in a cycle). */
+static void td_hat_lock(td_window *w, size_t first, size_t count)
+{
+    size_t lo, n;
+    td_stripes(w, first, count, &lo, &n);
+    for (size_t i = 0; i < TD_HAT_STRIPES; i++)
+        if ((i + TD_HAT_STRIPES - lo) % TD_HAT_STRIPES < n)
+            pthread_mutex_lock(&w->hat_lock[i]);
+}
+
+static void td_hat_unlock(td_window *w, size_t first, size_t count)
+{
+    size_t lo, n;
+    td_stripes(w, first, count, &lo, &n);
+    for (size_t i = 0; i < TD_HAT_STRIPES; i++)
+        if ((i + TD_HAT_STRIPES - lo) % TD_HAT_STRIPES < n)
+            pthread_mutex_unlock(&w->hat_lock[i]);
+}
 
 /* The uffd backend (_uffd.c, included after this file). */
 static int td_uffd_protect(td_window *w, size_t first, size_t count, int prot);
@@ -218,9 +257,9 @@ static void td_refuse(uintptr_t page_addr, int sig, siginfo_t *info, void *ctx)
  * 0 not granted after all, -errno. */
 static int td_hat_refresh(td_window *w, size_t page, int access)
 {
-    pthread_mutex_lock(&w->hat_lock);
+    td_hat_lock(w, page, 1);
     int rc = td_uffd_refresh(w, page, access);
-    pthread_mutex_unlock(&w->hat_lock);
+    td_hat_unlock(w, page, 1);
     return rc;
 }
 
@@ -389,7 +428,8 @@ int td_window_register(uintptr_t base, size_t npages, uint8_t *prot, int memfd, 
             w->node = node;
             w->backend = backend;
             w->uffd = uffd;
-            pthread_mutex_init(&w->hat_lock, NULL);
+            for (int k = 0; k < TD_HAT_STRIPES; k++)
+                pthread_mutex_init(&w->hat_lock[k], NULL);
             w->hat_calls = w->hat_pages = w->hat_sheds = 0;
             __atomic_store_n(&w->active, 1, __ATOMIC_SEQ_CST);
             return i;
@@ -412,12 +452,18 @@ void td_window_set_mode(int slot, int mode)
 
 void td_trap_set_portable(int on) { td_portable_decode = on; }
 
+/* Count one protection change of ``count`` pages. */
+static void td_hat_count(td_window *w, size_t count)
+{
+    __atomic_add_fetch(&w->hat_calls, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&w->hat_pages, count, __ATOMIC_RELAXED);
+}
+
 /* Record a change of [first, first + count) to prot (HAT lock held). */
 static void td_hat_record(td_window *w, size_t first, size_t count, int prot)
 {
     memset((void *)(w->prot + first), prot, count);
-    w->hat_calls++;
-    w->hat_pages += count;
+    td_hat_count(w, count);
 }
 
 /* The mprotect backend ran out of kernel mappings (ENOMEM: vm.max_map_count)
@@ -437,7 +483,7 @@ static int td_hat_shed(td_window *w, size_t first, size_t count, int prot)
     if (mprotect((void *)w->base, w->npages * td_page, PROT_NONE) != 0)
         return -errno;
     td_hat_record(w, 0, w->npages, TD_PROT_NONE);
-    w->hat_sheds++;
+    __atomic_add_fetch(&w->hat_sheds, 1, __ATOMIC_RELAXED);
     return lowers ? TD_HAT_SHED : TD_HAT_SHED_REFUSED;
 }
 
@@ -459,24 +505,23 @@ static int td_mprotect_protect(td_window *w, size_t first, size_t count, int pro
  * prot (TD_PROT_*) and record it in the prot array, both under the window's
  * HAT lock so the array always matches the page tables.  mprotect backend:
  * one mprotect; uffd backend: one ioctl or madvise per sub-run of equal old
- * protection (_uffd.c).  The caller (HAT.protect) has checked the run.
+ * protection (_uffd.c), under the stripes of the run only.  The caller
+ * (HAT.protect) has checked the run.
  * Returns 0, -errno, or (mprotect at the map limit) TD_HAT_SHED /
  * TD_HAT_SHED_REFUSED: every page of the window lost its access. */
 int td_hat_protect(int slot, size_t first, size_t count, int prot)
 {
     td_window *w = &td_windows[slot];
     int rc;
-    pthread_mutex_lock(&w->hat_lock);
+    td_hat_lock(w, first, count);
     if (w->backend == TD_BACKEND_UFFD) {
         rc = td_uffd_protect(w, first, count, prot); /* records as it goes */
-        if (rc == 0) {
-            w->hat_calls++;
-            w->hat_pages += count;
-        }
+        if (rc == 0)
+            td_hat_count(w, count);
     } else {
         rc = td_mprotect_protect(w, first, count, prot);
     }
-    pthread_mutex_unlock(&w->hat_lock);
+    td_hat_unlock(w, first, count);
     return rc;
 }
 
@@ -485,11 +530,9 @@ int td_hat_protect(int slot, size_t first, size_t count, int prot)
 void td_hat_counters(int slot, uint64_t *out)
 {
     td_window *w = &td_windows[slot];
-    pthread_mutex_lock(&w->hat_lock);
-    out[0] = w->hat_calls;
-    out[1] = w->hat_pages;
-    out[2] = w->hat_sheds;
-    pthread_mutex_unlock(&w->hat_lock);
+    out[0] = __atomic_load_n(&w->hat_calls, __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&w->hat_pages, __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&w->hat_sheds, __ATOMIC_RELAXED);
 }
 
 /* Put the real frame back under one scratch page (HAT lock held): mapped
@@ -520,9 +563,10 @@ int td_trap_restore_scratch(void)
         if (wi < 0)
             continue; /* the window is gone: its whole range was unmapped */
         td_window *w = &td_windows[wi];
-        pthread_mutex_lock(&w->hat_lock); /* the protection cannot change under us */
+        size_t page = (a - w->base) / td_page;
+        td_hat_lock(w, page, 1); /* the protection cannot change under us */
         int rc = td_restore_one(w, a);
-        pthread_mutex_unlock(&w->hat_lock);
+        td_hat_unlock(w, page, 1);
         if (rc != 0)
             return rc;
         restored++;

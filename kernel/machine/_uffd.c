@@ -57,7 +57,8 @@
  * page by page and leaves that page to the restore, which applies the
  * HAT's protection under the HAT lock.
  *
- * Every function here runs with the window's HAT lock held by its caller.
+ * Every function here runs with the window's HAT lock held by its caller
+ * (the stripes of the pages it changes, _trap.c).
  */
 
 #include <fcntl.h>
