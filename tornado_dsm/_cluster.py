@@ -30,7 +30,9 @@ from . import _runner, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
 
-DEFAULT_WINDOW = 1 << 30
+# 64 GiB: a reservation costs nothing (the memfd is sparse, page tables and the HAT's
+# one byte per page are only made where pages are touched), so arrays of tens of GiB fit.
+DEFAULT_WINDOW = 64 << 30
 STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
 
 
