@@ -78,7 +78,7 @@ class Cluster:
     ``backend``: how page faults reach the nodes' fault handlers, "mprotect",
     "uffd" (userfaultfd: no limit from vm.max_map_count, needs a kernel and
     permissions that allow it) or "auto" (uffd where allowed); None: each
-    node's $TORNADO_DSM_BACKEND, else "mprotect".  `backends` says what
+    node's $TORNADO_DSM_BACKEND, else "auto".  `backends` says what
     each node took.
     """
 

@@ -78,7 +78,7 @@ KEYS: dict[str, Key] = {
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
     "cluster.backend": _choice("default", ("default", "auto", "uffd", "mprotect"),
                                "Fault backend of every node: mprotect, uffd (userfaultfd: no map-count limit), "
-                               "auto (uffd where allowed); default: $TORNADO_DSM_BACKEND, else mprotect."),
+                               "auto (uffd where allowed); default: $TORNADO_DSM_BACKEND, else auto."),
     "policies.process": _choice("replicated", ("replicated", "singleton"),
                                 "Process object: a rep per node, or one rep on node 0 (remote lookups)."),
     "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",

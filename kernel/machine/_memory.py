@@ -39,7 +39,7 @@ class NodeMemory:
 
     ``handler(address, access)`` resolves faults in the window (see _trap);
     it can be replaced later with `set_handler`.  ``backend``: "mprotect",
-    "uffd" or "auto" (None: $TORNADO_DSM_BACKEND, else the default; see
+    "uffd" or "auto" (None: $TORNADO_DSM_BACKEND, else "auto"; see
     _backend.py); the one taken is ``self.backend`` and how ``auto`` chose
     is ``self.backend_note``.  Use as a context manager or call `close`.
     """
