@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,10 +41,73 @@ class TestRun:
         with pytest.raises(ValueError, match="nodes must be"):
             vm_cluster.run(progs.where_am_i, nodes=nodes)
 
-    def test_lambda_refused(self, vm_cluster):
-        """Only module-level functions can run on other nodes."""
-        with pytest.raises(TypeError, match="module-level"):
-            vm_cluster.run(lambda: 1)
+    def test_non_callable_refused(self, vm_cluster):
+        """Something that is not callable is refused before any node runs it."""
+        with pytest.raises(TypeError, match="needs a callable, not int"):
+            vm_cluster.run(3)
+
+
+class TestFunctionsFromAnywhere:
+    def test_lambda_and_closure_run_by_value(self, vm_cluster):
+        """A lambda and a closure over local values run on every node."""
+        offset = 40
+        assert vm_cluster.run(lambda: td.current_node() + offset, threads=1) == [40, 41, 42]
+
+    def test_arrays_inside_containers_and_closures_are_shared(self, vm_cluster):
+        """A shared array in a list argument or captured by a closure arrives as a view, not a copy."""
+        a = vm_cluster.zeros(8, np.int64)
+
+        def mark(arrays):
+            arrays[0][td.current_node()] = 10 + td.current_node()
+            a[4 + td.current_node()] = 20 + td.current_node()
+        vm_cluster.run(mark, [a], threads=1)
+        assert a.tolist() == [10, 11, 12, 0, 20, 21, 22, 0]
+        vm_cluster.free(a)
+
+
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_program_without_a_file_runs(tmp_path, how):
+    """A program given with `python -c` or on stdin runs functions it defines on the nodes."""
+    program = ("import tornado_dsm as td\n"
+               "def where(): return td.current_node()\n"
+               "with td.Cluster(nodes=2, timeout=60) as c:\n"
+               "    print(c.run(where), c.run(lambda: 7))\n")
+    args = [sys.executable, "-c", program] if how == "-c" else [sys.executable, "-"]
+    r = subprocess.run(args, input=None if how == "-c" else program, capture_output=True, text=True,
+                       timeout=100, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 1] [7, 7]"
+
+
+def test_script_without_main_guard_says_so(tmp_path):
+    """A script that makes a cluster at import fails in one clear line naming the guard."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import tornado_dsm as td\nwith td.Cluster(nodes=2) as c:\n    pass\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.count('if __name__ == "__main__":') == 2   # the node's line and the error
+    assert "An attempt has been made to start a new process" not in r.stderr
+
+
+def test_jupyter_kernel_runs_cell_functions(tmp_path):
+    """Functions defined in a notebook cell run on the nodes (a real Jupyter kernel)."""
+    manager = pytest.importorskip("jupyter_client.manager", reason="jupyter_client is not installed")
+    pytest.importorskip("ipykernel", reason="no Jupyter kernel (ipykernel) is installed")
+    km, kc = manager.start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        code = ("import tornado_dsm as td\n"
+                "def square(x): return x * x + td.current_node()\n"
+                "with td.Cluster(nodes=2, timeout=60) as c:\n"
+                "    print(c.run(square, 3))\n")
+        out = []
+        reply = kc.execute_interactive(code, timeout=100, output_hook=lambda m: out.append(m))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
+        assert text.strip() == "[9, 10]"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 class TestArrays:
