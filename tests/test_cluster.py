@@ -259,3 +259,44 @@ class TestClosed:
         c.close()
         with pytest.raises(RuntimeError, match="closed"):
             c.node_set
+
+
+class TestClosed:
+    @pytest.mark.parametrize("call", [
+        lambda c, a: c.zeros(4), lambda c, a: c.run(len, [1]), lambda c, a: c.statistics(),
+        lambda c, a: c.inspect(), lambda c, a: c.flush(a), lambda c, a: c.free(a), lambda c, a: c.lock(),
+        lambda c, a: c.barrier(2), lambda c, a: c.drop_mappings(a), lambda c, a: c.arrays(),
+        lambda c, a: c.lost_nodes(), lambda c, a: c.map_file("x", 4)])
+    def test_every_call_says_closed(self, call):
+        """After close(), every call says the cluster is closed (never a lost node or a dangling array)."""
+        c = new_cluster(2)
+        a = c.zeros(4)
+        c.close()
+        with pytest.raises(RuntimeError, match="this cluster is closed"):
+            call(c, a)
+
+    def test_lock_of_a_closed_cluster(self):
+        """A lock and a barrier used after their cluster closed say so."""
+        c = new_cluster(2)
+        lock, barrier = c.lock("ttas"), c.barrier(1, "counter")
+        c.close()
+        with pytest.raises(RuntimeError, match="belongs to a cluster that is closed"):
+            lock.acquire()
+        with pytest.raises(RuntimeError, match="belongs to a cluster that is closed"):
+            barrier.wait()
+
+
+def _fill_and_sum(a):
+    a[:] = 3
+    return int(a.sum())
+
+
+class TestMemoryBudget:
+    def test_one_array_larger_than_all_memory_pages(self):
+        """memory_per_node is a frame budget, not an admission limit: an array larger than every
+        node's memory together is admitted and works (it pages to the backing store)."""
+        with new_cluster(2, memory_per_node=4 * 4096) as c:
+            a = c.zeros(16 * 512, np.int64)            # 16 pages, the nodes hold 8 together
+            assert c.run(_fill_and_sum, a, nodes=[1]) == [3 * 16 * 512]
+            assert int(a.sum()) == 3 * 16 * 512
+            assert c.statistics().total.evicted_owned > 0

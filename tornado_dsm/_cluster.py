@@ -121,6 +121,7 @@ class Cluster:
 
     def zeros(self, shape, dtype=np.float64) -> np.ndarray:
         """A new shared array of zeros (first touch anywhere is a zero fill)."""
+        self._check_open()
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
@@ -138,6 +139,7 @@ class Cluster:
         ``mode`` "r+" (read-write) or "r" (read-only: a write faults with
         SegmentationFault).  The file must hold the whole array.
         """
+        self._check_open()
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' (read-only) or 'r+' (read-write), not {mode!r}")
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
@@ -154,6 +156,7 @@ class Cluster:
         (pwrite + fsync); returns how many.  Once it returns, those bytes are in
         the file whatever happens to the nodes after.  A node that cannot be
         reached: the others' pages are still written, then WriteBackError."""
+        self._check_open()
         a, kind = self._allocation(array)
         if kind != "file":
             return 0
@@ -170,6 +173,7 @@ class Cluster:
         only when the window has no other room (from then on a stale view may
         alias a new array; the API calls still refuse views of it).  A file whose
         write-back misses a lost node is still freed, then WriteBackError."""
+        self._check_open()
         a, kind = self._allocation(array)
         wb = self.vm.flush(a) if kind == "file" else None
         with self._lock:
@@ -184,6 +188,7 @@ class Cluster:
         """On each chosen node, unmap the array's pages in the HAT but keep the
         copies cached in the node's FCM rep, so the next faults there are in-core
         (Tornado's in-core page-fault test).  Returns the pages cached per node."""
+        self._check_open()
         a, _ = self._allocation(array)
         chosen = _runner.check_nodes(nodes, self.nnodes)
         holders = self.vm.rep_nodes(a.fcm)  # a node without a rep caches nothing
@@ -201,6 +206,7 @@ class Cluster:
         ``threads``: how many threads may ever use it (anderson and mcs keep a
         slot per thread); default every run thread of every node, plus one.
         """
+        self._check_open()
         from ._locks import KINDS, Lock, initialize, words_needed
         capacity = self._sync_capacity(threads, "threads")
         space = self._sync_space("lock", _choice("lock kind", kind, KINDS), padding,
@@ -217,6 +223,7 @@ class Cluster:
         or server (a clustered object on ``home``, reached by PPC).  A party is
         a (node, thread index) of `run`; the same parties serve every episode.
         """
+        self._check_open()
         from ._barriers import KINDS, Barrier, words_needed
         parties = _syncspace.check_count("parties", parties)
         space = self._sync_space("barrier", _choice("barrier kind", kind, KINDS), padding,
@@ -238,6 +245,7 @@ class Cluster:
         thread must return, else TimeoutError naming the late nodes and
         threads (which run on: Python cannot stop a thread).
         """
+        self._check_open()
         chosen = self._live(nodes)
         threads = self.threads_per_node if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
@@ -258,21 +266,25 @@ class Cluster:
 
     def inspect(self):
         """The replication levels of every clustered object (a ReplicationView)."""
+        self._check_open()
         return current_cos().inspect()
 
     def ppc_statistics(self) -> list:
         """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):
         calls, bytes and latencies per (object, method, local/remote)."""
+        self._check_open()
         return self.node_set.ppc_statistics()
 
     def lost_nodes(self) -> dict:
         """{node: reason} of every node lost while the cluster ran (empty if none):
         the reason says how its process ended (signal or exit code, and the
         last Python frame it ran when it crashed)."""
+        self._check_open()
         return self.node_set.lost_nodes()
 
     def node_status(self) -> dict:
         """{node: "alive" or "lost: <reason>"} for every node."""
+        self._check_open()
         lost = self.lost_nodes()
         return {n: f"lost: {lost[n]}" if n in lost else "alive" for n in range(self.nnodes)}
 
@@ -280,6 +292,7 @@ class Cluster:
         """{array name: number of pages lost} for the live arrays that lost pages
         with a lost node (their other pages still work; touching a lost one
         raises SegmentationFault naming the array).  Empty if nothing was lost."""
+        self._check_open()
         lost = set(self.lost_nodes())
         if not lost:
             return {}
@@ -290,8 +303,13 @@ class Cluster:
 
     def arrays(self) -> list:
         """The live shared arrays of this cluster (not yet freed), oldest first."""
+        self._check_open()
         with self._lock:
             return [view for _a, kind, view in self._arrays.values() if kind != "sync"]
+
+    def _check_open(self) -> None:
+        if getattr(self, "_nodes", None) is None:
+            raise RuntimeError("this cluster is closed (close() was called, or its `with` block ended)")
 
     @property
     def node_set(self):
@@ -299,13 +317,12 @@ class Cluster:
         ``run_on(node, fn, *args)``, ``run_on_each(nodes, fn, *args)``, ``run_on_all(fn, *args)``
         (a plain call on each node, no threads or array passing) and ``runtime`` (node 0's
         ``NodeRuntime``: raw PPCs).  RuntimeError once the cluster is closed."""
-        nodes = self._nodes
-        if nodes is None:
-            raise RuntimeError("this cluster is closed")
-        return nodes
+        self._check_open()
+        return self._nodes
 
     def statistics(self):
         """Faults, PPCs, messages, bytes and invalidations per node and in total."""
+        self._check_open()
         oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
         return gather_statistics(self, oids)
 
@@ -459,14 +476,16 @@ class Cluster:
         raise ValueError(f"array at {address:#x} is not a live shared array of this cluster "
                          "(never allocated here, or already freed)")
 
+    # Admission has one rule: an array is admitted when it fits the window (the VM
+    # then says whether the window has room).  memory_per_node is not an admission
+    # limit but a frame budget, a cache: a node over it evicts (read copies
+    # first, then owned pages back to the backing store: the file, or the
+    # anonymous swap of the array's COR), so arrays larger than every node's
+    # memory together work, one or many.
     def _check_room(self, nbytes: int) -> None:
         if nbytes > self.config.size:
             raise MemoryError(f"{nbytes} bytes do not fit the {self.config.size}-byte DSM window; "
                               "pass a larger size= to Cluster")
-        cap = self.config.memory_per_node
-        if cap is not None and nbytes > cap * PAGE * self.nnodes:
-            raise MemoryError(f"{nbytes} bytes exceed the nodes' memory ({self.nnodes} x "
-                              f"{cap * PAGE} bytes, memory_per_node)")
 
 
 def _choice(what: str, value, accepted) -> str:
