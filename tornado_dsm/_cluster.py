@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -29,6 +30,7 @@ from tornado_dsm.objects import (
 from . import _runner, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
+from ._watch import WatchServer, rates, snapshot
 
 DEFAULT_WINDOW = 1 << 30
 STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
@@ -97,6 +99,7 @@ class Cluster:
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
+            self._watch = WatchServer(self, self._nodes.run_dir, self._nodes.runtime.key)
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
@@ -269,6 +272,21 @@ class Cluster:
         self._check_open()
         return current_cos().inspect()
 
+    def watch(self, interval: float = 1.0, count: int | None = None):
+        """Yield a `WatchView` every ``interval`` seconds (``count`` of them, None:
+        for ever): per node, faults and PPCs per second and resident pages; per
+        clustered object, calls and misses per second, reps and stubs.  What
+        `tornado-dsm top` shows from another process."""
+        self._check_open()
+        if not interval > 0:
+            raise ValueError(f"interval must be a number of seconds > 0, not {interval!r}")
+        before, shown = snapshot(self), 0
+        while count is None or shown < count:
+            time.sleep(interval)
+            after = snapshot(self)
+            yield rates(before, after)
+            before, shown = after, shown + 1
+
     def ppc_statistics(self) -> list:
         """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):
         calls, bytes and latencies per (object, method, local/remote)."""
@@ -340,6 +358,8 @@ class Cluster:
         if nodes is None:
             return
         _syncspace.mark_closed(self._sync_uids)   # their use from here says "closed"
+        if getattr(self, "_watch", None) is not None:
+            self._watch.close()
         failures = []
         try:
             if not discard:

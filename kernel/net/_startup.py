@@ -183,6 +183,11 @@ class NodeSet:
         self.close()
 
     @property
+    def run_dir(self) -> str | None:
+        """Node 0's private (0700) run directory: sockets, crash reports, the watch socket."""
+        return self._tmpdir
+
+    @property
     def pids(self) -> dict[int, int]:
         """Process ids of the spawned nodes (joined nodes run elsewhere)."""
         return {k: p.pid for k, p in self.processes.items()}
