@@ -27,7 +27,7 @@ from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, lost_pages, set_process, start_node, stop_node,
 )
 
-from . import _runner, _syncspace
+from . import _interrupts, _runner, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
 from ._watch import WatchServer, rates, snapshot
@@ -94,12 +94,14 @@ class Cluster:
         self._lock = threading.Lock()
         self._sync_names = itertools.count()
         self._sync_uids: list[int] = []
+        self._run_ids = itertools.count(1)
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
                                   timeout=self.timeout, route=route)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
             self._watch = WatchServer(self, self._nodes.run_dir, self._nodes.runtime.key)
+            self._sigint = _interrupts.guard_faults()
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
@@ -261,9 +263,23 @@ class Cluster:
         # late; the grace is for its answer, so only a node that cannot answer
         # (stopped, overloaded) is a PPC timeout.
         ppc_limit = None if limit is None else limit + _runner.ANSWER_GRACE
-        outcomes = self.node_set.run_on_each(chosen, _runner.run_job, job, threads, limit,
+        run_id = next(self._run_ids)
+
+        def call():
+            return self.node_set.run_on_each(chosen, _runner.run_job, job, threads, limit, run_id,
                                              timeout=ppc_limit, return_errors=True)
+        if not _interrupts.can_catch():
+            outcomes = call()
+        else:                           # Ctrl-C interrupts the run (see _interrupts)
+            outcomes = _interrupts.run_interruptibly(
+                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}")
         return _runner.unpack_results(chosen, outcomes, fn, limit)
+
+    def _interrupt(self, nodes: list, run_id: int) -> None:
+        """Raise KeyboardInterrupt in run ``run_id``'s threads on ``nodes``."""
+        nodes_set = self._nodes
+        if nodes_set is not None:
+            nodes_set.run_on_each(nodes, _runner.interrupt_run, run_id, timeout=5.0, return_errors=True)
 
     # ---- observation --------------------------------------------------------------------
 
@@ -360,6 +376,7 @@ class Cluster:
         _syncspace.mark_closed(self._sync_uids)   # their use from here says "closed"
         if getattr(self, "_watch", None) is not None:
             self._watch.close()
+        _interrupts.unguard_faults(getattr(self, "_sigint", None))
         failures = []
         try:
             if not discard:
@@ -506,6 +523,10 @@ class Cluster:
         if nbytes > self.config.size:
             raise MemoryError(f"{nbytes} bytes do not fit the {self.config.size}-byte DSM window; "
                               "pass a larger size= to Cluster")
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _choice(what: str, value, accepted) -> str:

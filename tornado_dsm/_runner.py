@@ -18,11 +18,10 @@ import threading
 import time
 import traceback
 
-import attrs
 import cloudpickle
 import numpy as np
 
-from tornado_dsm.kernel import PAGE, current_cos, view_at
+from tornado_dsm.kernel import PAGE, atomic, current_cos, trap, view_at
 
 _local = threading.local()
 
@@ -93,7 +92,21 @@ def _shared_view(address: int, shape, dtype: str, strides) -> np.ndarray:
     return view_at(address, tuple(shape), dtype, tuple(strides))
 
 
-def run_job(job: bytes, threads: int, limit: float | None = None) -> list:
+_runs: dict = {}   # run id -> its worker threads on this node (while they run)
+
+
+def interrupt_run(run_id: int) -> int:
+    """On a node: raise KeyboardInterrupt in every thread of run ``run_id`` still
+    running here (outside the fault handler: see kernel trap.interrupt_thread),
+    and wake the threads waiting on words so they see it; returns how many."""
+    threads = [t for t in _runs.get(run_id, ()) if t.is_alive()]
+    for t in threads:
+        trap.interrupt_thread(t.ident)
+    atomic.wake_all_waiters()
+    return len(threads)
+
+
+def run_job(job: bytes, threads: int, limit: float | None = None, run_id: int = 0) -> list:
     """On a node: run the job on ``threads`` threads; [("ok", pickled) | ("error", ...)
     | ("late",)] per thread.  ``limit``: seconds to wait for the threads; one still
     running then is reported late and left to run (daemon: it cannot hold the node's exit)."""
@@ -109,11 +122,15 @@ def run_job(job: bytes, threads: int, limit: float | None = None) -> list:
 
     workers = [threading.Thread(target=body, args=(t,), name=f"tornado_dsm-run-{t}", daemon=True)
                for t in range(threads)]
-    for w in workers:
-        w.start()
-    deadline = None if limit is None else time.monotonic() + limit
-    for w in workers:
-        w.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    _runs[run_id] = workers
+    try:
+        for w in workers:
+            w.start()
+        deadline = None if limit is None else time.monotonic() + limit
+        for w in workers:
+            w.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    finally:
+        _runs.pop(run_id, None)
     return [_LATE if o is None else o for o in outcomes]
 
 
@@ -131,6 +148,8 @@ def _late(nodes: list, outcomes: list) -> list:
 
 
 def _pickle_exc(exc: BaseException) -> bytes:
+    if isinstance(exc, KeyboardInterrupt):   # the trap's interrupt class is not importable
+        exc = KeyboardInterrupt(*exc.args)
     try:
         return pickle.dumps(exc)
     except Exception:
