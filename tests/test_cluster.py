@@ -300,3 +300,44 @@ class TestMemoryBudget:
             assert c.run(_fill_and_sum, a, nodes=[1]) == [3 * 16 * 512]
             assert int(a.sum()) == 3 * 16 * 512
             assert c.statistics().total.evicted_owned > 0
+
+
+class TestStatistics:
+    def test_first_touches_are_their_own_kind(self):
+        """On one node, zero-filled first touches count as first touches, never as coherence faults."""
+        with new_cluster(1) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.write_pages, a, 1)
+            t = c.statistics().total
+            assert (t.first_touch_faults, t.coherence_faults, t.faults, t.write_faults) == (8, 0, 8, 8)
+
+    def test_a_stub_node_counts_its_own_faults(self):
+        """With a singleton Region, each faulting node reports its own reads and faults, not the home."""
+        with new_cluster(3, policies={"region": "singleton"}) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.sum_pages, a, nodes=[2], threads=1)
+            n = c.statistics().nodes
+            assert (n[2].read_faults, n[2].faults, n[2].resident_pages) == (8, 8, 8)
+            assert (n[0].read_faults, n[1].read_faults) == (0, 0)
+
+    def test_reset_and_measure_give_one_phase(self):
+        """statistics(reset=True) and measure() count only what happened after them."""
+        with new_cluster(2) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.write_pages, a, 1, nodes=[0], threads=1)
+            assert c.statistics(reset=True).total.write_faults == 8
+            with c.measure() as m:
+                c.run(progs.sum_pages, a, nodes=[1], threads=1)
+            assert (m.statistics.total.read_faults, m.statistics.total.write_faults) == (8, 0)
+            assert m.seconds > 0
+            assert c.statistics().total.read_faults == 8       # since the reset
+
+    def test_prints_as_a_short_table(self):
+        """print(statistics) is one header, one row per node and a total; repr is one line."""
+        with new_cluster(3) as c:
+            c.run(progs.write_pages, c.zeros(4 * 512, np.int64), 1, nodes=[1], threads=1)
+            s = c.statistics()
+            lines = str(s).splitlines()
+            assert len(lines) == 5 and lines[0].split()[:4] == ["node", "faults", "read", "write"]
+            assert lines[-1].split()[:2] == ["total", "4"]
+            assert "\n" not in repr(s) and "histogram" not in repr(s)

@@ -14,6 +14,7 @@ faults, naming it, instead of aliasing the next allocation.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import threading
@@ -57,6 +58,18 @@ class WriteBackError(OSError):
         return (WriteBackError, (self.failures,))
 
 
+class Measurement:
+    """What a ``cluster.measure()`` block did: ``statistics`` and ``seconds``
+    (None until the block ends)."""
+
+    def __init__(self) -> None:
+        self.statistics = None
+        self.seconds = None
+
+    def __repr__(self) -> str:
+        return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"
+
+
 def _lost_reason(lost) -> str:
     return "nodes could not hand over their dirty pages: " + ", ".join(
         f"node {node} ({why})" for node, why in lost)
@@ -95,6 +108,7 @@ class Cluster:
         self._sync_names = itertools.count()
         self._sync_uids: list[int] = []
         self._run_ids = itertools.count(1)
+        self._baseline = None           # statistics(reset=True) moves it
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
                                   timeout=self.timeout, route=route)
         try:
@@ -354,9 +368,32 @@ class Cluster:
         self._check_open()
         return self._nodes
 
-    def statistics(self):
-        """Faults, PPCs, messages, bytes and invalidations per node and in total."""
+    def statistics(self, reset: bool = False):
+        """Faults, PPCs, messages, bytes and invalidations per node and in total
+        (a ClusterStatistics: print it for a table), counted since the cluster
+        started or since the last ``statistics(reset=True)``, which also starts
+        a new interval.  For one phase of a program, `measure` is simpler."""
         self._check_open()
+        now = self._raw_statistics()
+        since = now if self._baseline is None else now - self._baseline
+        if reset:
+            self._baseline = now
+        return since
+
+    @contextlib.contextmanager
+    def measure(self):
+        """``with cluster.measure() as m: ...`` -> ``m.statistics``: what the block did
+        (a ClusterStatistics), and ``m.seconds``; independent of ``reset``."""
+        m = Measurement()
+        before, t0 = self._raw_statistics(), time.perf_counter()
+        try:
+            yield m
+        finally:
+            if self._nodes is not None:
+                m.seconds = time.perf_counter() - t0
+                m.statistics = self._raw_statistics() - before
+
+    def _raw_statistics(self):
         oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
         return gather_statistics(self, oids)
 
