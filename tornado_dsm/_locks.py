@@ -252,7 +252,11 @@ class _Anderson:
 
         def turn(timeout):
             atomic.wait(flag, 0, timeout=timeout)
-        _queued_wait(lock, deadline, turn, lambda: _Anderson.release(lock, place))
+
+        def passed_on():            # the helper, at an abandoned place's turn: reset, hand over
+            atomic.store(flag, 0)
+            _Anderson.release(lock, place)
+        _queued_wait(lock, deadline, turn, passed_on)
         atomic.store(flag, 0)       # reset for the next round of the array
         return place
 
