@@ -282,6 +282,57 @@ def time_out_then_count(a, lock, flags, timeout, n):
     return outcome, overlaps
 
 
+def time_out_twice(lock, first, second):
+    """On one node's thread 0, while another node holds the lock: acquire(first)
+    times out (its queue place goes to a helper); then a *new* thread with the
+    same run index (what the next `run` gives: a fresh thread, so in general
+    another thread ident) tries acquire(second) while that place is still
+    queued.  Returns both outcomes (try_acquire's form)."""
+    from tornado_dsm import _runner
+    if td.current_thread() != 0:
+        return None
+    outcomes = [try_acquire(lock, first)]
+
+    def later_run_thread():
+        _runner._local.thread = 0       # the run index a later run's thread 0 has
+        outcomes.append(try_acquire(lock, second))
+
+    t = threading.Thread(target=later_run_thread)
+    t.start()                            # this thread is alive: the new one's ident differs
+    t.join(SETTLE_S)
+    return outcomes
+
+
+def acquire_release(lock, n):
+    """``n`` acquire/release pairs on each thread; returns n."""
+    for _ in range(n):
+        with lock:
+            pass
+    return n
+
+
+def barrier_waits(b, n):
+    """``n`` barrier waits on each thread; returns the episodes."""
+    return [b.wait(timeout=SETTLE_S) for _ in range(n)]
+
+
+def attempt_count(a, lock, n):
+    """count_under_lock_some on this thread -> ("ok", overlaps) or (exception type, message)."""
+    try:
+        return "ok", count_under_lock_some(a, lock, n, [99] * 8)
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return type(e).__name__, str(e)
+
+
+def attempt_release(lock):
+    """lock.release() by this thread -> ("ok", "") or (exception type, message)."""
+    try:
+        lock.release()
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return type(e).__name__, str(e)
+    return "ok", ""
+
+
 def lock_counters(lock):
     """(acquires, atomic RMWs) this node made on the lock."""
     from tornado_dsm import _syncspace
