@@ -27,7 +27,7 @@ class TestRun:
     def test_results_in_node_thread_order(self, vm_cluster):
         """run() returns one result per (node, thread), ordered, and each call knows where it runs."""
         assert vm_cluster.run(progs.where_am_i) == [(n, t) for n in range(3) for t in range(2)]
-        assert vm_cluster.run(progs.where_am_i, nodes=[2, 0], threads=1) == [(2, 0), (0, 0)]
+        assert vm_cluster.run(progs.where_am_i, on=[2, 0], threads=1) == [(2, 0), (0, 0)]
 
     def test_exception_names_node_and_thread(self, vm_cluster):
         """A node's exception is re-raised in the caller with node and thread named."""
@@ -38,8 +38,8 @@ class TestRun:
     @pytest.mark.parametrize("nodes", ["some", 3, [0, 5], [], True])
     def test_bad_nodes(self, vm_cluster, nodes):
         """Bad node choices name what is accepted."""
-        with pytest.raises(ValueError, match="nodes must be"):
-            vm_cluster.run(progs.where_am_i, nodes=nodes)
+        with pytest.raises(ValueError, match="on must be"):
+            vm_cluster.run(progs.where_am_i, on=nodes)
 
     def test_non_callable_refused(self, vm_cluster):
         """Something that is not callable is refused before any node runs it."""
@@ -185,7 +185,7 @@ class TestMapFile:
         with new_cluster(2, policies={"region": "singleton"}) as c:
             b = c.map_file(path, (2, 512), np.float64, mode="r")
             with pytest.raises(td.SegmentationFault, match="write to a read-only region"):
-                c.run(progs.fill_rows, b, 1.0, nodes=[1])
+                c.run(progs.fill_rows, b, 1.0, on=[1])
 
     def test_short_file(self, tmp_path, vm_cluster):
         """A file shorter than the mapping is refused, naming both sizes."""
@@ -297,7 +297,7 @@ class TestMemoryBudget:
         node's memory together is admitted and works (it pages to the backing store)."""
         with new_cluster(2, memory_per_node=4 * 4096) as c:
             a = c.zeros(16 * 512, np.int64)            # 16 pages, the nodes hold 8 together
-            assert c.run(_fill_and_sum, a, nodes=[1]) == [3 * 16 * 512]
+            assert c.run(_fill_and_sum, a, on=[1]) == [3 * 16 * 512]
             assert int(a.sum()) == 3 * 16 * 512
             assert c.statistics().total.evicted_owned > 0
 
@@ -315,7 +315,7 @@ class TestStatistics:
         """With a singleton Region, each faulting node reports its own reads and faults, not the home."""
         with new_cluster(3, policies={"region": "singleton"}) as c:
             a = c.zeros(8 * 512, np.int64)
-            c.run(progs.sum_pages, a, nodes=[2], threads=1)
+            c.run(progs.sum_pages, a, on=[2], threads=1)
             n = c.statistics().nodes
             assert (n[2].read_faults, n[2].faults, n[2].resident_pages) == (8, 8, 8)
             assert (n[0].read_faults, n[1].read_faults) == (0, 0)
@@ -324,10 +324,10 @@ class TestStatistics:
         """statistics(reset=True) and measure() count only what happened after them."""
         with new_cluster(2) as c:
             a = c.zeros(8 * 512, np.int64)
-            c.run(progs.write_pages, a, 1, nodes=[0], threads=1)
+            c.run(progs.write_pages, a, 1, on=[0], threads=1)
             assert c.statistics(reset=True).total.write_faults == 8
             with c.measure() as m:
-                c.run(progs.sum_pages, a, nodes=[1], threads=1)
+                c.run(progs.sum_pages, a, on=[1], threads=1)
             assert (m.statistics.total.read_faults, m.statistics.total.write_faults) == (8, 0)
             assert m.seconds > 0
             assert c.statistics().total.read_faults == 8       # since the reset
@@ -335,7 +335,7 @@ class TestStatistics:
     def test_prints_as_a_short_table(self):
         """print(statistics) is one header, one row per node and a total; repr is one line."""
         with new_cluster(3) as c:
-            c.run(progs.write_pages, c.zeros(4 * 512, np.int64), 1, nodes=[1], threads=1)
+            c.run(progs.write_pages, c.zeros(4 * 512, np.int64), 1, on=[1], threads=1)
             s = c.statistics()
             lines = str(s).splitlines()
             assert len(lines) == 5 and lines[0].split()[:4] == ["node", "faults", "read", "write"]

@@ -19,6 +19,7 @@ import itertools
 import secrets
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -34,7 +35,8 @@ from ._stats import gather_statistics
 from ._watch import WatchServer, rates, snapshot
 
 DEFAULT_WINDOW = 1 << 30
-STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
+STOP_TIMEOUT = 5.0
+DEPRECATE_NODES_KEYWORD = False   # turned on once every caller in the package says on=   # seconds close() waits for each node to unmap its window
 
 
 class WriteBackError(OSError):
@@ -252,12 +254,13 @@ class Cluster:
 
     # ---- work --------------------------------------------------------------------------
 
-    def run(self, fn, *args, nodes="all", threads: int | None = None,
-            timeout: float | None = None) -> list:
-        """Run module-level ``fn(*args)`` on ``threads`` threads of each chosen node.
+    def run(self, fn, *args, on="all", threads: int | None = None,
+            timeout: float | None = None, nodes=None) -> list:
+        """Run ``fn(*args)`` on ``threads`` threads of each node named by ``on``.
 
-        ``nodes``: "all" (every node still alive: see `lost_nodes`), a node id
-        or a list of ids.  Returns the results ordered by node, then thread.
+        ``on``: "all" (every node still alive: see `lost_nodes`), a node id
+        or a list of ids (``nodes=`` is its old name: a DeprecationWarning, as
+        it read like a count).  Returns the results ordered by node, then thread.
         An exception on a node is re-raised here with the node and thread
         named; a lost node raises NodeLost with how its process ended.
         ``timeout`` (default: the cluster's): seconds within which every
@@ -265,7 +268,7 @@ class Cluster:
         threads (which run on: Python cannot stop a thread).
         """
         self._check_open()
-        chosen = self._live(nodes)
+        chosen = self._live(_on(on, nodes))
         threads = self.threads_per_node if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
@@ -484,7 +487,7 @@ class Cluster:
 
     def _live(self, nodes) -> list:
         """The chosen node ids; "all" leaves out the lost nodes."""
-        chosen = _runner.check_nodes(nodes, self.nnodes)
+        chosen = _runner.check_nodes(nodes, self.nnodes, "on")
         if nodes == "all":
             lost = self.lost_nodes()
             chosen = [n for n in chosen if n not in lost]
@@ -560,6 +563,18 @@ class Cluster:
         if nbytes > self.config.size:
             raise MemoryError(f"{nbytes} bytes do not fit the {self.config.size}-byte DSM window; "
                               "pass a larger size= to Cluster")
+
+
+def _on(on, nodes):
+    """The node choice of run(): ``on``, or the deprecated ``nodes`` keyword."""
+    if nodes is None:
+        return on
+    if on != "all":
+        raise TypeError("run() takes on= (the nodes to run on), not both on= and its old name nodes=")
+    if DEPRECATE_NODES_KEYWORD:
+        warnings.warn("run(nodes=...) is now run(on=...): `nodes` read like a count (as in "
+                      "Cluster(nodes=3)) but names node ids", DeprecationWarning, stacklevel=3)
+    return nodes
 
 
 def _name(fn) -> str:

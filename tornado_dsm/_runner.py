@@ -39,14 +39,16 @@ def current_thread() -> int:
     return getattr(_local, "thread", 0)
 
 
-def check_nodes(nodes, nnodes: int) -> list:
-    """Node ids chosen by ``nodes`` ("all", an id, or a list of ids)."""
+def check_nodes(nodes, nnodes: int, name: str = "nodes") -> list:
+    """Node ids chosen by ``nodes`` ("all", an id, or a list of ids); ``name``: the
+    argument's name in the error."""
     if nodes == "all":
         return list(range(nnodes))
     chosen = [nodes] if isinstance(nodes, int) and not isinstance(nodes, bool) else nodes
     if not isinstance(chosen, (list, tuple)) or not chosen or not all(
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n < nnodes for n in chosen):
-        raise ValueError(f"nodes must be 'all', a node id or a list of ids from 0 to {nnodes - 1}, not {nodes!r}")
+        raise ValueError(f"{name} must be 'all', a node id or a list of ids from 0 to {nnodes - 1}, "
+                         f"not {nodes!r}")
     return list(chosen)
 
 
