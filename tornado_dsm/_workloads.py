@@ -360,10 +360,25 @@ def drive_matmul(ctx, s) -> None:
         raise AssertionError("matmul: the shared product differs from numpy's")
 
 
+# The lock and barrier workloads (their module imports this one: looked up when called).
+from . import _workloads_sync as _sync  # noqa: E402
+
+
+def drive_lock(ctx, s) -> None:
+    """Uncontended latency, contended passes and FIFO probes of one lock (_workloads_sync)."""
+    _sync.drive_lock(ctx, s)
+
+
+def drive_barrier(ctx, s) -> None:
+    """Measured passes of episodes of one barrier (_workloads_sync)."""
+    _sync.drive_barrier(ctx, s)
+
+
 DRIVERS = {
     "infault": drive_infault, "shared-read": drive_shared_read,
     "producer-consumer": drive_producer_consumer, "false-sharing": drive_false_sharing,
     "ping-pong": drive_ping_pong, "jacobi": drive_jacobi, "matmul": drive_matmul,
+    "lock": drive_lock, "barrier": drive_barrier,
 }
 
 
@@ -372,7 +387,9 @@ def steps_of(s) -> int:
     kind, r = s["workload.kind"], s["workload.repeats"]
     if kind in ("jacobi", "producer-consumer") and s["workload.steps"] == "barrier":
         return 1
-    return {"infault": r + 1, "producer-consumer": 2 * r}.get(kind, r)
+    if kind == "lock":   # warm-up, uncontended, passes, FIFO probes (with enough threads)
+        return 2 + r + (r if _threads(s) >= _sync.PROBE_THREADS else 0)
+    return {"infault": r + 1, "producer-consumer": 2 * r, "barrier": 1 + r}.get(kind, r)
 
 
 # ---- memory footprint (checked before any node starts) -----------------------------------
@@ -397,6 +414,10 @@ FOOTPRINTS = {
     "jacobi": ("2 × max(region.pages, 3) + the barrier's pages",
                lambda s: 2 * max(s["region.pages"], 3) + barrier_pages(s)),
     "matmul": (f"3 × ⌈workload.n² / {WORDS}⌉", lambda s: 3 * -(-s["workload.n"] ** 2 // WORDS)),
+    "lock": ("1 + the lock's pages for cluster.nodes × cluster.threads_per_node threads",
+             lambda s: 1 + _sync.lock_pages(s)),
+    "barrier": ("the barrier's pages for cluster.nodes × cluster.threads_per_node parties",
+                lambda s: _sync.barrier_space_pages(s)),
 }
 
 
