@@ -56,7 +56,8 @@ def figures(r: RunResult) -> dict:
             "fairness": {"per_thread": list(counts), "max": highest, "min": lowest,
                          "max_over_min": highest / lowest if lowest else None},
             "fifo": {"rounds": len(d["probe_entry_orders"]), "handovers": probed, "out_of_order": wrong,
-                     "fifo": wrong == 0 if probed else None, "entry_orders": d["probe_entry_orders"]}}
+                     "fifo": wrong == 0 if probed else None, "entry_orders": d["probe_entry_orders"],
+                     "arrival_ms": d["probe_arrival_ms"]}}
 
 
 # ---- columns -----------------------------------------------------------------------------

@@ -12,16 +12,18 @@ thread) and a data page holding a counter.  The driver runs, in order:
 3. ``workload.repeats`` contended passes (measured): every thread starts
    at the same instant and acquires, increments the counter (a plain,
    non-atomic read and write of a shared page: the critical section) and
-   releases until ``workload.seconds`` have passed (at least once).  Each thread returns
-   the counter values it saw; together they must be exactly the values
-   from the pass's first to its last, each once (else mutual exclusion
-   failed: AssertionError).  Their order says which node held the lock
-   for each entry, so the hand-overs between nodes are counted;
+   releases until ``workload.seconds`` have passed (at least once).  Each
+   thread returns the counter values it saw; together they must be
+   exactly the values from the pass's first to its last, each once (else
+   mutual exclusion failed: AssertionError).  Their order says which node
+   held the lock for each entry, so the hand-overs between nodes are
+   counted;
 4. ``workload.repeats`` FIFO probes (not measured; with at least
-   PROBE_THREADS threads): one thread takes the lock, the others call acquire one by one PROBE_GAP_S apart (a seeded
-   order; their arrival is stamped), the holder lets go after the last
-   arrival; an entry that overtook a thread which arrived earlier and was
-   still waiting is out of order.
+   PROBE_THREADS threads): one thread takes the lock, the others call
+   acquire one by one PROBE_GAP_S apart (a seeded order; their arrival
+   is stamped), the holder lets go after the last arrival; an entry that
+   overtook a thread which arrived earlier and was still waiting is out
+   of order.
 
 ``barrier`` (one barrier of ``workload.barrier`` for every thread): a
 warm-up episode, then ``workload.repeats`` measured passes of
@@ -52,7 +54,7 @@ from ._syncspace import counters
 from ._workloads import SWITCH_INTERVAL_S, ThreadResult
 
 START_DELAY_S = 0.05   # from the driver's call to the common start of a pass
-PROBE_GAP_S = 0.01     # between two arrivals of the FIFO probe (a doorway takes ~1 ms)
+PROBE_GAP_S = 0.02     # between two arrivals of the FIFO probe (a doorway takes ~1 ms)
 PROBE_THREADS = 3      # the probe needs two waiters (one cannot be overtaken): none below
 SYNC_TIMEOUT_S = 60.0  # an acquire or wait longer than this is a broken lock or barrier
 
@@ -243,6 +245,7 @@ def drive_lock(ctx, s) -> None:
         "acquisitions": entries, "seconds": wall, "start_late_s": late, "handovers": handovers,
         "rmws": rmw1 - rmw0, "per_thread": [per_thread[k] for k in sorted(per_thread)],
         "probe_entry_orders": [[g for g, _a, _n in p] for p in probes],
+        "probe_arrival_ms": [[(a - min(x[1] for x in p)) * 1e3 for _g, a, _n in p] for p in probes],
         "probe_handovers": sum(max(0, len(p) - 1) for p in probes),
         "probe_out_of_order": sum(out_of_order([a for _g, a, _n in p]) for p in probes),
     }
