@@ -30,7 +30,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _bases = itertools.count(0x6000_0000_0000, 1 << 40)
 
 TINY_LOCKS = ["seconds=0.1", "repeats=1", "ops=20", "padding=page"]
-TINY_BARRIERS = ["ops=5", "repeats=1"]
+TINY_BARRIERS = ["ops=5", "repeats=1", "padding=page"]
 
 
 @pytest.fixture(scope="module")
