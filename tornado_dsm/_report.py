@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import _report_sync
 from ._scenario_run import RunResult
 
 SCHEMA_VERSION = 1
@@ -42,8 +43,6 @@ def normalized_costs(runs: list[RunResult]) -> list[float]:
 def to_json(scenario, runs: list[RunResult]) -> dict:
     """The report document (see the schema)."""
     from . import __version__
-
-    from . import _report_sync
 
     norm = normalized_costs(runs)
     doc = {
@@ -139,8 +138,6 @@ COLUMNS = ("nodes", "faults", "in-core", "coher.", "faults/s", "µs/access", "no
 def render_table(scenario, runs: list[RunResult]) -> str:
     """One row per combination: what was varied, then the figures (the lock and
     barrier kinds: their own columns and the winner of each, see _report_sync)."""
-    from . import _report_sync
-
     sync = [r for r in runs if _report_sync.is_sync(r)]
     if sync:
         rest = [r for r in runs if not _report_sync.is_sync(r)]
@@ -203,8 +200,6 @@ def plot(scenario, runs: list[RunResult], path) -> None:
     import matplotlib
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
-
-    from . import _report_sync
 
     if runs and all(_report_sync.is_sync(r) for r in runs):
         _report_sync.plot(scenario, runs, path)

@@ -14,11 +14,25 @@ from __future__ import annotations
 
 import attrs
 
-from ._report import _messages, _show, _vary_keys
 from ._scenario_run import RunResult
 
 SYNC_KINDS = ("lock", "barrier")
 ALGORITHM_KEYS = ("workload.lock", "workload.barrier", "workload.padding")
+
+
+# (as in _report, which imports this module)
+def _messages(r: RunResult) -> int:
+    """Messages of the measured steps: 2 per remote PPC."""
+    return 2 * sum(p.calls for p in r.ppc if p.kind == "remote")
+
+
+def _show(value) -> str:
+    return "/".join(str(v) for v in value.values()) if isinstance(value, dict) else str(value)
+
+
+def _vary_keys(runs: list[RunResult]) -> list[str]:
+    """The varied keys of ``runs``, in the order they were varied."""
+    return list(dict.fromkeys(k for r in runs for k in r.params))
 
 
 def is_sync(r: RunResult) -> bool:
@@ -151,7 +165,7 @@ def render_table(scenario, runs: list[RunResult]) -> str:
         if not mine:
             continue
         cols = columns(kind)
-        varied = [k for k, _ in _vary_keys(mine) if k != "cluster.nodes"]
+        varied = [k for k in _vary_keys(mine) if k != "cluster.nodes"]
         head = [k.rpartition(".")[2] for k in varied] + ["nodes"] + [c.head for c in cols]
         rows = [head]
         for r in mine:

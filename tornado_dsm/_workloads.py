@@ -6,7 +6,8 @@ the shared arrays through ``ctx.region`` and runs steps through
 step boundary is also a barrier across the cluster (Jacobi iterations,
 producer/consumer rounds).  Node functions time their own measured work with
 perf_counter and return a ThreadResult; the cluster statistics around each
-measured step give the faults by kind, PPCs and messages.
+measured step give the faults by kind, PPCs and messages.  The lock and
+barrier kinds are in _workloads_sync.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE
+
+from . import _workloads_sync as _sync
+from ._workloads_sync import drive_barrier, drive_lock
 
 WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
@@ -359,19 +363,6 @@ def drive_matmul(ctx, s) -> None:
     if not np.allclose(np.asarray(c), np.asarray(a) @ np.asarray(b)):
         raise AssertionError("matmul: the shared product differs from numpy's")
 
-
-# The lock and barrier workloads (their module imports this one: looked up when called).
-from . import _workloads_sync as _sync  # noqa: E402
-
-
-def drive_lock(ctx, s) -> None:
-    """Uncontended latency, contended passes and FIFO probes of one lock (_workloads_sync)."""
-    _sync.drive_lock(ctx, s)
-
-
-def drive_barrier(ctx, s) -> None:
-    """Measured passes of episodes of one barrier (_workloads_sync)."""
-    _sync.drive_barrier(ctx, s)
 
 
 DRIVERS = {

@@ -51,27 +51,40 @@ import tornado_dsm as td
 
 from ._barriers import TREE_FANIN, rounds, tree_levels
 from ._syncspace import counters
-from ._workloads import SWITCH_INTERVAL_S, ThreadResult
 
 START_DELAY_S = 0.05   # from the driver's call to the common start of a pass
 PROBE_GAP_S = 0.02     # between two arrivals of the FIFO probe (a doorway takes ~1 ms)
 PROBE_THREADS = 3      # the probe needs two waiters (one cannot be overtaken): none below
 SYNC_TIMEOUT_S = 60.0  # an acquire or wait longer than this is a broken lock or barrier
+SWITCH_INTERVAL_S = 5e-5  # GIL switch interval of a pass (as _workloads.false_share's)
 
+
+# The results of the measured steps have _workloads.ThreadResult's fields (node,
+# thread, ops, seconds, checksum: what RunContext adds up) and some of their own.
 
 @attrs.frozen
-class LockThread(ThreadResult):
+class LockThread:
     """One thread's contended pass: acquisitions (ops), seconds, and the
     counter values it saw in its critical sections (in its order)."""
 
+    node: int
+    thread: int
+    ops: int
+    seconds: float
+    checksum: float = 0.0
     positions: tuple = ()
     late_s: float = 0.0      # how late the thread reached the common start (negative: early)
 
 
 @attrs.frozen
-class BarrierThread(ThreadResult):
+class BarrierThread:
     """One party's measured pass: episodes (ops), seconds, the episode numbers it got."""
 
+    node: int
+    thread: int
+    ops: int
+    seconds: float
+    checksum: float = 0.0
     first: int = -1
     last: int = -1
     late_s: float = 0.0
