@@ -30,6 +30,9 @@ REDUCED = {
     "jacobi": ["pages=8", "repeats=2"],
     "matmul": ["n=32", "block=16", "repeats=1"],
     "producer-consumer": ["pages=8", "repeats=1"],
+    # one kind on 2 nodes (tests/test_scenario_sync.py runs every kind)
+    "locks": ["lock=mcs", "padding=page", "nodes=2", "seconds=0.05", "repeats=1", "ops=20"],
+    "barriers": ["barrier=tree", "nodes=2", "ops=5", "repeats=1"],
 }
 
 

@@ -22,9 +22,12 @@ from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 from ._config import check_region_policy
 from ._barriers import KINDS as BARRIER_KINDS
+from ._locks import KINDS as LOCK_KINDS
+from ._syncspace import PADDINGS
 from ._workloads import WORDS, footprint_formula, footprint_keys, memory_bytes, window_pages
 
-KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul")
+KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul",
+         "lock", "barrier")
 
 
 class ScenarioError(ValueError):
@@ -96,9 +99,11 @@ KEYS: dict[str, Key] = {
     "workload.write_fraction": Key((float, int), 0.0, "a number from 0 to 1", low=0.0, high=1.0,
                                    kinds=("infault", "shared-read", "false-sharing", "ping-pong"),
                                    doc="Access mix: the fraction of touches that write (seeded)."),
-    "workload.repeats": _int(3, 1, 1 << 20, "Measured passes (rounds, iterations)."),
-    "workload.ops": _int(200, 1, 1 << 24, "Accesses per thread per pass (false-sharing, ping-pong).",
-                         kinds=("false-sharing", "ping-pong")),
+    "workload.repeats": _int(3, 1, 1 << 20, "Measured passes (rounds, iterations; lock: contended passes "
+                             "and FIFO probes)."),
+    "workload.ops": _int(200, 1, 1 << 24, "Accesses per thread per pass (false-sharing, ping-pong); lock: "
+                         "timed uncontended acquire+release pairs; barrier: episodes per pass.",
+                         kinds=("false-sharing", "ping-pong", "lock", "barrier")),
     "workload.n": _int(64, 2, 4096, "matmul: matrix side (float64).", kinds=("matmul",)),
     "workload.block": _int(16, 1, 4096, "matmul: block side.", kinds=("matmul",)),
     "workload.seed": _int(1, 0, None, "Seed of every random choice (patterns, mixes, data)."),
@@ -107,8 +112,15 @@ KEYS: dict[str, Key] = {
                               "with a barrier between steps; 'run' makes each step a Cluster.run of its own "
                               "(the end of a run is the barrier).", kinds=("jacobi", "producer-consumer")),
     "workload.barrier": _choice("tree", BARRIER_KINDS,
-                                "The barrier kind between steps (workload.steps = 'barrier').",
-                                kinds=("jacobi", "producer-consumer")),
+                                "The barrier kind between steps (workload.steps = 'barrier'); barrier: "
+                                "the barrier measured.", kinds=("jacobi", "producer-consumer", "barrier")),
+    "workload.lock": _choice("mcs", LOCK_KINDS, "lock: the lock algorithm measured.", kinds=("lock",)),
+    "workload.padding": _choice("page", PADDINGS, "lock, barrier: 'page' puts every word of the lock or "
+                                "barrier on a page of its own, 'word' packs them 8 bytes apart (false "
+                                "sharing).", kinds=("lock", "barrier")),
+    "workload.seconds": Key((float, int), 0.3, "a number from 0.01 to 60", low=0.01, high=60.0,
+                            kinds=("lock",), doc="lock: seconds of each contended pass (every thread "
+                            "acquires until then)."),
 }
 SECTIONS = ("cluster", "policies", "region", "workload")
 

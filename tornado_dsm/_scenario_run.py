@@ -70,6 +70,7 @@ class RunResult:
     ppc: tuple[PPCRow, ...]
     objects: tuple[ObjectRow, ...]
     elapsed_seconds: float             # the whole combination, cluster start to close
+    sync: dict = attrs.field(factory=dict)  # lock and barrier kinds: the driver's own figures
 
     @property
     def total(self) -> NodeStatistics:
@@ -133,6 +134,7 @@ class RunContext:
         self.busy = [0.0] * s["cluster.nodes"]
         self.wall = 0.0
         self.ppc: dict = {}
+        self.sync: dict = {}   # the lock and barrier drivers' own figures (RunResult.sync)
 
     def params(self) -> dict:
         """The scenario values node functions need, as a small picklable dict."""
@@ -154,14 +156,16 @@ class RunContext:
                 f.truncate(pages * PAGE)
         return self.cluster.map_file(path, (words,), dtype, "r+")
 
-    def step(self, fn, *args, nodes="all", measured: bool = True, label: str = "") -> list:
-        """Run ``fn`` on the nodes; if ``measured``, add what it did to the figures."""
+    def step(self, fn, *args, nodes="all", threads: int | None = None, measured: bool = True,
+             label: str = "") -> list:
+        """Run ``fn`` on the nodes (``threads`` per node, default the scenario's); if
+        ``measured``, add what it did to the figures."""
         if not measured:
-            results = self.cluster.run(fn, *args, nodes=nodes)
+            results = self.cluster.run(fn, *args, nodes=nodes, threads=threads)
         else:
             before = self.cluster.statistics()
             ppc_before = _ppc_counts(self.cluster)
-            results = self.cluster.run(fn, *args, nodes=nodes)
+            results = self.cluster.run(fn, *args, nodes=nodes, threads=threads)
             ppc_after = _ppc_counts(self.cluster)
             self._add(before, self.cluster.statistics(), ppc_before, ppc_after, results)
         self.on_step(label)
@@ -296,4 +300,5 @@ def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) ->
                               o.calls_local, o.calls_remote, o.misses) for o in view.objects)
     return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
                      key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
-                     ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0)
+                     ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0,
+                     dict(ctx.sync))

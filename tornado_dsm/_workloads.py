@@ -6,7 +6,8 @@ the shared arrays through ``ctx.region`` and runs steps through
 step boundary is also a barrier across the cluster (Jacobi iterations,
 producer/consumer rounds).  Node functions time their own measured work with
 perf_counter and return a ThreadResult; the cluster statistics around each
-measured step give the faults by kind, PPCs and messages.
+measured step give the faults by kind, PPCs and messages.  The lock and
+barrier kinds are in _workloads_sync.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE
+
+from . import _workloads_sync as _sync
+from ._workloads_sync import drive_barrier, drive_lock
 
 WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
@@ -360,10 +364,12 @@ def drive_matmul(ctx, s) -> None:
         raise AssertionError("matmul: the shared product differs from numpy's")
 
 
+
 DRIVERS = {
     "infault": drive_infault, "shared-read": drive_shared_read,
     "producer-consumer": drive_producer_consumer, "false-sharing": drive_false_sharing,
     "ping-pong": drive_ping_pong, "jacobi": drive_jacobi, "matmul": drive_matmul,
+    "lock": drive_lock, "barrier": drive_barrier,
 }
 
 
@@ -372,7 +378,9 @@ def steps_of(s) -> int:
     kind, r = s["workload.kind"], s["workload.repeats"]
     if kind in ("jacobi", "producer-consumer") and s["workload.steps"] == "barrier":
         return 1
-    return {"infault": r + 1, "producer-consumer": 2 * r}.get(kind, r)
+    if kind == "lock":   # warm-up, uncontended, passes, FIFO probes (with enough threads)
+        return 2 + r + (r if _threads(s) >= _sync.PROBE_THREADS else 0)
+    return {"infault": r + 1, "producer-consumer": 2 * r, "barrier": 1 + r}.get(kind, r)
 
 
 # ---- memory footprint (checked before any node starts) -----------------------------------
@@ -397,6 +405,10 @@ FOOTPRINTS = {
     "jacobi": ("2 × max(region.pages, 3) + the barrier's pages",
                lambda s: 2 * max(s["region.pages"], 3) + barrier_pages(s)),
     "matmul": (f"3 × ⌈workload.n² / {WORDS}⌉", lambda s: 3 * -(-s["workload.n"] ** 2 // WORDS)),
+    "lock": ("1 + the lock's pages for cluster.nodes × cluster.threads_per_node threads",
+             lambda s: 1 + _sync.lock_pages(s)),
+    "barrier": ("the barrier's pages for cluster.nodes × cluster.threads_per_node parties",
+                lambda s: _sync.barrier_space_pages(s)),
 }
 
 
