@@ -13,7 +13,6 @@ barrier kinds are in _workloads_sync.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from time import perf_counter
 
@@ -28,7 +27,6 @@ from ._workloads_sync import drive_barrier, drive_lock
 
 WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
-SWITCH_INTERVAL_S = 5e-5  # GIL switch interval while threads contend for a page
 
 
 @attrs.frozen
@@ -187,10 +185,9 @@ def false_share(p: dict, a) -> ThreadResult:
     writes = (np.random.default_rng(p["seed"] + g).random(p["ops"]) < p["write_fraction"]).tolist()
     _barrier(a, p["pages"] * WORDS, nthreads)
     # A writing thread holds its node's GIL; the node's PPC server can hand the
-    # page to another node only at a GIL switch (5 ms by default): switch often.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
+    # page to another node only at a GIL switch (5 ms by default): switch often
+    # (one setting per node: its threads would otherwise restore each other's).
+    with _sync.FastSwitch():
         t0 = perf_counter()
         for k, write in enumerate(writes):
             if write:
@@ -198,8 +195,6 @@ def false_share(p: dict, a) -> ThreadResult:
             else:
                 int(a[(g + 1) % nthreads])
         seconds = perf_counter() - t0
-    finally:
-        sys.setswitchinterval(interval)
     return ThreadResult(node, thread, len(writes), seconds, int(a[g]))
 
 

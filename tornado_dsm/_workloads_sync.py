@@ -56,7 +56,7 @@ START_DELAY_S = 0.05   # from the driver's call to the common start of a pass
 PROBE_GAP_S = 0.02     # between two arrivals of the FIFO probe (a doorway takes ~1 ms)
 PROBE_THREADS = 3      # the probe needs two waiters (one cannot be overtaken): none below
 SYNC_TIMEOUT_S = 60.0  # an acquire or wait longer than this is a broken lock or barrier
-SWITCH_INTERVAL_S = 5e-5  # GIL switch interval of a pass (as _workloads.false_share's)
+SWITCH_INTERVAL_S = 5e-5  # GIL switch interval while threads contend for a page (FastSwitch)
 
 
 # The results of the measured steps have _workloads.ThreadResult's fields (node,
@@ -102,7 +102,7 @@ def _until(t: float) -> float:
     return late
 
 
-class _FastSwitch:
+class FastSwitch:
     """A short GIL switch interval while threads contend for pages: a node's PPC
     server can hand a page on only when it gets the GIL (see false_share).  The
     first thread of a node in sets it, the last one out puts the old one back."""
@@ -113,16 +113,16 @@ class _FastSwitch:
 
     def __enter__(self):
         with self._guard:
-            if _FastSwitch._inside == 0:
-                _FastSwitch._saved = sys.getswitchinterval()
+            if FastSwitch._inside == 0:
+                FastSwitch._saved = sys.getswitchinterval()
                 sys.setswitchinterval(SWITCH_INTERVAL_S)
-            _FastSwitch._inside += 1
+            FastSwitch._inside += 1
 
     def __exit__(self, *exc):
         with self._guard:
-            _FastSwitch._inside -= 1
-            if _FastSwitch._inside == 0:
-                sys.setswitchinterval(_FastSwitch._saved)
+            FastSwitch._inside -= 1
+            if FastSwitch._inside == 0:
+                sys.setswitchinterval(FastSwitch._saved)
 
 
 def sync_counters(uid: int) -> tuple[int, int]:
@@ -163,7 +163,7 @@ def lock_pass(lock, counter, start: float, seconds: float) -> LockThread:
     least one, also for a thread that reached the start too late)."""
     node, thread = _me()
     seen = []
-    with _FastSwitch():
+    with FastSwitch():
         late = _until(start)
         end, t0 = start + seconds, perf_counter()
         seen.append(_critical(lock, counter))
@@ -180,7 +180,7 @@ def lock_probe(lock, counter, start: float, order: list, tpn: int) -> tuple:
     node, thread = _me()
     g = node * tpn + thread
     k = order.index(g)
-    with _FastSwitch():
+    with FastSwitch():
         _until(start + k * PROBE_GAP_S)
         arrived = time.monotonic()
         lock.acquire(timeout=SYNC_TIMEOUT_S)
@@ -293,7 +293,7 @@ def barrier_warm(barrier) -> int:
 def barrier_pass(barrier, start: float, episodes: int) -> BarrierThread:
     """From ``start`` on, ``episodes`` episodes of the barrier."""
     node, thread = _me()
-    with _FastSwitch():
+    with FastSwitch():
         late = _until(start)
         t0 = perf_counter()
         first = last = barrier.wait(timeout=SYNC_TIMEOUT_S)
