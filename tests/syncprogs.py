@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 import tornado_dsm as td
 from tornado_dsm.kernel import current_cos, trap
 from tornado_dsm.kernel.machine import _waitq
@@ -138,19 +136,24 @@ def count_under_lock(a, lock, start, n):
     """Pass ``start`` (a barrier of every thread of the run, so that they all
     contend), then ``n`` times under ``lock``: a non-atomic read-modify-write of
     a[0] (read int(a[0]), write it back plus one) and a check that nobody else
-    is inside (a fetch-and-add on a[512], another page).  Returns how many
-    times someone else was found inside."""
-    inside = td.word(a, 512)
-    overlaps = 0
+    is inside (a fetch-and-add on a[512], another page).  a[1024] (a third
+    page) counts the threads that want the lock or hold it.  Returns (how many
+    times someone else was found inside, how many of this thread's critical
+    sections ran while another thread wanted the lock)."""
+    inside, wanting = td.word(a, 512), td.word(a, 1024)
+    overlaps = contended = 0
     start.wait(timeout=SETTLE_S)
     for _ in range(n):
+        wanting.fetch_add(1)
         with lock:
             overlaps += inside.fetch_add(1) != 0
             v = int(a[0])
             a[0] = v + 1
             trap.check()
+            contended += wanting.load() > 1
             inside.fetch_add(-1)
-    return overlaps
+        wanting.fetch_add(-1)
+    return overlaps, contended
 
 
 def count_under_lock_some(a, lock, n, threads_by_node):
@@ -217,19 +220,6 @@ def fifo_entries(lock, turn, order, ranks):
     trap.check()
     lock.release()
     return rank
-
-
-def hold_until(lock, flags, thread=0):
-    """On one thread: take the lock, say so (flags[0] := 1), wait until
-    flags[1] != 0, release.  The other threads return at once."""
-    if td.current_thread() != thread:
-        return None
-    held, go = td.word(flags, 0), td.word(flags, 1)
-    lock.acquire(timeout=SETTLE_S)
-    held.store(1)
-    td.wait(go, 0, timeout=SETTLE_S)
-    lock.release()
-    return True
 
 
 def try_acquire(lock, timeout, thread=0):
@@ -333,12 +323,6 @@ def attempt_release(lock):
     return "ok", ""
 
 
-def lock_counters(lock):
-    """(acquires, atomic RMWs) this node made on the lock."""
-    from tornado_dsm import _syncspace
-    return _syncspace.counters(lock.space.uid)
-
-
 # ---- barriers (test_sync) -------------------------------------------------------------------
 
 def barrier_episodes(b, slots, episodes, parties_by_node, timeout=SETTLE_S):
@@ -374,8 +358,3 @@ def barrier_wait(b, timeout, parties_by_node):
         return "ok", b.wait(timeout=timeout)
     except Exception as e:  # noqa: BLE001 - reported to the test
         return type(e).__name__, str(e)
-
-
-def shared(a):
-    """Touch a shared array so that a node caches it (returns its first word)."""
-    return int(np.asarray(a)[0])

@@ -107,7 +107,7 @@ class TestAlreadyDifferent:
 class TestTimeout:
     @pytest.mark.parametrize("value", [4, -1])
     def test_times_out_naming_word_and_value(self, wait_cluster, value):
-        """A wait nobody ends raises TimeoutError naming the word and the value after the timeout, and leaves no waiter registered."""
+        """A wait nobody ends is a TimeoutError naming word and value, and leaves no waiter registered."""
         a, w = fresh_word(wait_cluster, value)
         [(kind, message, seconds, left)] = wait_cluster.run(progs.wait_timing_out, w, value, 0.2,
                                                             nodes=1, threads=1)
@@ -119,7 +119,7 @@ class TestTimeout:
 
 class TestIdleCPU:
     def test_waiting_threads_use_no_cpu(self, wait_cluster):
-        """Two threads each on nodes 1 and 2 waiting 1 s on a word nobody writes use little CPU (ivy < 20 %, migrate < 40 % of a core)."""
+        """2 threads each on nodes 1, 2 waiting 1 s cost under 20 % of a core (ivy), 40 % (migrate)."""
         a, w = fresh_word(wait_cluster)
         results = wait_cluster.run(progs.idle_cpu, w, 0, 1.0, 2, nodes=[1, 2], threads=1)
         bound = IDLE_CPU_BOUND[wait_cluster.protocol]
