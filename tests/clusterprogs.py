@@ -129,3 +129,14 @@ def write_page_words(a, pages, value):
     for p in pages:
         a[p * 512] = value
     trap.check()
+
+
+def churn_pages(a, seconds):
+    """Write this node's word of every page in turn for ``seconds`` (write sharing with the others)."""
+    import time
+    me, n, t0 = td.current_node(), 0, time.monotonic()
+    pages = a.size // 512
+    while time.monotonic() - t0 < seconds:
+        a[(n % pages) * 512 + me] = n
+        n += 1
+    return n

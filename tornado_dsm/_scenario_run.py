@@ -82,12 +82,11 @@ class RunResult:
     def faults(self, node: int | None = None) -> int:
         """Faults resolved in the measured steps, on ``node`` or in total.
 
-        Counted by the FCM reps (in-core + coherence), which always run on the
-        faulting node; the Region's read/write counts sit at its reps, which
-        for a singleton Region is the home node, not the faulting one.
+        Counted by the FCM reps (in-core + coherence + first touch), which
+        always run on the faulting node, whatever the Region's policy.
         """
         s = self.total if node is None else self.nodes[node]
-        return s.incore_faults + s.coherence_faults
+        return s.faults
 
     def faults_per_second(self, node: int | None = None) -> float:
         """Faults per second of measured time, on ``node`` or over the cluster."""

@@ -93,6 +93,11 @@ def notify_all(address: int) -> int:
     return _waitq.notify_all(address)
 
 
+def wake_all_waiters() -> int:
+    """Wake every thread of this node waiting on any word (see `wait`)."""
+    return _waitq.wake_all()
+
+
 def configure_waits(read_takes_page: bool) -> None:
     """Tell `wait` whether a read takes the page away from other nodes (the
     migration protocol), so that waiters woken for nothing back off."""

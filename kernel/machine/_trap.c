@@ -51,6 +51,8 @@
 #define TD_PROT_NONE 0
 #define TD_PROT_READ 1
 #define TD_PROT_WRITE 2 /* read-write */
+#define TD_FAULT_REFUSED 1  /* td_py_fault results; 0: resolved */
+#define TD_FAULT_RETRY 2    /* an interrupt fired before the handler ran: fault again */
 
 static int td_py_fault(int window, uintptr_t addr, int access);
 int td_hat_protect(int slot, size_t first, size_t count, int prot);
@@ -217,9 +219,11 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         td_thread_kind = PyGILState_GetThisThreadState() != NULL ? 1 : 2;
     td_depth++;
     td_nested_at = addr;
-    int refused = td_py_fault(wi, addr, access);
+    td_handler_enter();                 /* _interrupt.c: no interrupt lands in here */
+    int rc = td_py_fault(wi, addr, access);
     td_depth--;
-    if (refused)
+    td_handler_leave(rc == TD_FAULT_RETRY);
+    if (rc == TD_FAULT_REFUSED)
         td_refuse(page_addr, sig, info, ctx);
     errno = saved_errno;
 }
