@@ -7,6 +7,7 @@ but never use a lock or a barrier (those key a thread's slot by its run index).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -35,9 +36,23 @@ def until(condition, what: str, limit: float = SETTLE_S) -> None:
 
 # ---- wait / notify (test_wait) -------------------------------------------------------------
 
-def waiting_here() -> int:
-    """Threads of this node registered as waiters (kernel _waitq)."""
-    return _waitq.waiting
+def asleep_here() -> int:
+    """Threads of this node asleep in td.wait: blocked on an Event inside
+    _waitq.wait.  A registered waiter may still be about to make its last read
+    (it registers first); one asleep has read the old value and only a
+    wake-up (a revocation, a notify) makes it read again."""
+    asleep = 0
+    for frame in sys._current_frames().values():
+        in_event, f = False, frame
+        while f is not None:
+            code = f.f_code
+            if code.co_name == "wait" and code.co_filename == threading.__file__:
+                in_event = True
+            elif code.co_name == "wait" and code.co_filename == _waitq.__file__:
+                asleep += in_event
+                break
+            f = f.f_back
+    return asleep
 
 
 def wait_word(w, old, timeout):
@@ -64,15 +79,16 @@ def wait_timing_out(w, old, timeout):
 
 def local_wake(a, index, how, nwaiters=1):
     """On one node: ``nwaiters`` threads wait on a[index] (holding 0); once every
-    one is registered, this thread writes 5 by ``how``:
+    one is asleep, this thread writes 5 by ``how``:
 
     * "atomic": Word.store (the atomics notify this node's waiters themselves);
     * "plain": a numpy store, then td.notify (count 1) until every waiter woke;
     * "plain_all": a numpy store, then td.notify_all.
 
     The page is made writable here first (a plain store of 0), so neither
-    the waiters' reads nor the store fault and nothing but the notify (or the
-    atomic's own notify) can wake them.  Returns (values the waiters
+    the waiters' reads nor the store fault; the store comes once every waiter
+    is asleep (asleep_here: past its last read), so nothing but the notify
+    (or the atomic's own notify) can wake them.  Returns (values the waiters
     returned, what each notify call returned)."""
     w = td.word(a, index)
     a[index] = 0
@@ -88,7 +104,7 @@ def local_wake(a, index, how, nwaiters=1):
     threads = [threading.Thread(target=waiter) for _ in range(nwaiters)]
     for t in threads:
         t.start()
-    until(lambda: _waitq.waiting >= nwaiters, "the waiters registered")
+    until(lambda: asleep_here() >= nwaiters, "the waiters are asleep")
     notified = []
     if how == "atomic":
         w.store(5)
@@ -98,9 +114,11 @@ def local_wake(a, index, how, nwaiters=1):
         if how == "plain_all":
             notified.append(td.notify_all(w))
         else:
-            while sum(notified) < nwaiters:
+            for _ in range(nwaiters):
                 notified.append(td.notify(w))
                 until(lambda: len(values) + len(errors) >= sum(notified), "a notified waiter returned")
+            if len(values) + len(errors) < nwaiters:    # a notify missed: end the test now
+                notified.append(td.notify_all(w))
     for t in threads:
         t.join(SETTLE_S)
     if errors:
