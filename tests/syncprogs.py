@@ -7,10 +7,9 @@ but never use a lock or a barrier (those key a thread's slot by its run index).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
-
-import numpy as np
 
 import tornado_dsm as td
 from tornado_dsm.kernel import current_cos, trap
@@ -37,9 +36,23 @@ def until(condition, what: str, limit: float = SETTLE_S) -> None:
 
 # ---- wait / notify (test_wait) -------------------------------------------------------------
 
-def waiting_here() -> int:
-    """Threads of this node registered as waiters (kernel _waitq)."""
-    return _waitq.waiting
+def asleep_here() -> int:
+    """Threads of this node asleep in td.wait: blocked on an Event inside
+    _waitq.wait.  A registered waiter may still be about to make its last read
+    (it registers first); one asleep has read the old value and only a
+    wake-up (a revocation, a notify) makes it read again."""
+    asleep = 0
+    for frame in sys._current_frames().values():
+        in_event, f = False, frame
+        while f is not None:
+            code = f.f_code
+            if code.co_name == "wait" and code.co_filename == threading.__file__:
+                in_event = True
+            elif code.co_name == "wait" and code.co_filename == _waitq.__file__:
+                asleep += in_event
+                break
+            f = f.f_back
+    return asleep
 
 
 def wait_word(w, old, timeout):
@@ -66,15 +79,16 @@ def wait_timing_out(w, old, timeout):
 
 def local_wake(a, index, how, nwaiters=1):
     """On one node: ``nwaiters`` threads wait on a[index] (holding 0); once every
-    one is registered, this thread writes 5 by ``how``:
+    one is asleep, this thread writes 5 by ``how``:
 
     * "atomic": Word.store (the atomics notify this node's waiters themselves);
     * "plain": a numpy store, then td.notify (count 1) until every waiter woke;
     * "plain_all": a numpy store, then td.notify_all.
 
     The page is made writable here first (a plain store of 0), so neither
-    the waiters' reads nor the store fault and nothing but the notify (or the
-    atomic's own notify) can wake them.  Returns (values the waiters
+    the waiters' reads nor the store fault; the store comes once every waiter
+    is asleep (asleep_here: past its last read), so nothing but the notify
+    (or the atomic's own notify) can wake them.  Returns (values the waiters
     returned, what each notify call returned)."""
     w = td.word(a, index)
     a[index] = 0
@@ -90,7 +104,7 @@ def local_wake(a, index, how, nwaiters=1):
     threads = [threading.Thread(target=waiter) for _ in range(nwaiters)]
     for t in threads:
         t.start()
-    until(lambda: _waitq.waiting >= nwaiters, "the waiters registered")
+    until(lambda: asleep_here() >= nwaiters, "the waiters are asleep")
     notified = []
     if how == "atomic":
         w.store(5)
@@ -100,9 +114,11 @@ def local_wake(a, index, how, nwaiters=1):
         if how == "plain_all":
             notified.append(td.notify_all(w))
         else:
-            while sum(notified) < nwaiters:
+            for _ in range(nwaiters):
                 notified.append(td.notify(w))
                 until(lambda: len(values) + len(errors) >= sum(notified), "a notified waiter returned")
+            if len(values) + len(errors) < nwaiters:    # a notify missed: end the test now
+                notified.append(td.notify_all(w))
     for t in threads:
         t.join(SETTLE_S)
     if errors:
@@ -138,19 +154,24 @@ def count_under_lock(a, lock, start, n):
     """Pass ``start`` (a barrier of every thread of the run, so that they all
     contend), then ``n`` times under ``lock``: a non-atomic read-modify-write of
     a[0] (read int(a[0]), write it back plus one) and a check that nobody else
-    is inside (a fetch-and-add on a[512], another page).  Returns how many
-    times someone else was found inside."""
-    inside = td.word(a, 512)
-    overlaps = 0
+    is inside (a fetch-and-add on a[512], another page).  a[1024] (a third
+    page) counts the threads that want the lock or hold it.  Returns (how many
+    times someone else was found inside, how many of this thread's critical
+    sections ran while another thread wanted the lock)."""
+    inside, wanting = td.word(a, 512), td.word(a, 1024)
+    overlaps = contended = 0
     start.wait(timeout=SETTLE_S)
     for _ in range(n):
+        wanting.fetch_add(1)
         with lock:
             overlaps += inside.fetch_add(1) != 0
             v = int(a[0])
             a[0] = v + 1
             trap.check()
+            contended += wanting.load() > 1
             inside.fetch_add(-1)
-    return overlaps
+        wanting.fetch_add(-1)
+    return overlaps, contended
 
 
 def count_under_lock_some(a, lock, n, threads_by_node):
@@ -217,19 +238,6 @@ def fifo_entries(lock, turn, order, ranks):
     trap.check()
     lock.release()
     return rank
-
-
-def hold_until(lock, flags, thread=0):
-    """On one thread: take the lock, say so (flags[0] := 1), wait until
-    flags[1] != 0, release.  The other threads return at once."""
-    if td.current_thread() != thread:
-        return None
-    held, go = td.word(flags, 0), td.word(flags, 1)
-    lock.acquire(timeout=SETTLE_S)
-    held.store(1)
-    td.wait(go, 0, timeout=SETTLE_S)
-    lock.release()
-    return True
 
 
 def try_acquire(lock, timeout, thread=0):
@@ -333,12 +341,6 @@ def attempt_release(lock):
     return "ok", ""
 
 
-def lock_counters(lock):
-    """(acquires, atomic RMWs) this node made on the lock."""
-    from tornado_dsm import _syncspace
-    return _syncspace.counters(lock.space.uid)
-
-
 # ---- barriers (test_sync) -------------------------------------------------------------------
 
 def barrier_episodes(b, slots, episodes, parties_by_node, timeout=SETTLE_S):
@@ -374,8 +376,3 @@ def barrier_wait(b, timeout, parties_by_node):
         return "ok", b.wait(timeout=timeout)
     except Exception as e:  # noqa: BLE001 - reported to the test
         return type(e).__name__, str(e)
-
-
-def shared(a):
-    """Touch a shared array so that a node caches it (returns its first word)."""
-    return int(np.asarray(a)[0])

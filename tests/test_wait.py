@@ -45,19 +45,20 @@ def fresh_word(cluster, value: int = 0, index: int = 3):
     return a, td.word(a, index)
 
 
-def registered(cluster, nodes, count: int = 1):
-    """Wait until each of ``nodes`` has at least ``count`` threads registered as waiters."""
-    progs.until(lambda: all(n >= count for n in cluster.node_set.run_on_each(nodes, progs.waiting_here)),
-                f"waiters registered on nodes {nodes}")
+def asleep(cluster, nodes, count: int = 1):
+    """Wait until each of ``nodes`` has at least ``count`` threads asleep in td.wait
+    (past their last read of the old value: syncprogs.asleep_here)."""
+    progs.until(lambda: all(n >= count for n in cluster.node_set.run_on_each(nodes, progs.asleep_here)),
+                f"waiters asleep on nodes {nodes}")
 
 
 class TestRemoteWrite:
     def test_plain_write_on_node_0_wakes_waiters_on_nodes_1_and_2(self, wait_cluster):
-        """Waiters on nodes 1 and 2, registered before node 0's plain numpy store, return the new value."""
+        """Waiters on nodes 1 and 2, asleep before node 0's plain numpy store, return the new value."""
         a, w = fresh_word(wait_cluster)
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, nodes=[1, 2], threads=1)
-            registered(wait_cluster, [1, 2])
+            asleep(wait_cluster, [1, 2])
             a[3] = 7
             trap.check()
             results = waiting.result(timeout=60)
@@ -68,7 +69,7 @@ class TestRemoteWrite:
         a, w = fresh_word(wait_cluster)
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, nodes=1, threads=1)
-            registered(wait_cluster, [1])
+            asleep(wait_cluster, [1])
             wait_cluster.run(progs.store_word, w, 11, nodes=2, threads=1)
             results = waiting.result(timeout=60)
         assert [value for value, _ in results] == [11]
@@ -107,7 +108,7 @@ class TestAlreadyDifferent:
 class TestTimeout:
     @pytest.mark.parametrize("value", [4, -1])
     def test_times_out_naming_word_and_value(self, wait_cluster, value):
-        """A wait nobody ends raises TimeoutError naming the word and the value after the timeout, and leaves no waiter registered."""
+        """A wait nobody ends is a TimeoutError naming word and value, and leaves no waiter registered."""
         a, w = fresh_word(wait_cluster, value)
         [(kind, message, seconds, left)] = wait_cluster.run(progs.wait_timing_out, w, value, 0.2,
                                                             nodes=1, threads=1)
@@ -119,7 +120,7 @@ class TestTimeout:
 
 class TestIdleCPU:
     def test_waiting_threads_use_no_cpu(self, wait_cluster):
-        """Two threads each on nodes 1 and 2 waiting 1 s on a word nobody writes use little CPU (ivy < 20 %, migrate < 40 % of a core)."""
+        """2 threads each on nodes 1, 2 waiting 1 s cost under 20 % of a core (ivy), 40 % (migrate)."""
         a, w = fresh_word(wait_cluster)
         results = wait_cluster.run(progs.idle_cpu, w, 0, 1.0, 2, nodes=[1, 2], threads=1)
         bound = IDLE_CPU_BOUND[wait_cluster.protocol]
