@@ -72,7 +72,7 @@ class TestErrors:
         ("[cluster]\nmanager = \"central\"\n", "cluster.manager", "'centralized', 'fixed', 'dynamic'"),
         ("[policies]\nregion = \"everywhere\"\n", "policies.region", "'per_node', 'singleton' or 'group:k'"),
         ("[policies]\nregion = \"group:5\"\n", "policies.region", "k from 1 to cluster.nodes"),
-        ("[policies]\nprocess = \"per_node\"\n", "policies.process", "'replicated', 'singleton'"),
+        ("[policies]\nprocess = \"everywhere\"\n", "policies.process", "'per_node', 'singleton'"),
         ("[workload]\nkind = \"lu\"\n", "workload.kind", "'jacobi'"),
         ("[workload]\nwrite_fraction = 1.5\n", "workload.write_fraction", "from 0 to 1"),
         ("[workload]\nkind = \"jacobi\"\nwrite_fraction = 0.5\n", "workload.write_fraction",
@@ -120,3 +120,12 @@ class TestCombinationErrors:
         """A combination that is invalid only together (group:2 on 1 node) fails at load."""
         with pytest.raises(ScenarioError, match="group:k needs k from 1 to cluster.nodes"):
             from_dict({"policies": {"region": "group:2"}, "vary": {"nodes": [1, 2]}})
+
+
+class TestOneNamePerPolicy:
+    def test_old_name_reads_as_per_node(self):
+        """process = "replicated" (the old name), as a value or in [vary], is per_node everywhere after loading."""
+        s = from_dict({"policies": {"process": "replicated"},
+                       "vary": {"policies": [{"process": "replicated"}, {"process": "singleton"}]}})
+        assert s["policies.process"] == "per_node"
+        assert [c["policies.process"] for c in s.combinations()] == ["per_node", "singleton"]

@@ -79,8 +79,9 @@ KEYS: dict[str, Key] = {
                                    doc="Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
-    "policies.process": _choice("replicated", ("replicated", "singleton"),
-                                "Process object: a rep per node, or one rep on node 0 (remote lookups)."),
+    "policies.process": _choice("per_node", ("per_node", "singleton"),
+                                "Process object: a rep per node, or one rep on node 0 (remote lookups); "
+                                "'replicated' is read as its old name for per_node."),
     "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",
                            doc="Region objects: a rep per node, one on node 0, or one per group of k nodes."),
     "region.pages": _int(16, 1, 1 << 20, "Pages of each region (what a page means depends on the kind)."),
@@ -235,10 +236,26 @@ def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenar
     for text in varies:
         key, raw = _split_assignment(text, source, "--vary")
         vary[key] = tuple(_coerce(key, part, source) for part in raw.split(","))
+    values, vary = _new_names(values), {k: tuple(_new_names_in(k, v) for v in vs) for k, vs in vary.items()}
     scenario = check(Scenario(source, values, tuple(vary.items()), frozenset(explicit)))
     for override in scenario.combinations():  # every combination is checked before any runs
         scenario.with_values(override)
     return scenario
+
+
+# Old names of values, read as the one name used everywhere else (inspect, reports).
+OLD_VALUES = {"policies.process": {"replicated": "per_node"}}
+
+
+def _new_names(values: dict) -> dict:
+    return {k: OLD_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def _new_names_in(key: str, value):
+    """A [vary] value with old names replaced (a section table: its keys' values)."""
+    if isinstance(value, dict):
+        return {k: _new_names({f"{key}.{k}": v})[f"{key}.{k}"] for k, v in value.items()}
+    return _new_names({key: value})[key]
 
 
 def _flatten(doc: dict, source: str) -> tuple[dict, set]:
