@@ -9,6 +9,7 @@ file, the key, the bad value and what is accepted.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
@@ -283,18 +284,45 @@ def _known(key: str, value, source: str) -> None:
         section = key.split(".")[0] if "." in key else ""
         names = [k for k in KEYS if k.startswith(section + ".")] if section in SECTIONS else \
             [k for k in KEYS if "." not in k] + [f"[{s}]" for s in SECTIONS] + ["[vary]"]
-        raise ScenarioError(source, key, value, "unknown key; accepted: " + ", ".join(names))
+        raise ScenarioError(source, key, value, _did_you_mean(key) + "unknown key; accepted: " + ", ".join(names))
 
 
-def resolve_key(key: str, source: str) -> str:
-    """The dotted key named by ``key`` ("nodes" -> "cluster.nodes" when unambiguous)."""
+def _natural(key: str) -> str | None:
+    """The dotted key a natural spelling means: "region.policy" or "policy.region"
+    -> "policies.region"; None if it names no key."""
+    a, _, b = key.partition(".")
+    for first, second in ((a, b), (b, a)):
+        if second in ("policy", "policies") and f"policies.{first}" in KEYS:
+            return f"policies.{first}"
+    return None
+
+
+def _did_you_mean(key: str) -> str:
+    """"did you mean 'cluster.nodes'? " for a near miss of a key (or its last part), else ""."""
+    names = list(KEYS) + sorted({k.rpartition(".")[2] for k in KEYS})
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+    natural = _natural(key)
+    if natural:
+        return f"did you mean {natural!r}? "
+    if not close:
+        return ""
+    found = close[0] if close[0] in KEYS else resolve_key(close[0], "", quiet=True) or close[0]
+    return f"did you mean {found!r}? "
+
+
+def resolve_key(key: str, source: str, quiet: bool = False) -> str:
+    """The dotted key named by ``key`` ("nodes" -> "cluster.nodes" when unambiguous;
+    natural spellings such as "region.policy" -> "policies.region").  ``quiet``:
+    None instead of the error for an unknown or ambiguous key."""
     if key in KEYS or key in SECTIONS:
         return key
-    matches = [k for k in KEYS if k.rpartition(".")[2] == key]
+    matches = [k for k in KEYS if k.rpartition(".")[2] == key] or [k for k in (_natural(key),) if k]
     if len(matches) == 1:
         return matches[0]
+    if quiet:
+        return None
     raise ScenarioError(source, key, _MISSING if not matches else key,
-                        "unknown key; accepted: " + ", ".join(KEYS) if not matches
+                        _did_you_mean(key) + "unknown key; accepted: " + ", ".join(KEYS) if not matches
                         else "ambiguous; write one of " + ", ".join(matches))
 
 
@@ -322,12 +350,17 @@ def _parse_vary(vary, source: str):
     if not isinstance(vary, dict):
         raise ScenarioError(source, "vary", vary, "a table of key = [values]")
     for key, options in vary.items():
+        if isinstance(options, dict):   # `policies.region = [...]` (dotted, unquoted) or [vary.policies]
+            yield from _parse_vary({f"{key}.{k}": v for k, v in options.items()}, source)
+            continue
         full = resolve_key(key, source)
         if not isinstance(options, list) or not options:
             raise ScenarioError(source, f"vary.{key}", options, "a non-empty list of values")
         if full in SECTIONS and not all(isinstance(o, dict) for o in options):
+            hint = [k for k in KEYS if k.rpartition(".")[2] == full]
             raise ScenarioError(source, f"vary.{key}", options,
-                                f"a list of tables of [{full}] keys, e.g. [{{...}}, {{...}}]")
+                                f"a list of tables of [{full}] keys, e.g. [{{...}}, {{...}}]"
+                                + (f"; to vary one key write {hint[0]} = {options!r}" if hint else ""))
         yield full, tuple(options)
 
 
