@@ -81,6 +81,9 @@ KEPT = "kept"          # still the owner, without a copy (the backing store has 
 # memfd, which reads as zeros; the frame is allocated by the first access.
 ZERO_FILL = b""
 
+# What a fault was, for the statistics (FCMPages.get_page).
+INCORE, COHERENCE, FIRST_TOUCH = 0, 1, 2
+
 
 class CoherenceManager:
     """What a page table asks of its coherence manager on one node.
@@ -160,8 +163,9 @@ class FCMPages:
     def get_page(self, page: int, want: int) -> bool:
         """Make ``page`` accessible here with at least ``want``; map it in the HAT.
 
-        Returns True if the manager granted it (a coherence fault, maybe
-        served locally), False if the copy was already here (an in-core fault).
+        Returns INCORE (0: the copy was already here), COHERENCE (the manager
+        granted it, maybe served locally) or FIRST_TOUCH (granted as zeros: the
+        first touch of anonymous memory anywhere); only INCORE is false.
         """
         if self.migrate:
             want = WRITE
@@ -174,10 +178,11 @@ class FCMPages:
                     wait(self.cond)
                 if self._access[page] >= want:
                     self._locked_map(page)
-                    return remote
+                    return COHERENCE if remote else INCORE
                 version = self._local_grant(page, want)
                 if version:
                     self._locked_install_owned(page, version, want)
+                    kind = FIRST_TOUCH if version == 1 else COHERENCE   # version 1: never held before
                     break
                 self.requesting[page] = 1
                 have = int(self.version[page]) if self._access[page] >= READ else -1
@@ -192,10 +197,10 @@ class FCMPages:
                     finally:
                         self.cond.notify_all()
             if installed:
-                return remote
+                return FIRST_TOUCH if grant.data is not None and not len(grant.data) else COHERENCE
         if self.manager.checking:
             self.manager.local_done(page)
-        return True
+        return kind
 
     def _locked_try_install(self, page: int, grant: Grant) -> bool:
         """Install a grant unless an invalidation overtook it; True if installed."""
@@ -413,7 +418,8 @@ class FCMRep(ClusteredRep, FCM):
         self.manager = self._make_manager(spec)
         self.pages = FCMPages(state.memory, spec.vpage, spec.npages, self.manager, state.frames,
                               migrate=spec.protocol == "migrate")
-        self.incore_faults = self.coherence_faults = 0
+        self.incore_faults = self.coherence_faults = self.first_touches = 0
+        self.read_faults = self.write_faults = 0
 
     def _make_manager(self, spec: FCMSpec):
         raise NotImplementedError
@@ -421,12 +427,18 @@ class FCMRep(ClusteredRep, FCM):
     # -- the fault path (local calls on the faulting node) -------------------
 
     def get_page(self, page: int, want: int) -> bool:
-        remote = self.pages.get_page(page, want)
-        if remote:
+        kind = self.pages.get_page(page, want)
+        if kind == COHERENCE:
             self.coherence_faults += 1
-        else:
+        elif kind == INCORE:
             self.incore_faults += 1
-        return remote
+        else:
+            self.first_touches += 1
+        if want == WRITE:               # counted here, on the faulting node, whatever the
+            self.write_faults += 1      # Region's policy (a singleton Region counts at home)
+        else:
+            self.read_faults += 1
+        return bool(kind)
 
     # -- protocol messages from other nodes ---------------------------------
 
@@ -456,7 +468,8 @@ class FCMRep(ClusteredRep, FCM):
 
     def statistics(self) -> FCMStatistics:
         return FCMStatistics(self.incore_faults, self.coherence_faults, self.pages.stale_grants,
-                             self.pages.resident())
+                             self.pages.resident(), first_touches=self.first_touches,
+                             read_faults=self.read_faults, write_faults=self.write_faults)
 
     def cleanup(self) -> None:
         """Give every frame of this object back (the region is gone)."""

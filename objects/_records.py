@@ -66,12 +66,15 @@ class FCMStatistics:
     """Faults and protocol work of one FCM rep (one node's cache of a memory object)."""
 
     incore_faults: int = 0     # the copy was already here: only the HAT mapping was missing
-    coherence_faults: int = 0  # needed the manager (a local grant, a request, a first touch)
+    coherence_faults: int = 0  # needed the manager (a local grant or a request), not a first touch
     stale_grants: int = 0      # grants discarded because an invalidation overtook them
     resident: int = 0          # pages this node holds a copy of now
     forwards: int = 0          # dynamic manager: requests forwarded along probOwner
     invalidations: int = 0     # dynamic manager: invalidations this rep sent as owner
     zero_fills: int = 0        # dynamic manager: first touches this rep zero-filled as owner
+    first_touches: int = 0     # faults here granted as zeros (first touch of anonymous memory)
+    read_faults: int = 0       # faults here that asked to read ...
+    write_faults: int = 0      # ... and to write (counted on the faulting node)
 
 
 @wire_record

@@ -158,3 +158,14 @@ def window_state():
             lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
             count += lo < mem.end and hi > mem.base
     return mem.backend, count, mem.hat.statistics().sheds
+
+
+def churn_pages(a, seconds):
+    """Write this node's word of every page in turn for ``seconds`` (write sharing with the others)."""
+    import time
+    me, n, t0 = td.current_node(), 0, time.monotonic()
+    pages = a.size // 512
+    while time.monotonic() - t0 < seconds:
+        a[(n % pages) * 512 + me] = n
+        n += 1
+    return n

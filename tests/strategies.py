@@ -31,3 +31,21 @@ def cobj_policies(nnodes: int):
 
 
 partition_keys = st.integers(min_value=-1000, max_value=1000) | st.text(max_size=8) | st.binary(max_size=8)
+
+# ---- synchronization (test_sync) --------------------------------------------------
+
+LOCK_KINDS = ("tas", "ttas", "backoff", "ticket", "anderson", "mcs", "server")
+BARRIER_KINDS = ("counter", "tree", "mcs", "tournament", "dissemination", "server")
+SYNC_PADDINGS = ("page", "word")
+
+lock_kinds = st.sampled_from(LOCK_KINDS)
+barrier_kinds = st.sampled_from(BARRIER_KINDS)
+sync_paddings = st.sampled_from(SYNC_PADDINGS)
+
+
+@st.composite
+def sync_shapes(draw, max_nodes: int = 3, max_threads: int = 2):
+    """Threads per node of a run on nodes 0..n-1: a list of n counts, each in
+    1..max_threads (n in 1..max_nodes), so the parties need not be a power of two."""
+    n = draw(st.integers(min_value=1, max_value=max_nodes))
+    return draw(st.lists(st.integers(min_value=1, max_value=max_threads), min_size=n, max_size=n))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -24,7 +27,7 @@ class TestRun:
     def test_results_in_node_thread_order(self, vm_cluster):
         """run() returns one result per (node, thread), ordered, and each call knows where it runs."""
         assert vm_cluster.run(progs.where_am_i) == [(n, t) for n in range(3) for t in range(2)]
-        assert vm_cluster.run(progs.where_am_i, nodes=[2, 0], threads=1) == [(2, 0), (0, 0)]
+        assert vm_cluster.run(progs.where_am_i, on=[2, 0], threads=1) == [(2, 0), (0, 0)]
 
     def test_exception_names_node_and_thread(self, vm_cluster):
         """A node's exception is re-raised in the caller with node and thread named."""
@@ -35,13 +38,76 @@ class TestRun:
     @pytest.mark.parametrize("nodes", ["some", 3, [0, 5], [], True])
     def test_bad_nodes(self, vm_cluster, nodes):
         """Bad node choices name what is accepted."""
-        with pytest.raises(ValueError, match="nodes must be"):
-            vm_cluster.run(progs.where_am_i, nodes=nodes)
+        with pytest.raises(ValueError, match="on must be"):
+            vm_cluster.run(progs.where_am_i, on=nodes)
 
-    def test_lambda_refused(self, vm_cluster):
-        """Only module-level functions can run on other nodes."""
-        with pytest.raises(TypeError, match="module-level"):
-            vm_cluster.run(lambda: 1)
+    def test_non_callable_refused(self, vm_cluster):
+        """Something that is not callable is refused before any node runs it."""
+        with pytest.raises(TypeError, match="needs a callable, not int"):
+            vm_cluster.run(3)
+
+
+class TestFunctionsFromAnywhere:
+    def test_lambda_and_closure_run_by_value(self, vm_cluster):
+        """A lambda and a closure over local values run on every node."""
+        offset = 40
+        assert vm_cluster.run(lambda: td.current_node() + offset, threads=1) == [40, 41, 42]
+
+    def test_arrays_inside_containers_and_closures_are_shared(self, vm_cluster):
+        """A shared array in a list argument or captured by a closure arrives as a view, not a copy."""
+        a = vm_cluster.zeros(8, np.int64)
+
+        def mark(arrays):
+            arrays[0][td.current_node()] = 10 + td.current_node()
+            a[4 + td.current_node()] = 20 + td.current_node()
+        vm_cluster.run(mark, [a], threads=1)
+        assert a.tolist() == [10, 11, 12, 0, 20, 21, 22, 0]
+        vm_cluster.free(a)
+
+
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_program_without_a_file_runs(tmp_path, how):
+    """A program given with `python -c` or on stdin runs functions it defines on the nodes."""
+    program = ("import tornado_dsm as td\n"
+               "def where(): return td.current_node()\n"
+               "with td.Cluster(nodes=2, timeout=60) as c:\n"
+               "    print(c.run(where), c.run(lambda: 7))\n")
+    args = [sys.executable, "-c", program] if how == "-c" else [sys.executable, "-"]
+    r = subprocess.run(args, input=None if how == "-c" else program, capture_output=True, text=True,
+                       timeout=100, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[0, 1] [7, 7]"
+
+
+def test_script_without_main_guard_says_so(tmp_path):
+    """A script that makes a cluster at import fails in one clear line naming the guard."""
+    script = tmp_path / "unguarded.py"
+    script.write_text("import tornado_dsm as td\nwith td.Cluster(nodes=2) as c:\n    pass\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    assert r.stderr.count('if __name__ == "__main__":') == 2   # the node's line and the error
+    assert "An attempt has been made to start a new process" not in r.stderr
+
+
+def test_jupyter_kernel_runs_cell_functions(tmp_path):
+    """Functions defined in a notebook cell run on the nodes (a real Jupyter kernel)."""
+    manager = pytest.importorskip("jupyter_client.manager", reason="jupyter_client is not installed")
+    pytest.importorskip("ipykernel", reason="no Jupyter kernel (ipykernel) is installed")
+    km, kc = manager.start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        code = ("import tornado_dsm as td\n"
+                "def square(x): return x * x + td.current_node()\n"
+                "with td.Cluster(nodes=2, timeout=60) as c:\n"
+                "    print(c.run(square, 3))\n")
+        out = []
+        reply = kc.execute_interactive(code, timeout=100, output_hook=lambda m: out.append(m))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        text = "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
+        assert text.strip() == "[9, 10]"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
 
 
 class TestArrays:
@@ -119,7 +185,7 @@ class TestMapFile:
         with new_cluster(2, policies={"region": "singleton"}) as c:
             b = c.map_file(path, (2, 512), np.float64, mode="r")
             with pytest.raises(td.SegmentationFault, match="write to a read-only region"):
-                c.run(progs.fill_rows, b, 1.0, nodes=[1])
+                c.run(progs.fill_rows, b, 1.0, on=[1])
 
     def test_short_file(self, tmp_path, vm_cluster):
         """A file shorter than the mapping is refused, naming both sizes."""
@@ -193,3 +259,103 @@ class TestClosed:
         c.close()
         with pytest.raises(RuntimeError, match="closed"):
             c.node_set
+
+
+class TestClosed:
+    @pytest.mark.parametrize("call", [
+        lambda c, a: c.zeros(4), lambda c, a: c.run(len, [1]), lambda c, a: c.statistics(),
+        lambda c, a: c.inspect(), lambda c, a: c.flush(a), lambda c, a: c.free(a), lambda c, a: c.lock(),
+        lambda c, a: c.barrier(2), lambda c, a: c.drop_mappings(a), lambda c, a: c.arrays(),
+        lambda c, a: c.lost_nodes(), lambda c, a: c.map_file("x", 4)])
+    def test_every_call_says_closed(self, call):
+        """After close(), every call says the cluster is closed (never a lost node or a dangling array)."""
+        c = new_cluster(2)
+        a = c.zeros(4)
+        c.close()
+        with pytest.raises(RuntimeError, match="this cluster is closed"):
+            call(c, a)
+
+    def test_lock_of_a_closed_cluster(self):
+        """A lock and a barrier used after their cluster closed say so."""
+        c = new_cluster(2)
+        lock, barrier = c.lock("ttas"), c.barrier(1, "counter")
+        c.close()
+        with pytest.raises(RuntimeError, match="belongs to a cluster that is closed"):
+            lock.acquire()
+        with pytest.raises(RuntimeError, match="belongs to a cluster that is closed"):
+            barrier.wait()
+
+
+def _fill_and_sum(a):
+    a[:] = 3
+    return int(a.sum())
+
+
+class TestMemoryBudget:
+    def test_one_array_larger_than_all_memory_pages(self):
+        """memory_per_node is a frame budget, not an admission limit: an array larger than every
+        node's memory together is admitted and works (it pages to the backing store)."""
+        with new_cluster(2, memory_per_node=4 * 4096) as c:
+            a = c.zeros(16 * 512, np.int64)            # 16 pages, the nodes hold 8 together
+            assert c.run(_fill_and_sum, a, on=[1]) == [3 * 16 * 512]
+            assert int(a.sum()) == 3 * 16 * 512
+            assert c.statistics().total.evicted_owned > 0
+
+
+class TestStatistics:
+    def test_first_touches_are_their_own_kind(self):
+        """On one node, zero-filled first touches count as first touches, never as coherence faults."""
+        with new_cluster(1) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.write_pages, a, 1)
+            t = c.statistics().total
+            assert (t.first_touch_faults, t.coherence_faults, t.faults, t.write_faults) == (8, 0, 8, 8)
+
+    def test_a_stub_node_counts_its_own_faults(self):
+        """With a singleton Region, each faulting node reports its own reads and faults, not the home."""
+        with new_cluster(3, policies={"region": "singleton"}) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.sum_pages, a, on=[2], threads=1)
+            n = c.statistics().nodes
+            assert (n[2].read_faults, n[2].faults, n[2].resident_pages) == (8, 8, 8)
+            assert (n[0].read_faults, n[1].read_faults) == (0, 0)
+
+    def test_reset_and_measure_give_one_phase(self):
+        """statistics(reset=True) and measure() count only what happened after them."""
+        with new_cluster(2) as c:
+            a = c.zeros(8 * 512, np.int64)
+            c.run(progs.write_pages, a, 1, on=[0], threads=1)
+            assert c.statistics(reset=True).total.write_faults == 8
+            with c.measure() as m:
+                c.run(progs.sum_pages, a, on=[1], threads=1)
+            assert (m.statistics.total.read_faults, m.statistics.total.write_faults) == (8, 0)
+            assert m.seconds > 0
+            assert c.statistics().total.read_faults == 8       # since the reset
+
+    def test_prints_as_a_short_table(self):
+        """print(statistics) is one header, one row per node and a total; repr is one line."""
+        with new_cluster(3) as c:
+            c.run(progs.write_pages, c.zeros(4 * 512, np.int64), 1, on=[1], threads=1)
+            s = c.statistics()
+            lines = str(s).splitlines()
+            assert len(lines) == 5 and lines[0].split()[:4] == ["node", "faults", "read", "write"]
+            assert lines[-1].split()[:2] == ["total", "4"]
+            assert "\n" not in repr(s) and "histogram" not in repr(s)
+
+
+class TestRunOn:
+    def test_nodes_keyword_still_works_with_a_warning(self):
+        """run(nodes=...) still chooses nodes, with a DeprecationWarning naming on=."""
+        with new_cluster(2) as c:
+            with pytest.warns(DeprecationWarning, match=r"run\(on=\.\.\.\)"):
+                assert c.run(progs.where_am_i, nodes=[1], threads=1) == [(1, 0)]
+            with pytest.raises(TypeError, match="not both"):
+                c.run(progs.where_am_i, on=[1], nodes=[1])
+
+
+class TestPolicyNames:
+    def test_inspect_shows_the_name_given(self):
+        """Cluster(policies={"process": "per_node"}) and the old "replicated" both show as per_node."""
+        for name in ("per_node", "replicated"):
+            with new_cluster(2, policies={"process": name}) as c:
+                assert {o.policy for o in c.inspect().objects if o.name == "process"} == {"per_node"}

@@ -41,13 +41,13 @@ class TestSequentialModel:
             @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
                   i=st.integers(0, WORDS - 1))
             def read(self, node, thread, i):
-                got = protocol_cluster.run(progs.read_word, self.a, i, thread, nodes=node, threads=THREADS)
+                got = protocol_cluster.run(progs.read_word, self.a, i, thread, on=node, threads=THREADS)
                 assert got[thread] == self.model[i]
 
             @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
                   i=st.integers(0, WORDS - 1), value=st.integers(-(2**63), 2**63 - 1))
             def write(self, node, thread, i, value):
-                protocol_cluster.run(progs.write_word, self.a, i, value, thread, nodes=node, threads=THREADS)
+                protocol_cluster.run(progs.write_word, self.a, i, value, thread, on=node, threads=THREADS)
                 self.model[i] = value
 
             def teardown(self):
@@ -80,11 +80,11 @@ class TestMessageCounts:
             a = c.zeros((512 * 3,), np.int64)   # page 0: fixed manager is node 0
             al = _alloc_of(c, a)
             oids = [o for o in (al.fcm, al.directory) if o]
-            c.run(progs.write_word, a, 0, 7, 0, nodes=1, threads=1)      # node 1 owns page 0
-            c.run(progs.read_word, a, 1, 0, nodes=2, threads=1)          # warm the stubs of node 2
-            c.run(progs.write_word, a, 0, 8, 0, nodes=1, threads=1)      # invalidate node 2 again
+            c.run(progs.write_word, a, 0, 7, 0, on=1, threads=1)      # node 1 owns page 0
+            c.run(progs.read_word, a, 1, 0, on=2, threads=1)          # warm the stubs of node 2
+            c.run(progs.write_word, a, 0, 8, 0, on=1, threads=1)      # invalidate node 2 again
             before = remote_calls(c, oids)
-            assert c.run(progs.read_word, a, 0, 0, nodes=2, threads=1) == [8]
+            assert c.run(progs.read_word, a, 0, 0, on=2, threads=1) == [8]
             messages = 2 * (remote_calls(c, oids) - before)
         # centralized/fixed: 2->M, M->1, 1->M, M->2; dynamic: 2->1 (exact hint), 1->2
         assert messages == (4 if manager != "dynamic" else 2)
@@ -95,11 +95,11 @@ class TestMessageCounts:
             a = c.zeros((512 * 4,), np.int64)
             al = _alloc_of(c, a)
             oids = [o for o in (al.fcm, al.directory) if o]
-            c.run(progs.write_word, a, 0, 1, 0, nodes=1, threads=1)      # owner: node 1
-            c.run(progs.read_word, a, 0, 0, nodes=[2, 3], threads=1)     # readers: 2 and 3
-            c.run(progs.read_word, a, 0, 0, nodes=0, threads=1)          # and node 0
+            c.run(progs.write_word, a, 0, 1, 0, on=1, threads=1)      # owner: node 1
+            c.run(progs.read_word, a, 0, 0, on=[2, 3], threads=1)     # readers: 2 and 3
+            c.run(progs.read_word, a, 0, 0, on=0, threads=1)          # and node 0
             before = remote_calls(c, oids)
-            c.run(progs.write_word, a, 0, 2, 0, nodes=3, threads=1)      # node 3 writes
+            c.run(progs.write_word, a, 0, 2, 0, on=3, threads=1)      # node 3 writes
             messages = 2 * (remote_calls(c, oids) - before)
         # centralized (manager 0 = a reader): 3->0, invalidate 2 (node 0's is local), 0->1 transfer = 6
         # dynamic (node 3's hint is owner 1): 3->1, invalidate 0 and 2, = 6

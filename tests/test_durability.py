@@ -56,7 +56,7 @@ class TestCloseWritesBack:
         with pytest.raises(KeyError, match="boom"):
             with new_cluster(2) as c:
                 a = c.map_file(four_pages, (4 * PAGE_WORDS,), np.int64)
-                c.run(progs.write_page_words, a, [0, 3], 7, nodes=[1])
+                c.run(progs.write_page_words, a, [0, 3], 7, on=[1])
                 raise KeyError("boom")
         assert words(four_pages).tolist() == [7, 101, 102, 7]
 
@@ -64,9 +64,9 @@ class TestCloseWritesBack:
         """A page written, flushed and written again is flushed again, and close writes a third write."""
         with new_cluster(2) as c:
             a = c.map_file(four_pages, (4 * PAGE_WORDS,), np.int64)
-            c.run(progs.write_page_words, a, [1], 1, nodes=[1])
+            c.run(progs.write_page_words, a, [1], 1, on=[1])
             assert c.flush(a) == 1
-            c.run(progs.write_page_words, a, [1], 2, nodes=[1])
+            c.run(progs.write_page_words, a, [1], 2, on=[1])
             assert c.flush(a) == 1
             assert words(four_pages).tolist() == [100, 2, 102, 103]
             a[PAGE_WORDS] = 3
@@ -92,9 +92,9 @@ class TestCloseDiscard:
         c = new_cluster(2)
         try:
             a = c.map_file(four_pages, (4 * PAGE_WORDS,), np.int64)
-            c.run(progs.write_page_words, a, [0], 5, nodes=[1])
+            c.run(progs.write_page_words, a, [0], 5, on=[1])
             c.flush(a)
-            c.run(progs.write_page_words, a, [0, 2], 6, nodes=[1])
+            c.run(progs.write_page_words, a, [0, 2], 6, on=[1])
         finally:
             c.close(discard=True)
         assert words(four_pages).tolist() == [5, 101, 102, 103]
@@ -108,10 +108,10 @@ class TestCrashAfterFlush:
         later writes, stops every node, and raises WriteBackError naming the array and the lost node."""
         with new_cluster(3) as c:
             a = c.map_file(four_pages, (4 * PAGE_WORDS,), np.int64)
-            c.run(progs.write_page_words, a, [0, 1, 2, 3], 5, nodes=[1])
+            c.run(progs.write_page_words, a, [0, 1, 2, 3], 5, on=[1])
             assert c.flush(a) == 4
-            c.run(progs.write_page_words, a, [0, 1], 6, nodes=[1])   # lost with node 1
-            c.run(progs.write_page_words, a, [2, 3], 7, nodes=[2])   # node 2 survives
+            c.run(progs.write_page_words, a, [0, 1], 6, on=[1])   # lost with node 1
+            c.run(progs.write_page_words, a, [2, 3], 7, on=[2])   # node 2 survives
             os.kill(c.node_set.pids[1], signal.SIGKILL)
             with pytest.raises(td.WriteBackError, match="node 1") as info:
                 c.close()
@@ -123,9 +123,9 @@ class TestCrashAfterFlush:
         with pytest.raises(KeyError, match="boom") as info:
             with new_cluster(2) as c:
                 a = c.map_file(four_pages, (4 * PAGE_WORDS,), np.int64)
-                c.run(progs.write_page_words, a, [0], 5, nodes=[1])
+                c.run(progs.write_page_words, a, [0], 5, on=[1])
                 c.flush(a)
-                c.run(progs.write_page_words, a, [0], 6, nodes=[1])
+                c.run(progs.write_page_words, a, [0], 6, on=[1])
                 os.kill(c.node_set.pids[1], signal.SIGKILL)
                 raise KeyError("boom")
         assert any("WriteBackError" in note and str(four_pages) in note for note in info.value.__notes__)
@@ -186,14 +186,14 @@ class TestUseAfterFree:
         even on a node that had the page mapped; the new array is unaffected everywhere."""
         with new_cluster(3) as c:
             old = c.zeros((PAGE_WORDS,), np.int64)
-            c.run(progs.write_word, old, 0, 5, 0, nodes=[1])  # node 1 maps and owns the page
+            c.run(progs.write_word, old, 0, 5, 0, on=[1])  # node 1 maps and owns the page
             c.free(old)
             new = c.zeros((PAGE_WORDS,), np.int64)
             with pytest.raises(td.SegmentationFault, match=FREED) as info:
-                c.run(progs.write_word, old, 0, 99, 0, nodes=[1])
+                c.run(progs.write_word, old, 0, 99, 0, on=[1])
             assert info.value.node == 1
             with pytest.raises(td.SegmentationFault, match=FREED):
-                c.run(progs.read_word, old, 0, 0, nodes=[2])
+                c.run(progs.read_word, old, 0, 0, on=[2])
             assert c.run(progs.read_word, new, 0, 0) == [0, 0, 0]
 
     def test_api_refuses_a_stale_view_after_reuse(self):
@@ -208,7 +208,7 @@ class TestUseAfterFree:
             with pytest.raises(ValueError, match=r"use after free: .*'array0'.* was freed"):
                 c.free(old[1:])
             with pytest.raises(ValueError, match=r"use after free: .*'array0'.* was freed"):
-                c.run(progs.write_word, old, 0, 99, 0, nodes=[1])
+                c.run(progs.write_word, old, 0, 99, 0, on=[1])
             assert c.run(progs.read_word, new, 0, 0) == [3, 3]
             assert [address(x) for x in c.arrays()] == [address(new)]
             # a view made from the address alone cannot be told apart: it is the new array

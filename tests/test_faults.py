@@ -59,10 +59,10 @@ class TestRelay:
         """A delayed link makes calls slower, never wrong."""
         with relayed_cluster() as (c, relays):
             a = c.zeros((512,), np.int64)
-            c.run(failprogs.fill, a, 1, nodes=1)
+            c.run(failprogs.fill, a, 1, on=1)
             relays[2].set_delay(0.05)
             start = time.monotonic()
-            assert c.run(failprogs.total, a, nodes=2) == [512]
+            assert c.run(failprogs.total, a, on=2) == [512]
             assert time.monotonic() - start >= 0.1
 
     def test_drop_loses_the_node_cleanly(self):

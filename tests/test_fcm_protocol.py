@@ -330,6 +330,5 @@ MACHINES = [ProtocolMachine, MigrateMachine, DynamicMachine, MigrateDynamicMachi
 
 @pytest.mark.parametrize("machine", MACHINES, ids=[m.__name__ for m in MACHINES])
 def test_protocol_machine(machine, backend):
-    """Random reads, writes and mapping drops from random nodes (with evictions where frames are
-    short) read what a sequential memory would, and IVY's invariants hold after every step."""
+    """Random reads, writes, mapping drops and evictions read what a sequential memory would, coherent after each step."""
     run_state_machine_as_test(lambda: machine(backend), settings=_settings)

@@ -128,7 +128,6 @@ class WindowMachine(RuleBasedStateMachine):
 
 
 def test_window_machine(backend):
-    """Random reads, writes, grants, unmaps and releases from several threads keep the HAT's
-    array equal to the model's protections and the frames equal to the model's contents."""
+    """Random accesses and protection changes from several threads keep the HAT and the frames equal to the model."""
     run_state_machine_as_test(lambda: WindowMachine(backend),
                               settings=settings(max_examples=60, stateful_step_count=40, deadline=None))

@@ -115,23 +115,23 @@ def _setup(cluster, name, layout):
 
 
 def _final(cluster, a, words, final):
-    values = cluster.run(progs.read_words, a, [words[X], words[Y]], nodes=0, threads=1)[0]
+    values = cluster.run(progs.read_words, a, [words[X], words[Y]], on=0, threads=1)[0]
     return dict(zip((X, Y), values))
 
 
 def _schedule(cluster, a, programs, words, final, schedule):
     """Run the ops one at a time in ``schedule`` order, each on its thread's node."""
-    cluster.run(progs.reset_words, a, list(words.values()), nodes=0, threads=1)
+    cluster.run(progs.reset_words, a, list(words.values()), on=0, threads=1)
     pcs, regs = [0] * len(programs), [[] for _ in programs]
     for t in schedule:
         op = programs[t][pcs[t]]
         pcs[t] += 1
-        regs[t] += cluster.run(progs.litmus_thread, a, [op], [0], nodes=t, threads=1)[0]
+        regs[t] += cluster.run(progs.litmus_thread, a, [op], [0], on=t, threads=1)[0]
     return _key(regs, _final(cluster, a, words, final), final)
 
 
 def _iterate(cluster, a, programs, words, final, pool, rnd):
-    cluster.run(progs.reset_words, a, list(words.values()), nodes=0, threads=1)
+    cluster.run(progs.reset_words, a, list(words.values()), on=0, threads=1)
     futures = []
     for t, ops in enumerate(programs):
         delays = [rnd.randrange(0, 2000) if rnd.random() < 0.5 else 0 for _ in ops]

@@ -143,8 +143,7 @@ class TestMapLimit:
         assert "vm.max_map_count" in r.stdout and "backend='uffd'" in r.stdout
 
     def test_fault_at_the_limit_raises_once(self):
-        """On mprotect, a fault at the map limit raises one MemoryLayoutError in the faulting thread, with
-        no traceback printed, and the window goes on (its mappings shed, later faults resolve)."""
+        """On mprotect, a fault at the map limit raises one MemoryLayoutError, prints nothing, and the window goes on."""
         r = run_script("""
             import numpy as np
             from tornado_dsm.kernel import NodeMemory, KernelPager, MemoryLayoutError, trap

@@ -33,7 +33,7 @@ def _await_lost(c, node: int, seconds: float = 10) -> None:
 
 def _crash(c, node: int) -> None:
     with pytest.raises(td.NodeLost):
-        c.run(failprogs.crash_outside_window, nodes=node)
+        c.run(failprogs.crash_outside_window, on=node)
 
 
 class TestRunTimeout:
@@ -54,7 +54,7 @@ class TestRunTimeout:
             try:
                 with pytest.raises(TimeoutError, match=r"node 2 \(no answer"):
                     c.run(failprogs.nap, 0.01, timeout=0.5)
-                assert c.run(failprogs.nap, 0.01, nodes=[0, 1], timeout=5) == [0.01, 0.01]
+                assert c.run(failprogs.nap, 0.01, on=[0, 1], timeout=5) == [0.01, 0.01]
             finally:
                 start = time.monotonic()
                 c.close()
@@ -79,7 +79,7 @@ class TestCrashReport:
         """A segfault in user code on a node is reported with its signal and last Python frame."""
         with new_cluster(3) as c:
             with pytest.raises(td.NodeLost, match="node 2 is lost"):
-                c.run(failprogs.crash_outside_window, nodes=2)
+                c.run(failprogs.crash_outside_window, on=2)
             reason = c.lost_nodes()[2]
             assert "SIGSEGV" in reason and "last Python frame" in reason and "string_at" in reason
             assert c.node_status() == {0: "alive", 1: "alive", 2: f"lost: {reason}"}
@@ -90,7 +90,7 @@ class TestCrashReport:
             os.kill(c.run(failprogs.pid)[1], signal.SIGKILL)
             _await_lost(c, 1)
             with pytest.raises(td.NodeLost, match="killed by SIGKILL"):
-                c.run(failprogs.pid, nodes=1)
+                c.run(failprogs.pid, on=1)
 
 
 class TestSurvivors:
@@ -99,16 +99,16 @@ class TestSurvivors:
         """After a crash, 'all' means the survivors, allocation works and untouched data is exact."""
         with new_cluster(3, manager=manager) as c:
             kept = c.zeros((8 * WORDS,), np.int64)
-            c.run(failprogs.fill, kept, 7, nodes=1)
+            c.run(failprogs.fill, kept, 7, on=1)
             _crash(c, 2)
             assert len(c.run(failprogs.pid)) == 2
             fresh = c.zeros((4,), np.int64)
-            c.run(failprogs.fill, fresh, 3, nodes=1)
+            c.run(failprogs.fill, fresh, 3, on=1)
             assert fresh.tolist() == [3, 3, 3, 3]
             if manager == "fixed":   # page p's directory slice lives on node p mod 3
                 assert c.lost_arrays().get("array0") == 2
             else:
-                assert c.run(failprogs.total, kept, nodes=[0, 1]) == [7 * 8 * WORDS] * 2
+                assert c.run(failprogs.total, kept, on=[0, 1]) == [7 * 8 * WORDS] * 2
                 assert "array0" not in c.lost_arrays()
 
     @pytest.mark.parametrize("manager", MANAGERS)
@@ -116,22 +116,22 @@ class TestSurvivors:
         """Pages owned by the lost node are reported by lost_arrays and fault naming the array."""
         with new_cluster(3, manager=manager) as c:
             a = c.zeros((8 * WORDS,), np.int64)
-            c.run(failprogs.fill, a, 5, nodes=2)
+            c.run(failprogs.fill, a, 5, on=2)
             _crash(c, 2)
             assert c.lost_arrays() == {"array0": 8}
             with pytest.raises(td.SegmentationFault, match="array 'array0'.*node 2 is lost"):
-                c.run(failprogs.total, a, nodes=1)
+                c.run(failprogs.total, a, on=1)
 
     @pytest.mark.parametrize("manager", MANAGERS)
     def test_lost_reader_is_not_waited_for(self, manager):
         """A write to a page whose reader died succeeds: a lost copy needs no invalidation."""
         with new_cluster(3, manager=manager) as c:
             a = c.zeros((WORDS,), np.int64)
-            c.run(failprogs.fill, a, 1, nodes=1)
-            c.run(failprogs.total, a, nodes=2)   # node 2 joins the copyset
+            c.run(failprogs.fill, a, 1, on=1)
+            c.run(failprogs.total, a, on=2)   # node 2 joins the copyset
             _crash(c, 2)
-            assert c.run(failprogs.fill, a, 9, nodes=0) == [9]
-            assert c.run(failprogs.total, a, nodes=1) == [9 * WORDS]
+            assert c.run(failprogs.fill, a, 9, on=0) == [9]
+            assert c.run(failprogs.total, a, on=1) == [9 * WORDS]
 
 
 _HOLD = """

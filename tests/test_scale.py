@@ -22,12 +22,11 @@ with open("/proc/sys/vm/max_map_count") as _f:
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
 def test_interleaved_writers_on_uffd(backend):
-    """On uffd, two nodes writing alternate pages of 80,000 all succeed, every page holds its
-    writer's id, and each node's window stays a handful of kernel mappings."""
+    """On uffd, two nodes writing alternate pages of 80,000 succeed, and each window stays a few kernel mappings."""
     with new_cluster(3, size=WINDOW, backend=backend) as c:
         a = c.zeros((PAGES * 512,), np.float64)
-        assert c.run(progs.write_every_other_page, a, 1, nodes=[1, 2]) == [PAGES // 2] * 2
-        assert c.run(progs.pages_holding_node, a, 1, nodes=[1, 2]) == [PAGES // 2] * 2
+        assert c.run(progs.write_every_other_page, a, 1, on=[1, 2]) == [PAGES // 2] * 2
+        assert c.run(progs.pages_holding_node, a, 1, on=[1, 2]) == [PAGES // 2] * 2
         states = c.node_set.run_on_each([1, 2], progs.window_state)
         assert all(b == "uffd" and maps <= 3 and sheds == 0 for b, maps, sheds in states), states
         firsts = a.reshape(-1, 512)[:SAMPLE, 0]
@@ -37,12 +36,11 @@ def test_interleaved_writers_on_uffd(backend):
 @pytest.mark.skipif(MAX_MAP_COUNT > PAGES, reason=f"vm.max_map_count is {MAX_MAP_COUNT}: a node's "
                     f"{PAGES // 2} alternating pages fit (tests may not lower the sysctl)")
 def test_interleaved_writers_hit_the_limit_on_mprotect(capfd):
-    """On mprotect, the writers get one clear MemoryLayoutError advising uffd, no traceback is
-    printed anywhere, and the nodes go on serving: node 0 reads what they wrote before it."""
+    """On mprotect, the writers get one MemoryLayoutError advising uffd, nothing printed, and the nodes go on serving."""
     with new_cluster(3, size=WINDOW, backend="mprotect") as c:
         a = c.zeros((PAGES * 512,), np.float64)
         with pytest.raises(td.MemoryLayoutError) as info:
-            c.run(progs.write_every_other_page, a, 1, nodes=[1, 2])
+            c.run(progs.write_every_other_page, a, 1, on=[1, 2])
         message = str(info.value)
         assert "vm.max_map_count" in message and "backend='uffd'" in message
         states = c.node_set.run_on_each([1, 2], progs.window_state)

@@ -30,6 +30,9 @@ REDUCED = {
     "jacobi": ["pages=8", "repeats=2"],
     "matmul": ["n=32", "block=16", "repeats=1"],
     "producer-consumer": ["pages=8", "repeats=1"],
+    # one kind on 2 nodes (tests/test_scenario_sync.py runs every kind)
+    "locks": ["lock=mcs", "padding=page", "nodes=2", "seconds=0.05", "repeats=1", "ops=20"],
+    "barriers": ["barrier=tree", "nodes=2", "ops=5", "repeats=1"],
 }
 
 
@@ -67,7 +70,7 @@ def test_acceptance_replicated_vs_singleton():
     fault on the non-home node, and replicated serve more faults per second (same run)."""
     _s, runs = run("tornado-infault", sets=["nodes=2", "pages=32"])
     replicated, singleton = runs
-    assert replicated.params["policies.process"] == "replicated"
+    assert replicated.params["policies.process"] == "per_node"
     for obj in ("process", "region"):
         assert replicated.ppc_calls(obj, "remote") == 0
         assert singleton.ppc_per_fault_off_home(obj) >= 1

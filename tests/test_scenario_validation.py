@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tornado_dsm._barriers import KINDS as BARRIER_KINDS
 from tornado_dsm._barriers import words_needed as barrier_words
+from tornado_dsm._locks import KINDS as LOCK_KINDS
+from tornado_dsm._locks import words_needed as lock_words
 from tornado_dsm._cli import main
 from tornado_dsm._scenario_config import KEYS, ScenarioError, from_dict, load, physical_memory
 from tornado_dsm._scenario_run import RunContext, plan_runs, run_scenario
@@ -100,7 +103,7 @@ class AllocationCounter:
     def __init__(self, s) -> None:
         self.s, self.pages = s, 0
         self.cluster = types.SimpleNamespace(run=lambda *a, **k: [], drop_mappings=lambda *a, **k: [],
-                                             barrier=self.barrier)
+                                             barrier=self.barrier, lock=self.lock)
 
     params = RunContext.params  # the drivers' real parameters
 
@@ -111,13 +114,23 @@ class AllocationCounter:
     def step(self, *args, **kwargs) -> list:
         return []
 
-    def barrier(self, parties: int, kind: str = "tree", padding: str = "page") -> None:
-        self.pages += words_layout(padding, barrier_words(kind, parties))[1]
+    def barrier(self, parties: int, kind: str = "tree", padding: str = "page"):
+        return self._sync(kind, words_layout(padding, barrier_words(kind, parties))[1])
+
+    def lock(self, kind: str = "mcs", padding: str = "page", threads: int | None = None):
+        return self._sync(kind, words_layout(padding, lock_words(kind, threads))[1])
+
+    def _sync(self, kind: str, pages: int):
+        """A stand-in lock or barrier of ``pages`` pages (what the drivers read of one)."""
+        self.pages += pages
+        return types.SimpleNamespace(kind=kind, name=f"{kind} stand-in",
+                                     space=types.SimpleNamespace(uid=0, npages=pages))
 
 
 @st.composite
 def small_scenarios(draw):
-    """A valid scenario of any kind with small sizes (matmul's block divides n)."""
+    """A valid scenario of any kind with small sizes (matmul's block divides n; every
+    lock and barrier kind and padding)."""
     kind = draw(st.sampled_from(sorted(DRIVERS)))
     n = draw(st.integers(2, 100))
     doc = {"cluster": {"nodes": draw(st.integers(2 if kind == "ping-pong" else 1, 4)),
@@ -131,6 +144,9 @@ def small_scenarios(draw):
     if kind in ("jacobi", "producer-consumer"):
         doc["workload"].update(steps=draw(st.sampled_from(["barrier", "run"])),
                                barrier=draw(st.sampled_from(["counter", "tree", "dissemination"])))
+    if kind in ("lock", "barrier"):
+        doc["workload"]["padding"] = draw(st.sampled_from(["page", "word"]))
+        doc["workload"][kind] = draw(st.sampled_from(LOCK_KINDS if kind == "lock" else BARRIER_KINDS))
     return from_dict(doc)
 
 

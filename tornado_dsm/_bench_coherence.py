@@ -166,13 +166,13 @@ def _collect_ivy(args) -> dict:
                     add("local upgrade", upgrade)
                     add("in-core fault", incore)
                 a = c.zeros((args.pages * PAGE,), np.uint8)
-                c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
+                c.run(progs.touch_pages, a, 1, on=1, threads=1)
                 remote = _touch(a, 0)
                 if keep:
                     add("remote read fault", remote)
                 for k in range(1, args.nodes - 1):
-                    c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
-                    c.run(progs.touch_pages, a, 0, nodes=list(range(2, 2 + k)), threads=1)
+                    c.run(progs.touch_pages, a, 1, on=1, threads=1)
+                    c.run(progs.touch_pages, a, 0, on=list(range(2, 2 + k)), threads=1)
                     ns = _touch(a, 1)
                     if keep:
                         add(f"invalidate {k}", ns)
@@ -191,7 +191,7 @@ def _collect_migrate(args) -> dict:
                     base=DEFAULT_BASE + (8 << 30)) as c:
         a = c.zeros((args.pages * PAGE,), np.uint8)
         for r in range(args.rounds + 1):
-            c.run(progs.touch_pages, a, 1, nodes=1, threads=1)
+            c.run(progs.touch_pages, a, 1, on=1, threads=1)
             ns = _touch(a, 1)
             if r:
                 runs.append(ns)

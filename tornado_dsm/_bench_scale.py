@@ -76,7 +76,7 @@ def _interleaved(backend: str, sizes: list) -> list[BenchResult]:
             name = f"{backend}: interleaved writers, {n} pages ({n * PAGE >> 20} MiB), per fault"
             a = c.zeros((n * PAGE,), np.uint8)
             try:
-                done = c.run(progs.touch_every_other_page, a, 1, nodes=[1, 2])
+                done = c.run(progs.touch_every_other_page, a, 1, on=[1, 2])
             except MemoryLayoutError:
                 out.append(BenchResult(name=name, median_us=0.0, p90_us=0.0,
                                        note="stopped at vm.max_map_count (MemoryLayoutError)"))

@@ -127,7 +127,7 @@ class Trial:
         live = [n for n in range(3) if n not in lost]
         fresh = c.zeros((PAGES * progs.WORDS,), np.int64)
         pages = self._live_pages(c, lost)
-        rounds = self._call(lambda: c.run(progs.hammer, fresh, pages, AFTER, nodes=live), "survivors")
+        rounds = self._call(lambda: c.run(progs.hammer, fresh, pages, AFTER, on=live), "survivors")
         if rounds:
             self._count_lost(fresh, pages, sum(rounds))
         self._check_residue(c, lost, live)
@@ -161,7 +161,7 @@ class Trial:
     def _check_residue(self, c, lost: list, live: list) -> None:
         if not lost:
             return
-        out = self._call(lambda: c.run(progs.residue, lost, nodes=live), "residue")
+        out = self._call(lambda: c.run(progs.residue, lost, on=live), "residue")
         if out:
             self.counts["residue"] += sum(a + b for a, b in out)
 

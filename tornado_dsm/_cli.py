@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, _bench, _chaos, _cli_run, _node_cmd
+from . import __version__, _bench, _chaos, _cli_run, _node_cmd, _top_cmd
 
 # name -> module exposing HELP, add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "run": _cli_run.RUN,
     "inspect": _cli_run.INSPECT,
     "list": _cli_run.LIST,
+    "top": _top_cmd,
 }
 
 

@@ -14,9 +14,12 @@ faults, naming it, instead of aliasing the next allocation.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import threading
+import time
+import warnings
 import weakref
 
 import numpy as np
@@ -26,14 +29,16 @@ from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
 
-from . import _runner, _syncspace
+from . import _interrupts, _runner, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
+from ._watch import WatchServer, rates, snapshot
 
 # 64 GiB: a reservation costs nothing (the memfd is sparse, page tables and the HAT's
 # one byte per page are only made where pages are touched), so arrays of tens of GiB fit.
 DEFAULT_WINDOW = 64 << 30
 STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
+DEPRECATE_NODES_KEYWORD = False   # turned on once every caller in the package says on=
 
 
 class WriteBackError(OSError):
@@ -57,6 +62,18 @@ class WriteBackError(OSError):
         return (WriteBackError, (self.failures,))
 
 
+class Measurement:
+    """What a ``cluster.measure()`` block did: ``statistics`` and ``seconds``
+    (None until the block ends)."""
+
+    def __init__(self) -> None:
+        self.statistics = None
+        self.seconds = None
+
+    def __repr__(self) -> str:
+        return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"
+
+
 def _lost_reason(lost) -> str:
     return "nodes could not hand over their dirty pages: " + ", ".join(
         f"node {node} ({why})" for node, why in lost)
@@ -67,7 +84,7 @@ class Cluster:
 
     ``protocol``: "ivy" (multiple readers, single writer) or "migrate".
     ``manager``: "centralized", "fixed" or "dynamic" (IVY's three managers).
-    ``policies``: {"process": "replicated" | "singleton",
+    ``policies``: {"process": "per_node" | "singleton",
     "region": "per_node" | "singleton" | "group:k"}.  ``memory_per_node``:
     bytes of frames a node may hold (None: no limit).  ``base``/``size``:
     the DSM window (same address on every node).  ``timeout``: seconds
@@ -101,11 +118,15 @@ class Cluster:
         self._lock = threading.Lock()
         self._sync_names = itertools.count()
         self._sync_uids: list[int] = []
+        self._run_ids = itertools.count(1)
+        self._baseline = None           # statistics(reset=True) moves it
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
                                   timeout=self.timeout, route=route)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
+            self._watch = WatchServer(self, self._nodes.run_dir, self._nodes.runtime.key)
+            self._sigint = _interrupts.guard_faults()
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
@@ -130,6 +151,7 @@ class Cluster:
 
     def zeros(self, shape, dtype=np.float64) -> np.ndarray:
         """A new shared array of zeros (first touch anywhere is a zero fill)."""
+        self._check_open()
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
@@ -147,6 +169,7 @@ class Cluster:
         ``mode`` "r+" (read-write) or "r" (read-only: a write faults with
         SegmentationFault).  The file must hold the whole array.
         """
+        self._check_open()
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' (read-only) or 'r+' (read-write), not {mode!r}")
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
@@ -163,6 +186,7 @@ class Cluster:
         (pwrite + fsync); returns how many.  Once it returns, those bytes are in
         the file whatever happens to the nodes after.  A node that cannot be
         reached: the others' pages are still written, then WriteBackError."""
+        self._check_open()
         a, kind = self._allocation(array)
         if kind != "file":
             return 0
@@ -179,6 +203,7 @@ class Cluster:
         only when the window has no other room (from then on a stale view may
         alias a new array; the API calls still refuse views of it).  A file whose
         write-back misses a lost node is still freed, then WriteBackError."""
+        self._check_open()
         a, kind = self._allocation(array)
         wb = self.vm.flush(a) if kind == "file" else None
         with self._lock:
@@ -193,6 +218,7 @@ class Cluster:
         """On each chosen node, unmap the array's pages in the HAT but keep the
         copies cached in the node's FCM rep, so the next faults there are in-core
         (Tornado's in-core page-fault test).  Returns the pages cached per node."""
+        self._check_open()
         a, _ = self._allocation(array)
         chosen = _runner.check_nodes(nodes, self.nnodes)
         holders = self.vm.rep_nodes(a.fcm)  # a node without a rep caches nothing
@@ -210,6 +236,7 @@ class Cluster:
         ``threads``: how many threads may ever use it (anderson and mcs keep a
         slot per thread); default every run thread of every node, plus one.
         """
+        self._check_open()
         from ._locks import KINDS, Lock, initialize, words_needed
         capacity = self._sync_capacity(threads, "threads")
         space = self._sync_space("lock", _choice("lock kind", kind, KINDS), padding,
@@ -226,6 +253,7 @@ class Cluster:
         or server (a clustered object on ``home``, reached by PPC).  A party is
         a (node, thread index) of `run`; the same parties serve every episode.
         """
+        self._check_open()
         from ._barriers import KINDS, Barrier, words_needed
         parties = _syncspace.check_count("parties", parties)
         space = self._sync_space("barrier", _choice("barrier kind", kind, KINDS), padding,
@@ -235,19 +263,21 @@ class Cluster:
 
     # ---- work --------------------------------------------------------------------------
 
-    def run(self, fn, *args, nodes="all", threads: int | None = None,
-            timeout: float | None = None) -> list:
-        """Run module-level ``fn(*args)`` on ``threads`` threads of each chosen node.
+    def run(self, fn, *args, on="all", threads: int | None = None,
+            timeout: float | None = None, nodes=None) -> list:
+        """Run ``fn(*args)`` on ``threads`` threads of each node named by ``on``.
 
-        ``nodes``: "all" (every node still alive: see `lost_nodes`), a node id
-        or a list of ids.  Returns the results ordered by node, then thread.
+        ``on``: "all" (every node still alive: see `lost_nodes`), a node id
+        or a list of ids (``nodes=`` is its old name: a DeprecationWarning, as
+        it read like a count).  Returns the results ordered by node, then thread.
         An exception on a node is re-raised here with the node and thread
         named; a lost node raises NodeLost with how its process ended.
         ``timeout`` (default: the cluster's): seconds within which every
         thread must return, else TimeoutError naming the late nodes and
         threads (which run on: Python cannot stop a thread).
         """
-        chosen = self._live(nodes)
+        self._check_open()
+        chosen = self._live(_on(on, nodes))
         threads = self.threads_per_node if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
@@ -259,33 +289,66 @@ class Cluster:
         # late; the grace is for its answer, so only a node that cannot answer
         # (stopped, overloaded) is a PPC timeout.
         ppc_limit = None if limit is None else limit + _runner.ANSWER_GRACE
-        outcomes = self.node_set.run_on_each(chosen, _runner.run_job, job, threads, limit,
+        run_id = next(self._run_ids)
+
+        def call():
+            return self.node_set.run_on_each(chosen, _runner.run_job, job, threads, limit, run_id,
                                              timeout=ppc_limit, return_errors=True)
+        if not _interrupts.can_catch():
+            outcomes = call()
+        else:                           # Ctrl-C interrupts the run (see _interrupts)
+            outcomes = _interrupts.run_interruptibly(
+                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}")
         return _runner.unpack_results(chosen, outcomes, fn, limit)
+
+    def _interrupt(self, nodes: list, run_id: int) -> None:
+        """Raise KeyboardInterrupt in run ``run_id``'s threads on ``nodes``."""
+        nodes_set = self._nodes
+        if nodes_set is not None:
+            nodes_set.run_on_each(nodes, _runner.interrupt_run, run_id, timeout=5.0, return_errors=True)
 
     # ---- observation --------------------------------------------------------------------
 
     def inspect(self):
         """The replication levels of every clustered object (a ReplicationView)."""
+        self._check_open()
         return current_cos().inspect()
 
     def backends(self) -> dict:
         """{node: "uffd" or "mprotect"}: the fault backend each node's window took."""
         return dict(enumerate(self.node_set.run_on_all(node_backend)))
 
+    def watch(self, interval: float = 1.0, count: int | None = None):
+        """Yield a `WatchView` every ``interval`` seconds (``count`` of them, None:
+        for ever): per node, faults and PPCs per second and resident pages; per
+        clustered object, calls and misses per second, reps and stubs.  What
+        `tornado-dsm top` shows from another process."""
+        self._check_open()
+        if not interval > 0:
+            raise ValueError(f"interval must be a number of seconds > 0, not {interval!r}")
+        before, shown = snapshot(self), 0
+        while count is None or shown < count:
+            time.sleep(interval)
+            after = snapshot(self)
+            yield rates(before, after)
+            before, shown = after, shown + 1
+
     def ppc_statistics(self) -> list:
         """Every node's PPC counters (a kernel ``PPCStatistics`` per node, by node id):
         calls, bytes and latencies per (object, method, local/remote)."""
+        self._check_open()
         return self.node_set.ppc_statistics()
 
     def lost_nodes(self) -> dict:
         """{node: reason} of every node lost while the cluster ran (empty if none):
         the reason says how its process ended (signal or exit code, and the
         last Python frame it ran when it crashed)."""
+        self._check_open()
         return self.node_set.lost_nodes()
 
     def node_status(self) -> dict:
         """{node: "alive" or "lost: <reason>"} for every node."""
+        self._check_open()
         lost = self.lost_nodes()
         return {n: f"lost: {lost[n]}" if n in lost else "alive" for n in range(self.nnodes)}
 
@@ -293,6 +356,7 @@ class Cluster:
         """{array name: number of pages lost} for the live arrays that lost pages
         with a lost node (their other pages still work; touching a lost one
         raises SegmentationFault naming the array).  Empty if nothing was lost."""
+        self._check_open()
         lost = set(self.lost_nodes())
         if not lost:
             return {}
@@ -303,8 +367,13 @@ class Cluster:
 
     def arrays(self) -> list:
         """The live shared arrays of this cluster (not yet freed), oldest first."""
+        self._check_open()
         with self._lock:
             return [view for _a, kind, view in self._arrays.values() if kind != "sync"]
+
+    def _check_open(self) -> None:
+        if getattr(self, "_nodes", None) is None:
+            raise RuntimeError("this cluster is closed (close() was called, or its `with` block ended)")
 
     @property
     def node_set(self):
@@ -312,13 +381,35 @@ class Cluster:
         ``run_on(node, fn, *args)``, ``run_on_each(nodes, fn, *args)``, ``run_on_all(fn, *args)``
         (a plain call on each node, no threads or array passing) and ``runtime`` (node 0's
         ``NodeRuntime``: raw PPCs).  RuntimeError once the cluster is closed."""
-        nodes = self._nodes
-        if nodes is None:
-            raise RuntimeError("this cluster is closed")
-        return nodes
+        self._check_open()
+        return self._nodes
 
-    def statistics(self):
-        """Faults, PPCs, messages, bytes and invalidations per node and in total."""
+    def statistics(self, reset: bool = False):
+        """Faults, PPCs, messages, bytes and invalidations per node and in total
+        (a ClusterStatistics: print it for a table), counted since the cluster
+        started or since the last ``statistics(reset=True)``, which also starts
+        a new interval.  For one phase of a program, `measure` is simpler."""
+        self._check_open()
+        now = self._raw_statistics()
+        since = now if self._baseline is None else now - self._baseline
+        if reset:
+            self._baseline = now
+        return since
+
+    @contextlib.contextmanager
+    def measure(self):
+        """``with cluster.measure() as m: ...`` -> ``m.statistics``: what the block did
+        (a ClusterStatistics), and ``m.seconds``; independent of ``reset``."""
+        m = Measurement()
+        before, t0 = self._raw_statistics(), time.perf_counter()
+        try:
+            yield m
+        finally:
+            if self._nodes is not None:
+                m.seconds = time.perf_counter() - t0
+                m.statistics = self._raw_statistics() - before
+
+    def _raw_statistics(self):
         oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
         return gather_statistics(self, oids)
 
@@ -336,6 +427,9 @@ class Cluster:
         if nodes is None:
             return
         _syncspace.mark_closed(self._sync_uids)   # their use from here says "closed"
+        if getattr(self, "_watch", None) is not None:
+            self._watch.close()
+        _interrupts.unguard_faults(getattr(self, "_sigint", None))
         failures = []
         try:
             if not discard:
@@ -406,7 +500,7 @@ class Cluster:
 
     def _live(self, nodes) -> list:
         """The chosen node ids; "all" leaves out the lost nodes."""
-        chosen = _runner.check_nodes(nodes, self.nnodes)
+        chosen = _runner.check_nodes(nodes, self.nnodes, "on")
         if nodes == "all":
             lost = self.lost_nodes()
             chosen = [n for n in chosen if n not in lost]
@@ -472,14 +566,31 @@ class Cluster:
         raise ValueError(f"array at {address:#x} is not a live shared array of this cluster "
                          "(never allocated here, or already freed)")
 
+    # Admission has one rule: an array is admitted when it fits the window (the VM
+    # then says whether the window has room).  memory_per_node is not an admission
+    # limit but a frame budget, a cache: a node over it evicts (read copies
+    # first, then owned pages back to the backing store: the file, or the
+    # anonymous swap of the array's COR), so arrays larger than every node's
+    # memory together work, one or many.
     def _check_room(self, nbytes: int) -> None:
         if nbytes > self.config.size:
             raise MemoryError(f"{nbytes} bytes do not fit the {self.config.size}-byte DSM window; "
                               "pass a larger size= to Cluster")
-        cap = self.config.memory_per_node
-        if cap is not None and nbytes > cap * PAGE * self.nnodes:
-            raise MemoryError(f"{nbytes} bytes exceed the nodes' memory ({self.nnodes} x "
-                              f"{cap * PAGE} bytes, memory_per_node)")
+
+
+def _on(on, nodes):
+    """The node choice of run(): ``on``, or the deprecated ``nodes`` keyword."""
+    if nodes is None:
+        return on
+    if on != "all":
+        raise TypeError("run() takes on= (the nodes to run on), not both on= and its old name nodes=")
+    warnings.warn("run(nodes=...) is now run(on=...): `nodes` read like a count (as in "
+                  "Cluster(nodes=3)) but names node ids", DeprecationWarning, stacklevel=3)
+    return nodes
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _choice(what: str, value, accepted) -> str:

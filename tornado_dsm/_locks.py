@@ -44,7 +44,7 @@ import attrs
 
 from tornado_dsm.kernel import atomic
 
-from ._syncspace import SyncSpace
+from ._syncspace import SyncSpace, thread_key
 
 KINDS = ("tas", "ttas", "backoff", "ticket", "anderson", "mcs", "server")
 BACKOFF_MIN_S = 10e-6
@@ -52,7 +52,7 @@ BACKOFF_MAX_S = 2e-3
 TICKET_STEP_S = 50e-6
 
 _held: dict = {}                 # (uid, thread ident) -> the holder's token, on this node
-_abandoned: dict = {}            # (uid, thread ident) -> helper thread holding its queue place
+_abandoned: dict = {}            # (uid, node, run thread index) -> helper thread holding its queue place
 _tokens = itertools.count(1)
 
 
@@ -95,12 +95,15 @@ class Lock:
         if key in _held:
             raise RuntimeError(f"{self.name} is already held by this thread (locks are not re-entrant)")
         deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
-        helper = _abandoned.get(key)
+        # keyed like the thread's slot (its qnode): a later run's thread of the same
+        # index is a new thread (another ident) but uses the same qnode
+        place = (self.space.uid, *thread_key())
+        helper = _abandoned.get(place)
         if helper is not None:      # its qnode is still queued: wait until the helper let go
             helper.join(_left(deadline))
             if helper.is_alive():
                 raise _timed_out(self, " (its previous, abandoned place is still queued)")
-            del _abandoned[key]
+            _abandoned.pop(place, None)
         _held[key] = _ALGORITHMS[self.kind].acquire(self, deadline)
         return True
 
@@ -207,7 +210,7 @@ def _queued_wait(lock: Lock, deadline, turn, finish) -> None:
     except TimeoutError:
         helper = threading.Thread(target=lambda: (turn(None), finish()), daemon=True,
                                   name=f"tornado_dsm-abandoned-{lock.space.uid}")
-        _abandoned[(lock.space.uid, threading.get_ident())] = helper
+        _abandoned[(lock.space.uid, *thread_key())] = helper
         helper.start()
         raise _timed_out(lock, " (its place in the queue is passed on when it comes)") from None
 
@@ -252,7 +255,11 @@ class _Anderson:
 
         def turn(timeout):
             atomic.wait(flag, 0, timeout=timeout)
-        _queued_wait(lock, deadline, turn, lambda: _Anderson.release(lock, place))
+
+        def passed_on():            # the helper, at an abandoned place's turn: reset, hand over
+            atomic.store(flag, 0)
+            _Anderson.release(lock, place)
+        _queued_wait(lock, deadline, turn, passed_on)
         atomic.store(flag, 0)       # reset for the next round of the array
         return place
 

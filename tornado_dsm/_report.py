@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import _report_sync
 from ._scenario_run import RunResult
 
 SCHEMA_VERSION = 1
@@ -44,13 +45,20 @@ def to_json(scenario, runs: list[RunResult]) -> dict:
     from . import __version__
 
     norm = normalized_costs(runs)
-    return {
+    doc = {
         "schema_version": SCHEMA_VERSION, "tool": "tornado-dsm", "version": __version__,
         "scenario": {"name": scenario.name, "source": scenario.source,
                      "description": scenario["description"],
                      "vary": {k: list(v) for k, v in scenario.vary}},
         "runs": [_run_json(r, n) for r, n in zip(runs, norm)],
     }
+    sync = [r for r in runs if _report_sync.is_sync(r)]
+    if sync:   # lock and barrier runs: their figures, and the best kind of each column
+        for entry, r in zip(doc["runs"], runs):
+            if _report_sync.is_sync(r):
+                entry["sync"] = _report_sync.figures(r)
+        doc["winners"] = _report_sync.winners(sync)
+    return doc
 
 
 def _run_json(r: RunResult, normalized: float) -> dict:
@@ -128,7 +136,13 @@ COLUMNS = ("nodes", "faults", "in-core", "coher.", "faults/s", "µs/access", "no
 
 
 def render_table(scenario, runs: list[RunResult]) -> str:
-    """One row per combination: what was varied, then the figures."""
+    """One row per combination: what was varied, then the figures (the lock and
+    barrier kinds: their own columns and the winner of each, see _report_sync)."""
+    sync = [r for r in runs if _report_sync.is_sync(r)]
+    if sync:
+        rest = [r for r in runs if not _report_sync.is_sync(r)]
+        tables = [render_table(scenario, rest)] if rest else []
+        return "\n".join(tables + [_report_sync.render_table(scenario, sync)])
     varied = [k for k, _ in _vary_keys(runs)]
     head = [k.rpartition(".")[2] for k in varied if k != "cluster.nodes"] + list(COLUMNS)
     rows = [head] + [_table_row(r, n, varied) for r, n in zip(runs, normalized_costs(runs))]
@@ -181,11 +195,15 @@ def label(r: RunResult, skip=("cluster.nodes",)) -> str:
 # ---- plot ------------------------------------------------------------------------------------
 
 def plot(scenario, runs: list[RunResult], path) -> None:
-    """Draw the comparison as a PNG: normalised cost (vs nodes when nodes vary) and faults/s."""
+    """Draw the comparison as a PNG: normalised cost (vs nodes when nodes vary) and faults/s
+    (locks and barriers: their own panels, see _report_sync)."""
     import matplotlib
     matplotlib.use("Agg")  # no display needed; must precede pyplot
     import matplotlib.pyplot as plt
 
+    if runs and all(_report_sync.is_sync(r) for r in runs):
+        _report_sync.plot(scenario, runs, path)
+        return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     if any(k == "cluster.nodes" for r in runs for k in r.params):
         _plot_vs_nodes(left, right, runs)

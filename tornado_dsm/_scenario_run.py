@@ -70,6 +70,7 @@ class RunResult:
     ppc: tuple[PPCRow, ...]
     objects: tuple[ObjectRow, ...]
     elapsed_seconds: float             # the whole combination, cluster start to close
+    sync: dict = attrs.field(factory=dict)  # lock and barrier kinds: the driver's own figures
 
     @property
     def total(self) -> NodeStatistics:
@@ -82,12 +83,11 @@ class RunResult:
     def faults(self, node: int | None = None) -> int:
         """Faults resolved in the measured steps, on ``node`` or in total.
 
-        Counted by the FCM reps (in-core + coherence), which always run on the
-        faulting node; the Region's read/write counts sit at its reps, which
-        for a singleton Region is the home node, not the faulting one.
+        Counted by the FCM reps (in-core + coherence + first touch), which
+        always run on the faulting node, whatever the Region's policy.
         """
         s = self.total if node is None else self.nodes[node]
-        return s.incore_faults + s.coherence_faults
+        return s.faults
 
     def faults_per_second(self, node: int | None = None) -> float:
         """Faults per second of measured time, on ``node`` or over the cluster."""
@@ -134,6 +134,7 @@ class RunContext:
         self.busy = [0.0] * s["cluster.nodes"]
         self.wall = 0.0
         self.ppc: dict = {}
+        self.sync: dict = {}   # the lock and barrier drivers' own figures (RunResult.sync)
 
     def params(self) -> dict:
         """The scenario values node functions need, as a small picklable dict."""
@@ -155,14 +156,16 @@ class RunContext:
                 f.truncate(pages * PAGE)
         return self.cluster.map_file(path, (words,), dtype, "r+")
 
-    def step(self, fn, *args, nodes="all", measured: bool = True, label: str = "") -> list:
-        """Run ``fn`` on the nodes; if ``measured``, add what it did to the figures."""
+    def step(self, fn, *args, on="all", threads: int | None = None, measured: bool = True,
+             label: str = "") -> list:
+        """Run ``fn`` on the nodes ``on`` (``threads`` per node, default the scenario's); if
+        ``measured``, add what it did to the figures."""
         if not measured:
-            results = self.cluster.run(fn, *args, nodes=nodes)
+            results = self.cluster.run(fn, *args, on=on, threads=threads)
         else:
             before = self.cluster.statistics()
             ppc_before = _ppc_counts(self.cluster)
-            results = self.cluster.run(fn, *args, nodes=nodes)
+            results = self.cluster.run(fn, *args, on=on, threads=threads)
             ppc_after = _ppc_counts(self.cluster)
             self._add(before, self.cluster.statistics(), ppc_before, ppc_after, results)
         self.on_step(label)
@@ -228,7 +231,7 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     runs = plan_runs(scenario, base)
     bar = tqdm(total=sum(steps_of(s) for _o, s, _b in runs), desc=scenario.name, unit="step",
                disable=None if progress else True, leave=False, dynamic_ncols=True)
-    results = []
+    results = Results(planned=len(runs))
     try:
         for override, s, window_base in runs:
             try:
@@ -237,9 +240,22 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
                 exc.add_note(f"while running scenario {scenario.name} ({scenario.source}) with "
                              f"{override or 'the values as written'}")
                 raise
+            except KeyboardInterrupt:   # Ctrl-C: the run in progress is left out, the others kept
+                results.interrupted = override or "the values as written"
+                break
     finally:
         bar.close()
     return results
+
+
+class Results(list):
+    """The RunResults of a scenario, in vary order; ``interrupted``: the combination
+    Ctrl-C stopped (None if every one of the ``planned`` runs finished)."""
+
+    def __init__(self, planned: int) -> None:
+        super().__init__()
+        self.planned = planned
+        self.interrupted = None
 
 
 # (override, scenario, window base) of every combination, in vary order: the
@@ -297,4 +313,5 @@ def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) ->
                               o.calls_local, o.calls_remote, o.misses) for o in view.objects)
     return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
                      key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
-                     ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0)
+                     ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0,
+                     dict(ctx.sync))

@@ -21,7 +21,8 @@ class NodeStatistics:
     write_faults: int = 0
     refused_faults: int = 0
     incore_faults: int = 0      # resolved from this node's FCM cache, no coherence traffic
-    coherence_faults: int = 0   # needed the manager (includes first-touch zero fills)
+    coherence_faults: int = 0   # needed the manager (a grant or a request), first touches excluded
+    first_touch_faults: int = 0  # faults on this node granted as zeros (first touch of anonymous memory)
     zero_fills: int = 0         # first touches of anonymous pages the managers on this node zero-filled
     invalidations: int = 0      # sent by managers on this node
     forwards: int = 0           # dynamic manager: requests forwarded along probOwner
@@ -33,7 +34,12 @@ class NodeStatistics:
     ppc_remote: int = 0         # remote PPCs this node made: one request + one reply each
     messages: int = 0
     bytes: int = 0
-    latency_histogram: tuple = (0,) * 64  # faults per log2-ns bucket: [2**(b-1), 2**b) ns
+    latency_histogram: tuple = attrs.field(default=(0,) * 64, repr=False)  # faults per log2-ns bucket
+
+    @property
+    def faults(self) -> int:
+        """Every fault resolved on this node: in-core + coherence + first touch."""
+        return self.incore_faults + self.coherence_faults + self.first_touch_faults
 
     def fault_latency_us(self, q: float) -> float:
         """Upper bound of the q-quantile (0..1) fault latency, in microseconds."""
@@ -57,6 +63,23 @@ class NodeStatistics:
         fields["latency_histogram"] = tuple(a + b for a, b in zip(self.latency_histogram, other.latency_histogram))
         return NodeStatistics(node=-1, **fields)
 
+    def __sub__(self, earlier: "NodeStatistics") -> "NodeStatistics":
+        """What happened between ``earlier`` and this snapshot (levels, such as
+        resident pages, as of this one; a counter of an array freed meanwhile
+        drops out, so no difference goes below zero)."""
+        fields = {f.name: max(0, getattr(self, f.name) - getattr(earlier, f.name))
+                  for f in attrs.fields(NodeStatistics) if f.name not in _LEVELS}
+        fields["latency_histogram"] = tuple(max(0, a - b) for a, b in
+                                            zip(self.latency_histogram, earlier.latency_histogram))
+        return attrs.evolve(self, **fields)
+
+
+_LEVELS = ("node", "resident_pages", "latency_histogram")
+_COLUMNS = (("faults", "faults"), ("read", "read_faults"), ("write", "write_faults"),
+            ("in-core", "incore_faults"), ("coher.", "coherence_faults"), ("1st touch", "first_touch_faults"),
+            ("refused", "refused_faults"), ("inval.", "invalidations"), ("PPC loc", "ppc_local"),
+            ("PPC rem", "ppc_remote"), ("msgs", "messages"), ("KiB", "bytes"), ("resident", "resident_pages"))
+
 
 @attrs.frozen
 class ClusterStatistics:
@@ -66,17 +89,45 @@ class ClusterStatistics:
     total: NodeStatistics
     backends: tuple[str, ...] = ()  # the fault backend of each node ("uffd" or "mprotect")
 
+    def __sub__(self, earlier: "ClusterStatistics") -> "ClusterStatistics":
+        """The figures of the interval since ``earlier`` (see NodeStatistics.__sub__)."""
+        return ClusterStatistics(tuple(a - b for a, b in zip(self.nodes, earlier.nodes)),
+                                 self.total - earlier.total)
+
+    def __str__(self) -> str:
+        """One row per node and the total; latency percentiles in µs."""
+        header = [name for name, _ in _COLUMNS] + ["p50 µs", "p99 µs"]
+        rows = [[str(s.node) if s.node >= 0 else "total", *(_cell(s, key) for _, key in _COLUMNS),
+                 f"{s.fault_p50_us:.1f}", f"{s.fault_p99_us:.1f}"] for s in (*self.nodes, self.total)]
+        widths = [max(len(h), *(len(r[i + 1]) for r in rows)) for i, h in enumerate(header)]
+        lines = ["node   " + "  ".join(h.rjust(w) for h, w in zip(header, widths))]
+        lines += [r[0].ljust(5) + "  " + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths)) for r in rows]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        t = self.total
+        return (f"ClusterStatistics({len(self.nodes)} nodes: {t.faults} faults, {t.ppc_remote} remote PPCs, "
+                f"{t.invalidations} invalidations; print() it for the table)")
+
+
+def _cell(s: NodeStatistics, key: str) -> str:
+    value = getattr(s, key)
+    return str(value // 1024) if key == "bytes" else str(value)
+
 
 # What each object's statistics record adds to its node's NodeStatistics.
 
 def _from_fcm(s: FCMStatistics) -> dict:
     return {"incore_faults": s.incore_faults, "coherence_faults": s.coherence_faults,
+            "first_touch_faults": s.first_touches, "read_faults": s.read_faults, "write_faults": s.write_faults,
             "stale_grants": s.stale_grants, "forwards": s.forwards,
             "invalidations": s.invalidations, "zero_fills": s.zero_fills}
 
 
 def _from_region(s: RegionStatistics) -> dict:
-    return {"read_faults": s.read_faults, "write_faults": s.write_faults, "refused_faults": s.refused}
+    # reads and writes are counted by the FCM reps, on the faulting node; a
+    # singleton Region would count them all on its home node
+    return {"refused_faults": s.refused}
 
 
 def _from_directory(s: DirectoryStatistics) -> dict:

@@ -4,7 +4,9 @@ A singleton clustered object on its home node holds the state; every other
 node's calls reach it through its stub as remote PPCs (the home node's own
 calls are local).  A call that must wait (an acquire while the lock is
 held, a barrier arrival before the last one) waits inside the handler, on a
-worker thread of the home node's PPC server, so the other calls go on.
+worker thread of the home node's PPC server, so the other calls go on
+(`before_blocking` hands the connection's reading role to another thread
+first, or the requests behind it would wait for the PPC monitor's tick).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from tornado_dsm.kernel import ClusteredRep, ClusteredRoot
+from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, before_blocking
 
 
 class ServerLockRep(ClusteredRep):
@@ -29,7 +31,10 @@ class ServerLockRep(ClusteredRep):
         self.assert_alive()
         with self._cond:
             self._queue.append(token)
-            if self._cond.wait_for(lambda: not self._holder and self._queue[0] == token, timeout):
+            ready = lambda: not self._holder and self._queue[0] == token  # noqa: E731
+            if not ready():
+                before_blocking()       # this wait must not hold up the requests behind it
+            if self._cond.wait_for(ready, timeout):
                 self._queue.popleft()
                 self._holder = token
                 return True
@@ -76,6 +81,7 @@ class ServerBarrierRep(ClusteredRep):
                 self._arrived, self._episode = 0, e + 1
                 self._cond.notify_all()
                 return e
+            before_blocking()           # the other parties' arrivals come on this connection too
             if self._cond.wait_for(lambda: self._episode != e, timeout):
                 return e
             self._arrived -= 1

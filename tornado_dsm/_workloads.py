@@ -6,13 +6,13 @@ the shared arrays through ``ctx.region`` and runs steps through
 step boundary is also a barrier across the cluster (Jacobi iterations,
 producer/consumer rounds).  Node functions time their own measured work with
 perf_counter and return a ThreadResult; the cluster statistics around each
-measured step give the faults by kind, PPCs and messages.
+measured step give the faults by kind, PPCs and messages.  The lock and
+barrier kinds are in _workloads_sync.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import time
 from time import perf_counter
 
@@ -22,9 +22,11 @@ import numpy as np
 import tornado_dsm as td
 from tornado_dsm.kernel import PAGE
 
+from . import _workloads_sync as _sync
+from ._workloads_sync import drive_barrier, drive_lock
+
 WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
-SWITCH_INTERVAL_S = 5e-5  # GIL switch interval while threads contend for a page
 
 
 @attrs.frozen
@@ -169,8 +171,8 @@ def drive_producer_consumer(ctx, s) -> None:
         return
     consumers = list(range(1, s["cluster.nodes"])) or [0]
     for r in range(s["workload.repeats"]):
-        ctx.step(produce, p, a, r + 1, nodes=[0], label=f"produce {r + 1}")
-        ctx.step(consume, p, a, r + 1, nodes=consumers, label=f"consume {r + 1}")
+        ctx.step(produce, p, a, r + 1, on=[0], label=f"produce {r + 1}")
+        ctx.step(consume, p, a, r + 1, on=consumers, label=f"consume {r + 1}")
 
 
 # ---- false sharing -----------------------------------------------------------------------
@@ -183,10 +185,9 @@ def false_share(p: dict, a) -> ThreadResult:
     writes = (np.random.default_rng(p["seed"] + g).random(p["ops"]) < p["write_fraction"]).tolist()
     _barrier(a, p["pages"] * WORDS, nthreads)
     # A writing thread holds its node's GIL; the node's PPC server can hand the
-    # page to another node only at a GIL switch (5 ms by default): switch often.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
+    # page to another node only at a GIL switch (5 ms by default): switch often
+    # (one setting per node: its threads would otherwise restore each other's).
+    with _sync.FastSwitch():
         t0 = perf_counter()
         for k, write in enumerate(writes):
             if write:
@@ -194,8 +195,6 @@ def false_share(p: dict, a) -> ThreadResult:
             else:
                 int(a[(g + 1) % nthreads])
         seconds = perf_counter() - t0
-    finally:
-        sys.setswitchinterval(interval)
     return ThreadResult(node, thread, len(writes), seconds, int(a[g]))
 
 
@@ -254,7 +253,7 @@ def drive_ping_pong(ctx, s) -> None:
     """Nodes take turns on a page of data; under migrate every turn moves the pages."""
     a = ctx.region(s["region.pages"] + 1)
     for r in range(s["workload.repeats"]):
-        ctx.cluster.run(_reset_turn, a, nodes=[0], threads=1)
+        ctx.cluster.run(_reset_turn, a, on=[0], threads=1)
         ctx.step(ping_pong, ctx.params(), a, label=f"round {r + 1}")
 
 
@@ -309,7 +308,7 @@ def drive_jacobi(ctx, s) -> None:
     with a barrier after each, or one sweep per run (the end of a run is the barrier)."""
     rows, iterations = max(s["region.pages"], 3), s["workload.repeats"]
     grids = [ctx.region(rows, np.float64).reshape(rows, WORDS) for _ in range(2)]
-    ctx.cluster.run(jacobi_init, *grids, nodes=[0], threads=1)  # arrays as args: lists travel by value
+    ctx.cluster.run(jacobi_init, *grids, on=[0], threads=1)  # arrays as args: lists travel by value
     if s["workload.steps"] == "barrier":
         barrier = ctx.cluster.barrier(_threads(s), kind=s["workload.barrier"])
         ctx.step(jacobi_sweeps, ctx.params(), *grids, barrier, iterations, label="all sweeps")
@@ -353,17 +352,19 @@ def drive_matmul(ctx, s) -> None:
     n = s["workload.n"]
     pages = -(-n * n // WORDS)
     a, b, c = (ctx.region(pages, np.float64)[:n * n].reshape(n, n) for _ in range(3))
-    ctx.cluster.run(matmul_init, a, b, s["workload.seed"], nodes=[0], threads=1)
+    ctx.cluster.run(matmul_init, a, b, s["workload.seed"], on=[0], threads=1)
     for r in range(s["workload.repeats"]):
         ctx.step(matmul_blocks, ctx.params(), a, b, c, label=f"multiply {r + 1}")
     if not np.allclose(np.asarray(c), np.asarray(a) @ np.asarray(b)):
         raise AssertionError("matmul: the shared product differs from numpy's")
 
 
+
 DRIVERS = {
     "infault": drive_infault, "shared-read": drive_shared_read,
     "producer-consumer": drive_producer_consumer, "false-sharing": drive_false_sharing,
     "ping-pong": drive_ping_pong, "jacobi": drive_jacobi, "matmul": drive_matmul,
+    "lock": drive_lock, "barrier": drive_barrier,
 }
 
 
@@ -372,7 +373,9 @@ def steps_of(s) -> int:
     kind, r = s["workload.kind"], s["workload.repeats"]
     if kind in ("jacobi", "producer-consumer") and s["workload.steps"] == "barrier":
         return 1
-    return {"infault": r + 1, "producer-consumer": 2 * r}.get(kind, r)
+    if kind == "lock":   # warm-up, uncontended, passes, FIFO probes (with enough threads)
+        return 2 + r + (r if _threads(s) >= _sync.PROBE_THREADS else 0)
+    return {"infault": r + 1, "producer-consumer": 2 * r, "barrier": 1 + r}.get(kind, r)
 
 
 # ---- memory footprint (checked before any node starts) -----------------------------------
@@ -397,6 +400,10 @@ FOOTPRINTS = {
     "jacobi": ("2 × max(region.pages, 3) + the barrier's pages",
                lambda s: 2 * max(s["region.pages"], 3) + barrier_pages(s)),
     "matmul": (f"3 × ⌈workload.n² / {WORDS}⌉", lambda s: 3 * -(-s["workload.n"] ** 2 // WORDS)),
+    "lock": ("1 + the lock's pages for cluster.nodes × cluster.threads_per_node threads",
+             lambda s: 1 + _sync.lock_pages(s)),
+    "barrier": ("the barrier's pages for cluster.nodes × cluster.threads_per_node parties",
+                lambda s: _sync.barrier_space_pages(s)),
 }
 
 

@@ -71,7 +71,8 @@ def wait(address: int, old: int, size: int = 8, timeout: float | None = None) ->
     CPU while it waits.  ``timeout``: seconds, then TimeoutError naming the
     word and the value (None: wait as long as it takes)."""
     _op(address, size, "load")
-    if timeout is not None and not timeout >= 0:
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout >= 0):
         raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
     # checked on every read: a window closed meanwhile is a ValueError, not a crash
     return _waitq.wait(address, old % (1 << (8 * size)), lambda a: load(a, size), timeout)
@@ -90,6 +91,11 @@ def notify(address: int, count: int = 1) -> int:
 def notify_all(address: int) -> int:
     """Wake every thread of this node waiting on the word at ``address``."""
     return _waitq.notify_all(address)
+
+
+def wake_all_waiters() -> int:
+    """Wake every thread of this node waiting on any word (see `wait`)."""
+    return _waitq.wake_all()
 
 
 def configure_waits(read_takes_page: bool) -> None:

@@ -53,6 +53,10 @@ int td_hat_protect(int slot, size_t first, size_t count, int prot);
 void td_hat_counters(int slot, uint64_t *out);
 uint64_t td_touch(uintptr_t addr, size_t n, size_t stride, int write, uint64_t *ns);
 int64_t td_touch_foreign(uintptr_t addr, int write);
+int td_interrupt_thread(uintptr_t tid);
+void td_interrupt_defer(void);
+int td_interrupt_bind(void);
+int td_in_handler(void);
 
 int td_uffd_open(void);
 int td_uffd_api(int fd, uint64_t features, uint64_t *available);
@@ -78,6 +82,7 @@ PRELUDE = """
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <time.h>
+#include "_interrupt.c"
 #include "_trap.c"
 #include "_uffd.c"
 #include "_atomic.c"
@@ -89,7 +94,7 @@ ffibuilder.set_source(
     "tornado_dsm.kernel.machine._core",
     PRELUDE,
     include_dirs=[str(HERE)],
-    depends=[str(HERE / "_trap.c"), str(HERE / "_uffd.c"), str(HERE / "_atomic.c")],
+    depends=[str(HERE / "_trap.c"), str(HERE / "_uffd.c"), str(HERE / "_atomic.c"), str(HERE / "_interrupt.c")],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
 )
 

@@ -74,6 +74,8 @@
 #define TD_PROT_NONE 0
 #define TD_PROT_READ 1
 #define TD_PROT_WRITE 2 /* read-write */
+#define TD_FAULT_REFUSED 1  /* td_py_fault results; 0: resolved */
+#define TD_FAULT_RETRY 2    /* an interrupt fired before the handler ran: fault again */
 #define TD_BACKEND_MPROTECT 0
 #define TD_BACKEND_UFFD 1
 /* td_hat_protect's results besides 0 and -errno (mprotect backend, map limit) */
@@ -311,9 +313,11 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
         td_thread_kind = PyGILState_GetThisThreadState() != NULL ? 1 : 2;
     td_depth++;
     td_nested_at = addr;
-    int refused = td_py_fault(wi, addr, access);
+    td_handler_enter();                 /* _interrupt.c: no interrupt lands in here */
+    int rc = td_py_fault(wi, addr, access);
     td_depth--;
-    if (refused)
+    td_handler_leave(rc == TD_FAULT_RETRY);
+    if (rc == TD_FAULT_REFUSED)
         td_refuse(page_addr, sig, info, ctx);
     errno = saved_errno;
 }

@@ -18,6 +18,7 @@ the VM layer replaces it on the same hook.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import threading
 import traceback
@@ -102,7 +103,25 @@ _ranges: dict[int, tuple[int, int]] = {}  # slot -> (base, end)
 _install_lock = threading.Lock()
 
 
-@ffi.def_extern(error=1)
+class _AsyncInterrupt(KeyboardInterrupt):
+    """The interrupt `interrupt_thread` arms in a thread (_interrupt.c binds it by name)."""
+
+
+_AsyncInterrupt.__name__ = _AsyncInterrupt.__qualname__ = "KeyboardInterrupt"
+_AsyncInterrupt.__module__ = "builtins"
+
+
+def _callback_error(exc_type, exc, tb) -> int:
+    """td_py_fault's onerror: an exception before its body ran.  An interrupt armed
+    just before the fault fires there: retry the fault and arm it again afterwards."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        lib.td_interrupt_defer()
+        return 2
+    traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+    return 1
+
+
+@ffi.def_extern(error=1, onerror=_callback_error)
 def td_py_fault(window: int, addr: int, access: int) -> int:
     """C -> Python: resolve one fault; 0 resolved, 1 refused."""
     entry = _handlers[window]
@@ -123,14 +142,35 @@ def td_py_fault(window: int, addr: int, access: int) -> int:
     return 1
 
 
+def interrupt_thread(ident: int) -> None:
+    """Raise KeyboardInterrupt in thread ``ident`` once it runs Python code outside
+    the fault handler (never inside it: see _interrupt.c).  A thread blocked in
+    C (a sleep, a lock) gets it when it comes back to Python."""
+    if lib.td_interrupt_thread(ident):
+        _set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(_AsyncInterrupt))
+
+
+def defer_interrupt_if_faulting() -> bool:
+    """For a SIGINT handler: if this thread is inside the fault handler, keep the
+    interrupt for when it leaves (True); else False (raise it now)."""
+    if lib.td_in_handler():
+        lib.td_interrupt_defer()
+        return True
+    return False
+
+
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
+
+
 def install() -> None:
     """Install the SIGSEGV and SIGBUS handler, or take them back if another replaced it.
 
     Idempotent.  Faults outside every window go to the previous handler.
     """
     with _install_lock:
-        if lib.td_trap_bind_python() != 0:
-            raise DSMInternalError("trap.install", "cannot bind the SegmentationFault class")
+        if lib.td_trap_bind_python() != 0 or lib.td_interrupt_bind() != 0:
+            raise DSMInternalError("trap.install", "cannot bind the SegmentationFault or interrupt class")
         rc = lib.td_trap_install()
         if rc != 0:
             raise OSError(-rc, "sigaction(SIGSEGV/SIGBUS) failed")

@@ -93,6 +93,19 @@ def wake_pages(first_address: int, npages: int) -> int:
     return woken
 
 
+def wake_all() -> int:
+    """Wake every waiter of this node (an interrupt: they re-read, and a pending
+    KeyboardInterrupt reaches them in Python code)."""
+    woken = 0
+    with _lock:
+        for queue in _queues.values():
+            for w in queue:
+                w.event.set()
+                w.notified.set()
+                woken += 1
+    return woken
+
+
 def notify(address: int, count: int | None = 1) -> int:
     """Wake ``count`` waiters (None: all) of the word at ``address`` on this
     node, oldest first; returns how many.  Waiters on other nodes need no

@@ -30,6 +30,7 @@ The node service (oid 0) these steps call is in ``_runtime``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util  # noqa: F401  (its atexit hook must be registered before ours)
@@ -128,6 +129,8 @@ class _Registrar:
             if error:
                 raise NodeStartupError(node, "an exception during start-up", error)
         for node, proc in procs.items():
+            if proc.exitcode == MAIN_REIMPORT_EXIT and node not in self.ready_nodes:
+                raise NodeStartupError(node, MAIN_REIMPORT_ADVICE)
             if proc.exitcode is not None and node not in self.ready_nodes:
                 raise NodeStartupError(node, f"its process exited with code {proc.exitcode} "
                                              f"before it was ready (see its stderr)")
@@ -178,6 +181,11 @@ class NodeSet:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def run_dir(self) -> str | None:
+        """Node 0's private (0700) run directory: sockets, crash reports, the watch socket."""
+        return self._tmpdir
 
     @property
     def pids(self) -> dict[int, int]:
@@ -262,6 +270,55 @@ def _broadcast(rt: NodeRuntime, method: str) -> None:
         pass   # a node that is gone or slow is reaped by process join/kill
 
 
+# A spawned node imports the main script again (multiprocessing's spawn does, so
+# that what it defines exists there).  A script that starts a cluster at import
+# would start one in every node: the node says so in one line and exits with this code.
+MAIN_REIMPORT_EXIT = 87
+MAIN_REIMPORT_ADVICE = ("the main script starts a cluster when it is imported, and every spawned node "
+                        "imports it again: put that code under `if __name__ == \"__main__\":`")
+
+
+@contextlib.contextmanager
+def _main_file_only_if_real():
+    """Hide ``__main__.__file__`` from spawn while it is no file ("<stdin>", "<string>"):
+    spawn would try to run it on the node and fail.  Functions defined there
+    reach the nodes by value (the runner pickles them with cloudpickle)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start a node with SIGINT ignored (inherited across exec; Python keeps it so).
+    A Ctrl-C in a terminal reaches the whole process group, but only node 0
+    decides what it means (it interrupts the nodes' work through PPCs);
+    a node killed by it mid-start-up or mid-run would be a lost node."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                   # signal dispositions can be changed from the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _refuse_main_reimport() -> None:
+    """In a spawned node still importing the main script: one line, then exit."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.stderr.write(f"tornado-dsm: node start-up stopped: {MAIN_REIMPORT_ADVICE}\n")
+        sys.stderr.flush()
+        os._exit(MAIN_REIMPORT_EXIT)
+
+
 def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = None,
                 key: bytes | None = None, join: int = 0, init=None, init_args: tuple = (),
                 timeout: float | None = None, start_timeout: float = 60.0,
@@ -280,6 +337,7 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
     returns the address the other nodes dial to reach ``node`` (fault
     injection puts a relay there).  Returns a ``NodeSet`` (a context manager).
     """
+    _refuse_main_reimport()
     _check_args(nnodes, transport, address, join)
     key = new_key() if key is None else check_key(key)
     rt = NodeRuntime(0, nnodes, key, max_frame, timeout)
@@ -333,7 +391,8 @@ def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, 
                   "log_level": log_level, "listen": _child_listen(cluster, transport, k),
                   "attach": attach, "crash_log": crash_log_path(cluster._tmpdir, k)}
         proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
-        proc.start()
+        with _main_file_only_if_real(), _sigint_ignored():
+            proc.start()
         cluster.processes[k] = proc
     if join:
         where = f"{rt.address[0]}:{rt.address[1]}"
