@@ -152,7 +152,7 @@ class TestFree:
 
         a = vm_cluster.zeros((64 * 512,), np.int64)
         with ThreadPoolExecutor(1) as pool:
-            running = pool.submit(vm_cluster.run, progs.touch_forever, a, 0, nodes=[1, 2], threads=1)
+            running = pool.submit(vm_cluster.run, progs.touch_forever, a, 0, on=[1, 2], threads=1)
             while vm_cluster.statistics().total.read_faults < 8:
                 pass
             vm_cluster.free(a)

@@ -135,6 +135,6 @@ def _iterate(cluster, a, programs, words, final, pool, rnd):
     futures = []
     for t, ops in enumerate(programs):
         delays = [rnd.randrange(0, 2000) if rnd.random() < 0.5 else 0 for _ in ops]
-        futures.append(pool.submit(cluster.run, progs.litmus_thread, a, ops, delays, nodes=t, threads=1))
+        futures.append(pool.submit(cluster.run, progs.litmus_thread, a, ops, delays, on=t, threads=1))
     regs = [f.result(timeout=60)[0] for f in futures]
     return _key(regs, _final(cluster, a, words, final), final)

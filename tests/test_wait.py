@@ -57,7 +57,7 @@ class TestRemoteWrite:
         """Waiters on nodes 1 and 2, asleep before node 0's plain numpy store, return the new value."""
         a, w = fresh_word(wait_cluster)
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, nodes=[1, 2], threads=1)
+            waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, on=[1, 2], threads=1)
             asleep(wait_cluster, [1, 2])
             a[3] = 7
             trap.check()
@@ -68,7 +68,7 @@ class TestRemoteWrite:
         """A waiter on node 1 returns the value a run thread on node 2 stored (neither is node 0)."""
         a, w = fresh_word(wait_cluster)
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, nodes=1, threads=1)
+            waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, on=1, threads=1)
             asleep(wait_cluster, [1])
             wait_cluster.run(progs.store_word, w, 11, on=2, threads=1)
             results = waiting.result(timeout=60)
