@@ -286,6 +286,26 @@ class TestFatalCases:
         assert "no Python state" in r.stderr
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_refused_c_loop_longer_than_the_map_limit(backend):
+    """A C loop refused on its first page, going on over more separate pages than vm.max_map_count, raises once."""
+    r = run_script("""
+        from tornado_dsm import SegmentationFault
+        from tornado_dsm.kernel import NodeMemory, KernelPager, trap
+        with open("/proc/sys/vm/max_map_count") as f:
+            npages = int(f.read()) + 4096
+        mem = NodeMemory(base=BASE, size=2 * npages * 4096)
+        mem.set_handler(KernelPager(mem, allow_all=False))
+        try:   # every other page, all refused: scratch pages that cannot merge, until the raise
+            trap.touch(mem.base, npages, 2 * 4096, write=1)
+        except SegmentationFault as e:
+            print("raised", e.reason)
+        print("resident", mem.resident_pages())
+    """, backend)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["raised", "no", "mapping", "at", "this", "address", "resident", "0"], r.stdout
+
+
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:])
 class TestUffdMappings:
     def test_refused_fault_heals_the_split(self, backend, memory):

@@ -41,7 +41,8 @@
  *      this thread; raising it restores the real mapping (restore_scratch).
  *      Until it is raised, further faults of that thread in any window go
  *      to scratch without calling Python (the statement is failing anyway;
- *      Python code would receive the armed exception instead).  A thread
+ *      Python code would receive the armed exception instead); a thread
+ *      keeps at most TD_SCRATCH_MAX of them, putting older ones back.  A thread
  *      with no Python thread state can never raise it: that case is fatal
  *      with a diagnostic.  On a uffd window the scratch page splits the
  *      registered mapping in three until the fault is raised; the restore
@@ -153,6 +154,15 @@ static __thread int td_thread_kind;
 static __thread uintptr_t td_nested_at; /* the fault being handled */
 static __thread uintptr_t *td_scratch;  /* pages mapped to scratch, not yet raised */
 static __thread size_t td_nscratch, td_capscratch;
+static __thread int td_pending;         /* a refused fault is armed, not raised yet */
+/* Scratch pages one thread keeps at most: a C loop that goes on after a
+ * refusal (say over 100,000 pages) would otherwise map one per page it
+ * touches, each a kernel mapping of its own, until the map limit kills it.
+ * Past this many the older ones are put back (their instructions have
+ * completed; touching them again before the raise faults to scratch again). */
+#define TD_SCRATCH_MAX 64
+
+static int td_restore_all(void);
 
 /* Write a message to stderr with write(2) only (async-signal-safe). */
 static void td_say(const char *msg)
@@ -245,13 +255,17 @@ static void td_refuse(uintptr_t page_addr, int sig, siginfo_t *info, void *ctx)
     if (td_thread_kind != 1 || td_async_class == NULL)
         td_fatal("unresolvable fault in a thread that has no Python state "
                  "(it can never raise SegmentationFault)", page_addr, sig, info, ctx);
+    if (td_nscratch >= TD_SCRATCH_MAX && td_restore_all() < 0)
+        td_fatal("cannot put back the frames under scratch pages", page_addr, sig, info, ctx);
     void *p = mmap((void *)page_addr, td_page, PROT_READ | PROT_WRITE,
                    MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED || td_push_scratch(page_addr) != 0)
         td_fatal("cannot map a scratch page for an unresolvable fault", page_addr, sig, info, ctx);
+    if (td_pending)
+        return;
+    td_pending = 1;
     PyGILState_STATE g = PyGILState_Ensure();
-    if (td_nscratch == 1)
-        PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), td_async_class);
+    PyThreadState_SetAsyncExc(PyThread_get_thread_ident(), td_async_class);
     PyGILState_Release(g);
 }
 
@@ -286,7 +300,7 @@ static void td_trap_handler(int sig, siginfo_t *info, void *ctx)
     size_t page = (addr - w->base) / td_page;
     uintptr_t page_addr = w->base + page * td_page;
     int access = td_decode_access(w, page, ctx);
-    if (td_nscratch > 0) {
+    if (td_pending) {
         /* This thread already fails with a pending SegmentationFault: running
          * Python now would deliver it inside the callback.  The statement is
          * aborted anyway, so its further accesses go to scratch too. */
@@ -555,10 +569,9 @@ static int td_restore_one(td_window *w, uintptr_t a)
     return p == MAP_FAILED ? -errno : 0;
 }
 
-/* Put back the real frame under every scratch page of this thread.  Called
- * when the SegmentationFault is raised.  Returns the number of pages
- * restored, or -errno. */
-int td_trap_restore_scratch(void)
+/* Put back the real frame under every scratch page of this thread; the
+ * refusal stays armed.  Returns the number of pages restored, or -errno. */
+static int td_restore_all(void)
 {
     int restored = 0;
     for (size_t i = 0; i < td_nscratch; i++) {
@@ -577,6 +590,17 @@ int td_trap_restore_scratch(void)
     }
     td_nscratch = 0;
     return restored;
+}
+
+/* Put back the real frame under every scratch page of this thread and end
+ * its refusal.  Called when the SegmentationFault is raised.  Returns the
+ * number of pages restored, or -errno. */
+int td_trap_restore_scratch(void)
+{
+    int rc = td_restore_all();
+    if (rc >= 0)
+        td_pending = 0;
+    return rc;
 }
 
 /* Touch n pages from addr, stride bytes apart, with the GIL released (cffi
