@@ -236,7 +236,7 @@ class TestDrawn:
         assert "÷" not in plain.get_ylabel() and plain.get_ylabel() == "µs per access"
         for fig in (figure(s, runs, ["us/access"], normalize=True), figure(s, runs, ["norm.cost"])):
             ax = fig.panels[0][1]
-            assert ax.get_ylabel() == "µs per access, ÷ the 2-node run of the same settings"
+            assert ax.get_ylabel() == "µs per access ÷ the 2-node run"
             lines = data_lines(ax)
             for region in ("per_node", "group:2"):
                 assert lines[f"region={region}"][1] == pytest.approx([1.0, cost_us[region, 4] / cost_us[region, 2]])

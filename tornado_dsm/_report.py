@@ -235,7 +235,7 @@ METRICS = (
     M("invalidations", "invalidations sent", "invalidations", lambda r: r.total.invalidations),
     M("invalidations/fault", "invalidations per fault", "invalidations per fault",
       lambda r: _ratio(r.total.invalidations, r.faults())),
-    M("forwards", "requests forwarded along probOwner (dynamic manager)", "forwards",
+    M("forwards", "forwarded requests (dynamic manager)", "forwards",
       lambda r: r.total.forwards),
     M("forwards/fault", "forwards per fault (dynamic manager)", "forwards per fault",
       lambda r: _ratio(r.total.forwards, r.faults())),
@@ -383,6 +383,7 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
     """The plot as a matplotlib Figure (no file, no pyplot): one panel (Axes) per metric,
     in order; each line's label (or bar's tick) names the varied values that differ."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     kinds = [r.values["workload.kind"] for r in runs]
     chosen = resolve_metrics(metrics, kinds, _differing([r.params for r in runs]))
@@ -402,8 +403,11 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
     handles: dict = {}
     for ax, m in zip(axes, chosen):
         values = [m.value(r) if m.applies(r.values["workload.kind"]) else None for r in runs]
-        relative = normalize or m.normalised
-        if relative:
+        relative, over = normalize or m.normalised, based_on
+        if m.normalised:      # the table's norm.cost: over the fewest-nodes run of the same settings
+            values = normalized_costs(runs)
+            over = based_on if lines and x_keys == ("cluster.nodes",) else "the fewest-nodes run"
+        elif relative:
             values = [None if v is None or not values[b] else v / values[b] for v, b in zip(values, base)]
         if lines:
             _draw_lines(ax, runs, values, names, x_of, handles)
@@ -416,11 +420,13 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
             ax.set_yscale("log")
         elif shown and min(shown) >= 0:     # from zero: no difference looks larger than it is
             ax.set_ylim(0, max(shown) * 1.08 or 1.0)
+        if shown and all(float(v).is_integer() for v in shown) and ax.get_yscale() == "linear":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))     # counts: no 2.5 pages
         if not shown:
             ax.text(0.5, 0.5, "not measured in these runs", transform=ax.transAxes, ha="center", color="0.4")
         if relative:
             ax.axhline(1.0, color="0.6", linewidth=0.8, linestyle=":")
-        ax.set_ylabel(f"{m.unit}, ÷ {based_on}" if relative else m.unit)
+        ax.set_ylabel(f"{m.unit} ÷ {over}" if relative else m.unit)
         ax.set_title(m.title, fontsize="medium")
         ax.grid(True, alpha=0.3)
     for ax in axes[len(chosen):]:
@@ -430,6 +436,8 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
         where.legend(list(handles.values()), list(handles), fontsize="small",
                      loc="center" if spare else "outside right upper")
     fig.suptitle(f"tornado-dsm scenario {scenario.name}: {_setting(runs, x_keys if lines else ())}"
+                 + (f"; normalised: each value ÷ {based_on}" + (" of the same other settings" if lines else "")
+                    if normalize else "")
                  + (" (dashed: padding = word)" if any((_report_sync.style(r) or {}).get("linestyle") == "--"
                                                        for r in runs) else ""))
     fig.panels = [(m.name, ax) for m, ax in zip(chosen, axes)]
@@ -467,7 +475,7 @@ def _bases(runs: list[RunResult], x_of, x_keys, keys):
     if not runs:
         return [], ""
     if not x_keys:
-        return [0] * len(runs), (_line_label(runs[0], keys) or "the first run")
+        return [0] * len(runs), f"the {_line_label(runs[0], keys)} run" if keys else "the first run"
     group = [tuple((k, repr(v)) for k, v in r.params.items() if k not in x_keys) for r in runs]
     first: dict = {}
     for i in sorted(range(len(runs)), key=lambda i: x_of(runs[i])):
@@ -476,7 +484,7 @@ def _bases(runs: list[RunResult], x_of, x_keys, keys):
     xs = {x_of(runs[b]) for b in base}
     one, many = ("party", "parties") if "cluster.threads_per_node" in x_keys else ("node", "nodes")
     which = f"the {xs.pop()}-{one} run" if len(xs) == 1 else f"the fewest-{many} run"
-    return base, f"{which} of the same settings"
+    return base, which
 
 
 def _draw_lines(ax, runs, values, names, x_of, handles: dict) -> None:
@@ -496,8 +504,10 @@ def _draw_bars(ax, runs, values, names) -> None:
     """One bar per run, named by its differing values; 'n/a' where it has no figure."""
     pos = list(range(len(runs)))
     colours = [(_report_sync.style(r) or {}).get("color") or f"C{i % 10}" for i, r in enumerate(runs)]
-    ax.bar([p for p, v in zip(pos, values) if v is not None], [v for v in values if v is not None],
-           color=[c for c, v in zip(colours, values) if v is not None])
+    drawn = ax.bar([p for p, v in zip(pos, values) if v is not None], [v for v in values if v is not None],
+                   color=[c for c, v in zip(colours, values) if v is not None])
+    if len(runs) <= 12:      # the figure itself on each bar
+        ax.bar_label(drawn, fmt="%.3g", fontsize="small", padding=2)
     for p, v in zip(pos, values):
         if v is None:
             ax.annotate("n/a", (p, 0), ha="center", va="bottom", fontsize="small", color="0.4")

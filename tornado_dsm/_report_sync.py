@@ -321,7 +321,7 @@ METRICS = (
            _sub("per_episode", "rmws"), _B),
     Metric("rounds", "rounds per episode (computed from the algorithm)", "signalling rounds",
            _fig(lambda f: f["rounds"]), _B),
-    Metric("pages", "space: pages of the lock or barrier", "pages", _fig(lambda f: f["space_pages"]),
+    Metric("pages", "space: pages of its shared words", "pages", _fig(lambda f: f["space_pages"]),
            SYNC_KINDS),
 )
 
