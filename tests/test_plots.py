@@ -292,6 +292,20 @@ class TestDrawn:
         assert hand["lock=mcs"] == ([3], [60 * 3 / 600])    # no hand-over on one node: no point
         assert panels(fig)["acq/s"].get_yscale() == "log"
 
+    def test_lines_of_one_algorithm_are_told_apart(self):
+        """When a key other than the algorithm differs (threads), each line gets its own colour."""
+        s = load(SCENARIOS / "locks.toml", ["padding=page", "lock=mcs"], ["threads_per_node=1,2", "nodes=1,2"])
+        runs = [fake(s, o, sync=lock_sync("mcs", o["cluster.nodes"], 100, 50)) for o in s.combinations()]
+        ax = panels(figure(s, runs, ["acq/s"]))["acq/s"]
+        colours = {line.get_label(): line.get_color() for line in ax.get_lines()}
+        assert set(colours) == {"threads_per_node=1", "threads_per_node=2"} and len(set(colours.values())) == 2
+
+    def test_no_finished_run_is_a_figure_saying_so(self, managers, tmp_path):
+        """Zero runs (an interrupted run) draw a figure that says so instead of failing."""
+        s, _runs = managers
+        fig = plot(s, [], tmp_path / "none.png")
+        assert fig.panels == [] and "no finished run" in fig.get_suptitle()
+
     def test_a_chosen_sync_metric_alone(self):
         """--metric picks a lock column alone: one panel."""
         s = load(SCENARIOS / "locks.toml", ["padding=page", "lock=ticket"], ["nodes=1,2"])

@@ -387,11 +387,18 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
 
     kinds = [r.values["workload.kind"] for r in runs]
     chosen = resolve_metrics(metrics, kinds, _differing([r.params for r in runs]))
+    if not runs:       # e.g. interrupted before the first run finished
+        fig = Figure(figsize=(6, 2), layout="constrained")
+        fig.suptitle(f"tornado-dsm scenario {scenario.name}: no finished run")
+        fig.panels = []
+        return fig
     x_of, xlabel, x_keys = _report_sync.x_axis(runs) or (
         lambda r: r.values["cluster.nodes"], "nodes", ("cluster.nodes",))
     lines = len({x_of(r) for r in runs}) > 1
     keys = _differing([r.params for r in runs], skip=x_keys if lines else ())
     names = [_line_label(r, keys) for r in runs]
+    # The algorithms' own colours and markers (dashed: word padding) when only they differ.
+    style = _report_sync.style if set(keys) <= set(_report_sync.ALGORITHM_KEYS) else (lambda r: None)
     cols = 1 if len(chosen) == 1 else 2 if len(chosen) in (2, 4) else 3 if len(chosen) <= 6 else 4
     rows = -(-len(chosen) // cols)
     legend = lines and len(set(names)) > 1
@@ -410,10 +417,10 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
         elif relative:
             values = [None if v is None or not values[b] else v / values[b] for v, b in zip(values, base)]
         if lines:
-            _draw_lines(ax, runs, values, names, x_of, handles)
+            _draw_lines(ax, runs, values, names, x_of, handles, style)
             ax.set_xlabel(xlabel)
         else:
-            _draw_bars(ax, runs, values, [_line_label(r, keys, values_only=True) for r in runs])
+            _draw_bars(ax, runs, values, [_line_label(r, keys, values_only=True) for r in runs], style)
             ax.set_xlabel(", ".join(_short(k, keys) for k in keys))
         shown = [v for v in values if v is not None]
         if m.log and shown and min(shown) > 0 and not relative:
@@ -438,7 +445,7 @@ def figure(scenario, runs: list[RunResult], metrics=(), normalize: bool = False)
     fig.suptitle(f"tornado-dsm scenario {scenario.name}: {_setting(runs, x_keys if lines else ())}"
                  + (f"; normalised: each value ÷ {based_on}" + (" of the same other settings" if lines else "")
                     if normalize else "")
-                 + (" (dashed: padding = word)" if any((_report_sync.style(r) or {}).get("linestyle") == "--"
+                 + (" (dashed: padding = word)" if any((style(r) or {}).get("linestyle") == "--"
                                                        for r in runs) else ""))
     fig.panels = [(m.name, ax) for m, ax in zip(chosen, axes)]
     return fig
@@ -487,23 +494,23 @@ def _bases(runs: list[RunResult], x_of, x_keys, keys):
     return base, which
 
 
-def _draw_lines(ax, runs, values, names, x_of, handles: dict) -> None:
+def _draw_lines(ax, runs, values, names, x_of, handles: dict, style) -> None:
     """One line per name, along x; a run without the figure leaves a gap."""
     order = sorted(range(len(runs)), key=lambda i: x_of(runs[i]))
     for k, name in enumerate(dict.fromkeys(names)):
         idx = [i for i in order if names[i] == name]
         pts = [(x_of(runs[i]), values[i]) for i in idx if values[i] is not None]
-        st = _report_sync.style(runs[idx[0]]) or {"color": f"C{k % 10}", "marker": "os^vDP<>X*"[k % 10]}
+        st = style(runs[idx[0]]) or {"color": f"C{k % 10}", "marker": "os^vDP<>X*"[k % 10]}
         if pts:
             (line,) = ax.plot([x for x, _ in pts], [y for _, y in pts], label=name or None, **st)
             handles.setdefault(name, line)
     ax.set_xticks(sorted({x_of(r) for r in runs}))
 
 
-def _draw_bars(ax, runs, values, names) -> None:
+def _draw_bars(ax, runs, values, names, style) -> None:
     """One bar per run, named by its differing values; 'n/a' where it has no figure."""
     pos = list(range(len(runs)))
-    colours = [(_report_sync.style(r) or {}).get("color") or f"C{i % 10}" for i, r in enumerate(runs)]
+    colours = [(style(r) or {}).get("color") or f"C{i % 10}" for i, r in enumerate(runs)]
     drawn = ax.bar([p for p, v in zip(pos, values) if v is not None], [v for v in values if v is not None],
                    color=[c for c, v in zip(colours, values) if v is not None])
     if len(runs) <= 12:      # the figure itself on each bar
