@@ -514,7 +514,8 @@ def _draw_bars(ax, runs, values, names, style) -> None:
     drawn = ax.bar([p for p, v in zip(pos, values) if v is not None], [v for v in values if v is not None],
                    color=[c for c, v in zip(colours, values) if v is not None])
     if len(runs) <= 12:      # the figure itself on each bar
-        ax.bar_label(drawn, fmt="%.3g", fontsize="small", padding=2)
+        ax.bar_label(drawn, fmt=lambda v: f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}", fontsize="small",
+                     padding=2)
     for p, v in zip(pos, values):
         if v is None:
             ax.annotate("n/a", (p, 0), ha="center", va="bottom", fontsize="small", color="0.4")
