@@ -17,7 +17,7 @@ rep, a remote PPC through a stub (kernel/cobj/_table.py).
 Process: the root holds the authoritative region list and the address-space
 allocator; reps cache an immutable RegionList snapshot.  attach/detach go
 through the root, which updates every rep (broadcast) before returning.
-Policies: ``replicated`` (per_node; lookups are local) or ``singleton``
+Policies: ``per_node`` (lookups are local) or ``singleton``
 (every lookup from another node is a remote PPC to the home).
 
 Region: a virtual range, its protection and the FCM behind it.  ``translate``

@@ -27,7 +27,8 @@ def touch_all(a):
 
 
 def interrupt_in(seconds: float) -> None:
-    threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    """Ctrl-C as a terminal sends it: to the whole process group (node processes too)."""
+    threading.Timer(seconds, lambda: os.killpg(os.getpgid(0), signal.SIGINT)).start()
 
 
 def main(mode: str) -> None:

@@ -36,13 +36,13 @@ class TestRun:
         r = tornado_dsm("run", str(REPO / "scenarios" / "quickstart.toml"), "--set", "pages=8",
                         "--set", "repeats=1", "--json", str(out), "--plot", str(png))
         assert r.returncode == 0, r.stderr
-        rows = [line for line in r.stdout.splitlines() if line.split()[:1] in (["replicated"], ["singleton"])]
+        rows = [line for line in r.stdout.splitlines() if line.split()[:1] in (["per_node"], ["singleton"])]
         assert len(rows) == 4 and "norm.cost" in r.stdout and "Process rPPC/f" in r.stdout
         doc = json.loads(out.read_text())
         jsonschema.validate(doc, load_schema())
         assert doc["schema_version"] == 1
         assert [(x["params"]["policies.process"], x["params"]["cluster.nodes"]) for x in doc["runs"]] == \
-            [("replicated", 1), ("replicated", 2), ("singleton", 1), ("singleton", 2)]
+            [("per_node", 1), ("per_node", 2), ("singleton", 1), ("singleton", 2)]
         data = png.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and b"matplotlib" in data[:4096].lower()
 

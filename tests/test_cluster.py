@@ -341,3 +341,21 @@ class TestStatistics:
             assert len(lines) == 5 and lines[0].split()[:4] == ["node", "faults", "read", "write"]
             assert lines[-1].split()[:2] == ["total", "4"]
             assert "\n" not in repr(s) and "histogram" not in repr(s)
+
+
+class TestRunOn:
+    def test_nodes_keyword_still_works_with_a_warning(self):
+        """run(nodes=...) still chooses nodes, with a DeprecationWarning naming on=."""
+        with new_cluster(2) as c:
+            with pytest.warns(DeprecationWarning, match=r"run\(on=\.\.\.\)"):
+                assert c.run(progs.where_am_i, nodes=[1], threads=1) == [(1, 0)]
+            with pytest.raises(TypeError, match="not both"):
+                c.run(progs.where_am_i, on=[1], nodes=[1])
+
+
+class TestPolicyNames:
+    def test_inspect_shows_the_name_given(self):
+        """Cluster(policies={"process": "per_node"}) and the old "replicated" both show as per_node."""
+        for name in ("per_node", "replicated"):
+            with new_cluster(2, policies={"process": name}) as c:
+                assert {o.policy for o in c.inspect().objects if o.name == "process"} == {"per_node"}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 
@@ -17,7 +20,9 @@ INTERNAL = ("TypeError", "MemoryLayoutError", "max_map_count", "Exception in thr
 
 
 def _run(mode: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PROGRAM), mode], capture_output=True, text=True, timeout=110)
+    # a session of its own: the program's Ctrl-C goes to its process group only
+    return subprocess.run([sys.executable, str(PROGRAM), mode], capture_output=True, text=True, timeout=110,
+                          start_new_session=True)
 
 
 class TestFirstInterrupt:
@@ -39,3 +44,25 @@ class TestSecondInterrupt:
         assert "closed: run of sleep: interrupted twice; the cluster is closed" in r.stdout
         assert "this cluster is closed" in r.stdout
         assert not any(word in r.stderr for word in INTERNAL), r.stderr
+
+
+class TestScenarioInterrupt:
+    def test_run_keeps_the_finished_runs(self, tmp_path):
+        """Ctrl-C during `tornado-dsm run` prints what finished, writes partial JSON, exits 130, no traceback."""
+        out = tmp_path / "r.json"
+        proc = subprocess.Popen([sys.executable, "-m", "tornado_dsm._cli", "run", "locks", "--no-progress",
+                                 "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=6)        # the scenario takes about a minute: it is still running
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "interrupted during the run with" in stderr and "Traceback" not in stderr
+        doc = json.loads(out.read_text())
+        assert doc["partial"] is True
+        finished = int(re.search(r": (\d+) of 42 runs finished", stderr).group(1))
+        assert len(doc["runs"]) == finished
+        if finished:
+            assert "lock  padding" in stdout

@@ -72,7 +72,7 @@ class TestErrors:
         ("[cluster]\nmanager = \"central\"\n", "cluster.manager", "'centralized', 'fixed', 'dynamic'"),
         ("[policies]\nregion = \"everywhere\"\n", "policies.region", "'per_node', 'singleton' or 'group:k'"),
         ("[policies]\nregion = \"group:5\"\n", "policies.region", "k from 1 to cluster.nodes"),
-        ("[policies]\nprocess = \"per_node\"\n", "policies.process", "'replicated', 'singleton'"),
+        ("[policies]\nprocess = \"everywhere\"\n", "policies.process", "'per_node', 'singleton'"),
         ("[workload]\nkind = \"lu\"\n", "workload.kind", "'jacobi'"),
         ("[workload]\nwrite_fraction = 1.5\n", "workload.write_fraction", "from 0 to 1"),
         ("[workload]\nkind = \"jacobi\"\nwrite_fraction = 0.5\n", "workload.write_fraction",
@@ -120,3 +120,43 @@ class TestCombinationErrors:
         """A combination that is invalid only together (group:2 on 1 node) fails at load."""
         with pytest.raises(ScenarioError, match="group:k needs k from 1 to cluster.nodes"):
             from_dict({"policies": {"region": "group:2"}, "vary": {"nodes": [1, 2]}})
+
+
+class TestOneNamePerPolicy:
+    def test_old_name_reads_as_per_node(self):
+        """process = "replicated" (the old name), as a value or in [vary], is per_node everywhere after loading."""
+        s = from_dict({"policies": {"process": "replicated"},
+                       "vary": {"policies": [{"process": "replicated"}, {"process": "singleton"}]}})
+        assert s["policies.process"] == "per_node"
+        assert [c["policies.process"] for c in s.combinations()] == ["per_node", "singleton"]
+
+
+class TestKeyNames:
+    @pytest.mark.parametrize("vary", [
+        {"policies.region": ["per_node", "singleton"]},          # quoted dotted key
+        {"policies": {"region": ["per_node", "singleton"]}},     # policies.region = [...] unquoted
+        {"region.policy": ["per_node", "singleton"]},            # the natural spelling
+        {"policy.region": ["per_node", "singleton"]}])
+    def test_every_natural_form_varies_the_region_policy(self, vary):
+        """[vary] reads policies.region in its quoted, dotted and natural spellings alike."""
+        s = from_dict({"vary": vary})
+        assert [c["policies.region"] for c in s.combinations()] == ["per_node", "singleton"]
+
+    def test_bare_section_name_suggests_the_key(self):
+        """vary.region = [...] (a section given plain values) names the key that would vary it."""
+        with pytest.raises(ScenarioError, match=r"to vary one key write policies.region = "):
+            from_dict({"vary": {"region": ["per_node", "singleton"]}})
+
+    @pytest.mark.parametrize("doc,key,suggestion", [
+        ({"cluster": {"nodez": 2}}, "cluster.nodez", "cluster.nodes"),
+        ({"workload": {"repeat": 2}}, "workload.repeat", "workload.repeats")])
+    def test_unknown_key_in_a_file_says_did_you_mean(self, doc, key, suggestion):
+        """A misspelt key is refused with the nearest key suggested."""
+        with pytest.raises(ScenarioError, match=f"did you mean '{suggestion}'") as info:
+            from_dict(doc)
+        assert info.value.key == key
+
+    def test_unknown_set_key_says_did_you_mean(self):
+        """--set nodez=3 suggests cluster.nodes."""
+        with pytest.raises(ScenarioError, match="did you mean 'cluster.nodes'"):
+            from_dict({}, sets=["nodez=3"])

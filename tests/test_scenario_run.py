@@ -70,7 +70,7 @@ def test_acceptance_replicated_vs_singleton():
     fault on the non-home node, and replicated serve more faults per second (same run)."""
     _s, runs = run("tornado-infault", sets=["nodes=2", "pages=32"])
     replicated, singleton = runs
-    assert replicated.params["policies.process"] == "replicated"
+    assert replicated.params["policies.process"] == "per_node"
     for obj in ("process", "region"):
         assert replicated.ppc_calls(obj, "remote") == 0
         assert singleton.ppc_per_fault_off_home(obj) >= 1

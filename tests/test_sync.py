@@ -144,7 +144,7 @@ class TestGenerated:
         a = sync_cluster.zeros((1024,), np.int64)
         lock = sync_cluster.lock(kind, padding=padding)
         overlaps = sync_cluster.run(progs.count_under_lock_some, a, lock, 10, shape,
-                                    nodes=list(range(len(shape))), threads=max(shape), timeout=RUN_LIMIT)
+                                    on=list(range(len(shape))), threads=max(shape), timeout=RUN_LIMIT)
         assert int(a[0]) == 10 * sum(shape)
         assert [o for o in overlaps if o is not None] == [0] * sum(shape)
         sync_cluster.free(a)
@@ -156,7 +156,7 @@ class TestGenerated:
         barrier = sync_cluster.barrier(sum(shape), kind, padding=padding)
         slots = flags(sync_cluster)
         results = sync_cluster.run(progs.barrier_episodes, barrier, slots, 5, shape,
-                                   nodes=list(range(len(shape))), threads=max(shape), timeout=RUN_LIMIT)
+                                   on=list(range(len(shape))), threads=max(shape), timeout=RUN_LIMIT)
         results = [r for r in results if r is not None]
         assert results == [(list(range(5)), [])] * sum(shape)
         sync_cluster.free(slots)
@@ -233,11 +233,11 @@ class TestOwnership:
             lock.release()
         lock.acquire(timeout=10)
         try:
-            [(kind_name, message)] = sync_cluster.run(progs.attempt_release, lock, nodes=1, threads=1)
+            [(kind_name, message)] = sync_cluster.run(progs.attempt_release, lock, on=1, threads=1)
         finally:
             lock.release()
         assert kind_name == "RuntimeError" and "released by a thread that does not hold it" in message
-        assert sync_cluster.run(progs.try_acquire, lock, 10, nodes=1, threads=1)[0][0] == "ok"
+        assert sync_cluster.run(progs.try_acquire, lock, 10, on=1, threads=1)[0][0] == "ok"
 
     def test_reacquire_by_the_holder(self, sync_cluster, kind):
         """acquire() by the holder is a RuntimeError, not a self-deadlock; held() tells who holds the lock."""
@@ -271,7 +271,7 @@ class TestAcquireTimeout:
         lock = sync_cluster.lock(kind)
         lock.acquire(timeout=10)
         try:
-            [outcomes] = sync_cluster.run(progs.time_out_twice, lock, 0.2, 0.5, nodes=1, threads=1,
+            [outcomes] = sync_cluster.run(progs.time_out_twice, lock, 0.2, 0.5, on=1, threads=1,
                                           timeout=RUN_LIMIT)
         finally:
             lock.release()
@@ -289,7 +289,7 @@ class TestBarrierTimeout:
         barrier = sync_cluster.barrier(3, kind)
         assert sync_cluster.run(progs.barrier_wait, barrier, 10, [1, 1, 1], threads=1,
                                 timeout=RUN_LIMIT) == [("ok", 0)] * 3
-        results = sync_cluster.run(progs.barrier_wait, barrier, 0.3, [1, 1], nodes=[0, 1], threads=1,
+        results = sync_cluster.run(progs.barrier_wait, barrier, 0.3, [1, 1], on=[0, 1], threads=1,
                                    timeout=RUN_LIMIT)
         for kind_name, message in results:
             assert kind_name == "TimeoutError", message
@@ -317,7 +317,7 @@ class TestServerKindsUsePPC:
     def test_server_lock_acquires_are_remote_ppcs(self, sync_cluster, home):
         """A server lock's acquire/release are remote PPCs from node 1, local ones on its home."""
         lock = sync_cluster.lock("server", home=home)
-        sync_cluster.run(progs.acquire_release, lock, 7, nodes=[1, home], threads=1, timeout=RUN_LIMIT)
+        sync_cluster.run(progs.acquire_release, lock, 7, on=[1, home], threads=1, timeout=RUN_LIMIT)
         stats = sync_cluster.ppc_statistics()
         for method in ("acquire", "release"):
             remote = stats[1].get(lock.oid, method, "remote")

@@ -70,7 +70,7 @@ class TestRemoteWrite:
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(wait_cluster.run, progs.wait_word, w, 0, 30, nodes=1, threads=1)
             asleep(wait_cluster, [1])
-            wait_cluster.run(progs.store_word, w, 11, nodes=2, threads=1)
+            wait_cluster.run(progs.store_word, w, 11, on=2, threads=1)
             results = waiting.result(timeout=60)
         assert [value for value, _ in results] == [11]
 
@@ -79,22 +79,22 @@ class TestLocalWrite:
     def test_atomic_store_wakes_a_waiter_of_its_node(self, wait_cluster):
         """A waiter thread on node 1 returns the value another thread of node 1 stored atomically."""
         a, _ = fresh_word(wait_cluster)
-        assert wait_cluster.run(progs.local_wake, a, 3, "atomic", nodes=1, threads=1) == [([5], [])]
+        assert wait_cluster.run(progs.local_wake, a, 3, "atomic", on=1, threads=1) == [([5], [])]
 
     def test_plain_store_and_notify_wake_a_waiter_of_its_node(self, wait_cluster):
         """A plain store on the waiter's node followed by td.notify wakes it: notify says it woke one."""
         a, _ = fresh_word(wait_cluster)
-        assert wait_cluster.run(progs.local_wake, a, 3, "plain", nodes=1, threads=1) == [([5], [1])]
+        assert wait_cluster.run(progs.local_wake, a, 3, "plain", on=1, threads=1) == [([5], [1])]
 
     def test_notify_wakes_one_waiter_at_a_time(self, wait_cluster):
         """With two waiters, td.notify (count 1) wakes exactly one each time it is called."""
         a, _ = fresh_word(wait_cluster)
-        assert wait_cluster.run(progs.local_wake, a, 3, "plain", 2, nodes=2, threads=1) == [([5, 5], [1, 1])]
+        assert wait_cluster.run(progs.local_wake, a, 3, "plain", 2, on=2, threads=1) == [([5, 5], [1, 1])]
 
     def test_notify_all_wakes_every_waiter(self, wait_cluster):
         """td.notify_all after a plain store wakes both waiters of the node at once."""
         a, _ = fresh_word(wait_cluster)
-        assert wait_cluster.run(progs.local_wake, a, 3, "plain_all", 2, nodes=2, threads=1) == [([5, 5], [2])]
+        assert wait_cluster.run(progs.local_wake, a, 3, "plain_all", 2, on=2, threads=1) == [([5, 5], [2])]
 
 
 class TestAlreadyDifferent:
@@ -111,7 +111,7 @@ class TestTimeout:
         """A wait nobody ends is a TimeoutError naming word and value, and leaves no waiter registered."""
         a, w = fresh_word(wait_cluster, value)
         [(kind, message, seconds, left)] = wait_cluster.run(progs.wait_timing_out, w, value, 0.2,
-                                                            nodes=1, threads=1)
+                                                            on=1, threads=1)
         assert kind == "TimeoutError", message
         assert str(w) in message and f"still held {value}" in message and "0.2 s" in message
         assert 0.2 <= seconds < 5
@@ -122,7 +122,7 @@ class TestIdleCPU:
     def test_waiting_threads_use_no_cpu(self, wait_cluster):
         """2 threads each on nodes 1, 2 waiting 1 s cost under 20 % of a core (ivy), 40 % (migrate)."""
         a, w = fresh_word(wait_cluster)
-        results = wait_cluster.run(progs.idle_cpu, w, 0, 1.0, 2, nodes=[1, 2], threads=1)
+        results = wait_cluster.run(progs.idle_cpu, w, 0, 1.0, 2, on=[1, 2], threads=1)
         bound = IDLE_CPU_BOUND[wait_cluster.protocol]
         shares = [cpu / wall for cpu, wall, _ in results]
         print(f"idle wait CPU ({wait_cluster.protocol}): " +

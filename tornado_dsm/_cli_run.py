@@ -121,14 +121,21 @@ def _run(args: argparse.Namespace) -> int:
     if scenario is None or not _plot_checked(scenario, args):
         return 2
     runs = _execute(scenario, args)
-    print(_report.render_table(scenario, runs))
+    if runs.interrupted is not None:
+        print(f"tornado-dsm: interrupted during the run with {runs.interrupted}: {len(runs)} of "
+              f"{runs.planned} runs finished" + (", shown below" if runs else ""), file=sys.stderr)
+    if runs:
+        print(_report.render_table(scenario, runs))
     if args.json:
-        _report.write_json(args.json, _report.to_json(scenario, runs))
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.plot:
+        doc = _report.to_json(scenario, runs)
+        if runs.interrupted is not None:
+            doc["partial"] = True
+        _report.write_json(args.json, doc)
+        print(f"wrote {args.json}" + (" (partial)" if runs.interrupted is not None else ""), file=sys.stderr)
+    if args.plot and runs:
         _report.plot(scenario, runs, args.plot, args.metric, args.normalize)
         print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+    return 130 if runs.interrupted is not None else 0
 
 
 # Whether --plot's format, --metric and --normalize can be honoured for ``scenario``

@@ -82,7 +82,7 @@ class Cluster:
 
     ``protocol``: "ivy" (multiple readers, single writer) or "migrate".
     ``manager``: "centralized", "fixed" or "dynamic" (IVY's three managers).
-    ``policies``: {"process": "replicated" | "singleton",
+    ``policies``: {"process": "per_node" | "singleton",
     "region": "per_node" | "singleton" | "group:k"}.  ``memory_per_node``:
     bytes of frames a node may hold (None: no limit).  ``base``/``size``:
     the DSM window (same address on every node).  ``timeout``: seconds
@@ -571,9 +571,8 @@ def _on(on, nodes):
         return on
     if on != "all":
         raise TypeError("run() takes on= (the nodes to run on), not both on= and its old name nodes=")
-    if DEPRECATE_NODES_KEYWORD:
-        warnings.warn("run(nodes=...) is now run(on=...): `nodes` read like a count (as in "
-                      "Cluster(nodes=3)) but names node ids", DeprecationWarning, stacklevel=3)
+    warnings.warn("run(nodes=...) is now run(on=...): `nodes` read like a count (as in "
+                  "Cluster(nodes=3)) but names node ids", DeprecationWarning, stacklevel=3)
     return nodes
 
 

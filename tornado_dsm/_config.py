@@ -5,9 +5,10 @@ from __future__ import annotations
 from tornado_dsm.kernel import PAGE, parse_policy
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
-PROCESS_POLICIES = ("replicated", "singleton")
+PROCESS_POLICIES = ("per_node", "singleton")
 REGION_POLICIES = ("per_node", "singleton", "group:k")
-DEFAULT_POLICIES = {"process": "replicated", "region": "per_node"}
+DEFAULT_POLICIES = {"process": "per_node", "region": "per_node"}
+OLD_NAMES = {"replicated": "per_node"}   # one name per policy everywhere; the old one still read
 
 
 def _positive_int(name: str, value, limit: int | None = None) -> None:
@@ -22,16 +23,17 @@ def _one_of(name: str, value, accepted) -> None:
 
 
 def check_policies(policies, nodes: int) -> dict:
-    """Policies with defaults filled in, in the COS's words (replicated -> per_node)."""
+    """Policies with defaults filled in, in the COS's words (the old name
+    "replicated" is read as per_node)."""
     policies = dict(DEFAULT_POLICIES, **(policies or {}))
     unknown = set(policies) - set(DEFAULT_POLICIES)
     if unknown:
         raise ValueError(f"unknown object in policies: {sorted(unknown)}; accepted: process, region")
-    _one_of("process policy", policies["process"], PROCESS_POLICIES)
+    process = OLD_NAMES.get(policies["process"], policies["process"])
+    _one_of("process policy", process, PROCESS_POLICIES)
     region = policies["region"]
     check_region_policy(region, nodes)
-    return {"process": "per_node" if policies["process"] == "replicated" else "singleton",
-            "region": region}
+    return {"process": process, "region": region}
 
 
 def check_region_policy(text, nodes: int) -> None:

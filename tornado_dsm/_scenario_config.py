@@ -9,6 +9,7 @@ file, the key, the bad value and what is accepted.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import os
@@ -79,8 +80,9 @@ KEYS: dict[str, Key] = {
                                    doc="Bytes of frames a node may hold (0: no limit)."),
     "cluster.window_mib": _int(64, 1, 1 << 20, "Size of the DSM window in MiB (every region must fit)."),
     "cluster.debug": Key(bool, False, "true or false", doc="Check IVY's invariants after every request (slow)."),
-    "policies.process": _choice("replicated", ("replicated", "singleton"),
-                                "Process object: a rep per node, or one rep on node 0 (remote lookups)."),
+    "policies.process": _choice("per_node", ("per_node", "singleton"),
+                                "Process object: a rep per node, or one rep on node 0 (remote lookups); "
+                                "'replicated' is read as its old name for per_node."),
     "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",
                            doc="Region objects: a rep per node, one on node 0, or one per group of k nodes."),
     "region.pages": _int(16, 1, 1 << 20, "Pages of each region (what a page means depends on the kind)."),
@@ -235,10 +237,26 @@ def from_dict(doc: dict, source: str = "<string>", sets=(), varies=()) -> Scenar
     for text in varies:
         key, raw = _split_assignment(text, source, "--vary")
         vary[key] = tuple(_coerce(key, part, source) for part in raw.split(","))
+    values, vary = _new_names(values), {k: tuple(_new_names_in(k, v) for v in vs) for k, vs in vary.items()}
     scenario = check(Scenario(source, values, tuple(vary.items()), frozenset(explicit)))
     for override in scenario.combinations():  # every combination is checked before any runs
         scenario.with_values(override)
     return scenario
+
+
+# Old names of values, read as the one name used everywhere else (inspect, reports).
+OLD_VALUES = {"policies.process": {"replicated": "per_node"}}
+
+
+def _new_names(values: dict) -> dict:
+    return {k: OLD_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+def _new_names_in(key: str, value):
+    """A [vary] value with old names replaced (a section table: its keys' values)."""
+    if isinstance(value, dict):
+        return {k: _new_names({f"{key}.{k}": v})[f"{key}.{k}"] for k, v in value.items()}
+    return _new_names({key: value})[key]
 
 
 def _flatten(doc: dict, source: str) -> tuple[dict, set]:
@@ -266,18 +284,45 @@ def _known(key: str, value, source: str) -> None:
         section = key.split(".")[0] if "." in key else ""
         names = [k for k in KEYS if k.startswith(section + ".")] if section in SECTIONS else \
             [k for k in KEYS if "." not in k] + [f"[{s}]" for s in SECTIONS] + ["[vary]"]
-        raise ScenarioError(source, key, value, "unknown key; accepted: " + ", ".join(names))
+        raise ScenarioError(source, key, value, _did_you_mean(key) + "unknown key; accepted: " + ", ".join(names))
 
 
-def resolve_key(key: str, source: str) -> str:
-    """The dotted key named by ``key`` ("nodes" -> "cluster.nodes" when unambiguous)."""
+def _natural(key: str) -> str | None:
+    """The dotted key a natural spelling means: "region.policy" or "policy.region"
+    -> "policies.region"; None if it names no key."""
+    a, _, b = key.partition(".")
+    for first, second in ((a, b), (b, a)):
+        if second in ("policy", "policies") and f"policies.{first}" in KEYS:
+            return f"policies.{first}"
+    return None
+
+
+def _did_you_mean(key: str) -> str:
+    """"did you mean 'cluster.nodes'? " for a near miss of a key (or its last part), else ""."""
+    names = list(KEYS) + sorted({k.rpartition(".")[2] for k in KEYS})
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
+    natural = _natural(key)
+    if natural:
+        return f"did you mean {natural!r}? "
+    if not close:
+        return ""
+    found = close[0] if close[0] in KEYS else resolve_key(close[0], "", quiet=True) or close[0]
+    return f"did you mean {found!r}? "
+
+
+def resolve_key(key: str, source: str, quiet: bool = False) -> str:
+    """The dotted key named by ``key`` ("nodes" -> "cluster.nodes" when unambiguous;
+    natural spellings such as "region.policy" -> "policies.region").  ``quiet``:
+    None instead of the error for an unknown or ambiguous key."""
     if key in KEYS or key in SECTIONS:
         return key
-    matches = [k for k in KEYS if k.rpartition(".")[2] == key]
+    matches = [k for k in KEYS if k.rpartition(".")[2] == key] or [k for k in (_natural(key),) if k]
     if len(matches) == 1:
         return matches[0]
+    if quiet:
+        return None
     raise ScenarioError(source, key, _MISSING if not matches else key,
-                        "unknown key; accepted: " + ", ".join(KEYS) if not matches
+                        _did_you_mean(key) + "unknown key; accepted: " + ", ".join(KEYS) if not matches
                         else "ambiguous; write one of " + ", ".join(matches))
 
 
@@ -305,12 +350,17 @@ def _parse_vary(vary, source: str):
     if not isinstance(vary, dict):
         raise ScenarioError(source, "vary", vary, "a table of key = [values]")
     for key, options in vary.items():
+        if isinstance(options, dict):   # `policies.region = [...]` (dotted, unquoted) or [vary.policies]
+            yield from _parse_vary({f"{key}.{k}": v for k, v in options.items()}, source)
+            continue
         full = resolve_key(key, source)
         if not isinstance(options, list) or not options:
             raise ScenarioError(source, f"vary.{key}", options, "a non-empty list of values")
         if full in SECTIONS and not all(isinstance(o, dict) for o in options):
+            hint = [k for k in KEYS if k.rpartition(".")[2] == full]
             raise ScenarioError(source, f"vary.{key}", options,
-                                f"a list of tables of [{full}] keys, e.g. [{{...}}, {{...}}]")
+                                f"a list of tables of [{full}] keys, e.g. [{{...}}, {{...}}]"
+                                + (f"; to vary one key write {hint[0]} = {options!r}" if hint else ""))
         yield full, tuple(options)
 
 

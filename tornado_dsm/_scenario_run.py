@@ -156,16 +156,16 @@ class RunContext:
                 f.truncate(pages * PAGE)
         return self.cluster.map_file(path, (words,), dtype, "r+")
 
-    def step(self, fn, *args, nodes="all", threads: int | None = None, measured: bool = True,
+    def step(self, fn, *args, on="all", threads: int | None = None, measured: bool = True,
              label: str = "") -> list:
-        """Run ``fn`` on the nodes (``threads`` per node, default the scenario's); if
+        """Run ``fn`` on the nodes ``on`` (``threads`` per node, default the scenario's); if
         ``measured``, add what it did to the figures."""
         if not measured:
-            results = self.cluster.run(fn, *args, nodes=nodes, threads=threads)
+            results = self.cluster.run(fn, *args, on=on, threads=threads)
         else:
             before = self.cluster.statistics()
             ppc_before = _ppc_counts(self.cluster)
-            results = self.cluster.run(fn, *args, nodes=nodes, threads=threads)
+            results = self.cluster.run(fn, *args, on=on, threads=threads)
             ppc_after = _ppc_counts(self.cluster)
             self._add(before, self.cluster.statistics(), ppc_before, ppc_after, results)
         self.on_step(label)
@@ -231,7 +231,7 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     runs = plan_runs(scenario, base)
     bar = tqdm(total=sum(steps_of(s) for _o, s, _b in runs), desc=scenario.name, unit="step",
                disable=None if progress else True, leave=False, dynamic_ncols=True)
-    results = []
+    results = Results(planned=len(runs))
     try:
         for override, s, window_base in runs:
             try:
@@ -240,9 +240,22 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
                 exc.add_note(f"while running scenario {scenario.name} ({scenario.source}) with "
                              f"{override or 'the values as written'}")
                 raise
+            except KeyboardInterrupt:   # Ctrl-C: the run in progress is left out, the others kept
+                results.interrupted = override or "the values as written"
+                break
     finally:
         bar.close()
     return results
+
+
+class Results(list):
+    """The RunResults of a scenario, in vary order; ``interrupted``: the combination
+    Ctrl-C stopped (None if every one of the ``planned`` runs finished)."""
+
+    def __init__(self, planned: int) -> None:
+        super().__init__()
+        self.planned = planned
+        self.interrupted = None
 
 
 # (override, scenario, window base) of every combination, in vary order: the

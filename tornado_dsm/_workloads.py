@@ -171,8 +171,8 @@ def drive_producer_consumer(ctx, s) -> None:
         return
     consumers = list(range(1, s["cluster.nodes"])) or [0]
     for r in range(s["workload.repeats"]):
-        ctx.step(produce, p, a, r + 1, nodes=[0], label=f"produce {r + 1}")
-        ctx.step(consume, p, a, r + 1, nodes=consumers, label=f"consume {r + 1}")
+        ctx.step(produce, p, a, r + 1, on=[0], label=f"produce {r + 1}")
+        ctx.step(consume, p, a, r + 1, on=consumers, label=f"consume {r + 1}")
 
 
 # ---- false sharing -----------------------------------------------------------------------
@@ -253,7 +253,7 @@ def drive_ping_pong(ctx, s) -> None:
     """Nodes take turns on a page of data; under migrate every turn moves the pages."""
     a = ctx.region(s["region.pages"] + 1)
     for r in range(s["workload.repeats"]):
-        ctx.cluster.run(_reset_turn, a, nodes=[0], threads=1)
+        ctx.cluster.run(_reset_turn, a, on=[0], threads=1)
         ctx.step(ping_pong, ctx.params(), a, label=f"round {r + 1}")
 
 
@@ -308,7 +308,7 @@ def drive_jacobi(ctx, s) -> None:
     with a barrier after each, or one sweep per run (the end of a run is the barrier)."""
     rows, iterations = max(s["region.pages"], 3), s["workload.repeats"]
     grids = [ctx.region(rows, np.float64).reshape(rows, WORDS) for _ in range(2)]
-    ctx.cluster.run(jacobi_init, *grids, nodes=[0], threads=1)  # arrays as args: lists travel by value
+    ctx.cluster.run(jacobi_init, *grids, on=[0], threads=1)  # arrays as args: lists travel by value
     if s["workload.steps"] == "barrier":
         barrier = ctx.cluster.barrier(_threads(s), kind=s["workload.barrier"])
         ctx.step(jacobi_sweeps, ctx.params(), *grids, barrier, iterations, label="all sweeps")
@@ -352,7 +352,7 @@ def drive_matmul(ctx, s) -> None:
     n = s["workload.n"]
     pages = -(-n * n // WORDS)
     a, b, c = (ctx.region(pages, np.float64)[:n * n].reshape(n, n) for _ in range(3))
-    ctx.cluster.run(matmul_init, a, b, s["workload.seed"], nodes=[0], threads=1)
+    ctx.cluster.run(matmul_init, a, b, s["workload.seed"], on=[0], threads=1)
     for r in range(s["workload.repeats"]):
         ctx.step(matmul_blocks, ctx.params(), a, b, c, label=f"multiply {r + 1}")
     if not np.allclose(np.asarray(c), np.asarray(a) @ np.asarray(b)):

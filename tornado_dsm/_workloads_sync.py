@@ -219,7 +219,7 @@ def drive_lock(ctx, s) -> None:
     counter = ctx.region(1)
     ctx.step(lock_warm, lock, counter, measured=False, label="warm-up")
     done = threads
-    alone = ctx.step(lock_alone, lock, threads + 1, s["workload.ops"], nodes=[nodes - 1], threads=1,
+    alone = ctx.step(lock_alone, lock, threads + 1, s["workload.ops"], on=[nodes - 1], threads=1,
                      measured=False, label="uncontended")
     uid = lock.space.uid
     acq0, rmw0 = _node_counters(ctx, uid)

@@ -295,6 +295,22 @@ def _main_file_only_if_real():
         main.__file__ = path
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Start a node with SIGINT ignored (inherited across exec; Python keeps it so).
+    A Ctrl-C in a terminal reaches the whole process group, but only node 0
+    decides what it means (it interrupts the nodes' work through PPCs);
+    a node killed by it mid-start-up or mid-run would be a lost node."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                   # signal dispositions can be changed from the main thread only
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _refuse_main_reimport() -> None:
     """In a spawned node still importing the main script: one line, then exit."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
@@ -375,7 +391,7 @@ def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, 
                   "log_level": log_level, "listen": _child_listen(cluster, transport, k),
                   "attach": attach, "crash_log": crash_log_path(cluster._tmpdir, k)}
         proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
-        with _main_file_only_if_real():
+        with _main_file_only_if_real(), _sigint_ignored():
             proc.start()
         cluster.processes[k] = proc
     if join:
