@@ -103,7 +103,14 @@ def _execute(scenario, args):
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scenario_args(parser)
     parser.add_argument("--json", metavar="PATH", help="write every figure to PATH (JSON, see the schema)")
-    parser.add_argument("--plot", metavar="PATH", help="draw the comparison to PATH (PNG)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="draw the comparison to PATH, in the format of its extension: .png, .svg or .pdf")
+    parser.add_argument("--metric", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="what --plot draws, one panel each (e.g. faults/s,messages; repeatable; "
+                             "default: the scenario's; a wrong name lists them all)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="--plot each value over the fewest-nodes run of the same settings (one node "
+                             "count: over the first run); default: absolute values")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -111,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from . import _report
 
     scenario = _load(args, (("--json", args.json), ("--plot", args.plot)))
-    if scenario is None:
+    if scenario is None or not _plot_checked(scenario, args):
         return 2
     runs = _execute(scenario, args)
     if runs.interrupted is not None:
@@ -126,9 +133,22 @@ def _run(args: argparse.Namespace) -> int:
         _report.write_json(args.json, doc)
         print(f"wrote {args.json}" + (" (partial)" if runs.interrupted is not None else ""), file=sys.stderr)
     if args.plot and runs:
-        _report.plot(scenario, runs, args.plot)
+        _report.plot(scenario, runs, args.plot, args.metric, args.normalize)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 130 if runs.interrupted is not None else 0
+
+
+# Whether --plot's format, --metric and --normalize can be honoured for ``scenario``
+# (checked before the run); else False after printing the one-line error.
+def _plot_checked(scenario, args) -> bool:
+    from ._report import PlotError, check_plot
+
+    try:
+        check_plot(scenario, args.plot, args.metric, args.normalize)
+        return True
+    except PlotError as exc:
+        print(f"tornado-dsm: error: {exc}", file=sys.stderr)
+        return False
 
 
 # ---- inspect ---------------------------------------------------------------------------
