@@ -20,7 +20,7 @@ from .machine import (
 from .net import (
     LOST, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
     RemoteError, before_blocking, current_runtime, new_key, parse_address, peek_count,
-    read_key_file, run_node, wire_record, write_key_file, AuthenticationError, connect, handshake_accept, listen,
+    read_key_file, run_node, wire_record, write_key_file, AuthenticationError, check_key, connect, handshake_accept, listen,
 )
 from .cobj import (
     COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
@@ -37,7 +37,7 @@ __all__ = [
     "LOST", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
     "parse_address", "peek_count", "read_key_file", "run_node", "wire_record", "write_key_file",
-    "AuthenticationError", "connect", "handshake_accept", "listen",
+    "AuthenticationError", "check_key", "connect", "handshake_accept", "listen",
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",
     "ReplicationView", "TypedRef", "attach", "current_cos", "home_of", "local_ppc_seconds", "parse_policy",

@@ -90,13 +90,18 @@ class Cluster:
     otherwise) must answer; None (default) waits as long as the nodes live.
     ``route(node, address)``: the address the other nodes dial to reach
     ``node`` (fault injection puts a `Relay` there; None: the node itself).
+    ``transport="tcp"`` with ``address`` ("HOST:PORT" node 0 listens on),
+    ``key`` (the cluster secret, e.g. from `write_key_file`) and ``join=k``:
+    the last k nodes join from other hosts (`join_cluster`, ``tornado-dsm
+    node --join``) and the constructor returns once they have.
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
                  size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
-                 timeout: float | None = None, route=None) -> None:
+                 timeout: float | None = None, route=None, address: str | None = None,
+                 key: bytes | None = None, join: int = 0) -> None:
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)
@@ -112,7 +117,7 @@ class Cluster:
         self._run_ids = itertools.count(1)
         self._baseline = None           # statistics(reset=True) moves it
         self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
-                                  timeout=self.timeout, route=route)
+                                  timeout=self.timeout, route=route, address=address, key=key, join=join)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))

@@ -16,12 +16,12 @@ from ._runtime import NodeRuntime, NodeStartupError, current_runtime
 from ._startup import NodeSet, run_node, start_nodes
 from ._stats import PPCCounter, PPCStatistics, peek as peek_count
 from ._transport import (
-    AuthenticationError, connect, handshake_accept, listen, new_key, parse_address, read_key_file, write_key_file,
+    AuthenticationError, check_key, connect, handshake_accept, listen, new_key, parse_address, read_key_file, write_key_file,
 )
 from ._wire import NodeLost, Payload, PPCTimeout, RemoteError, wire_record
 
 __all__ = [
     "LOST", "before_blocking", "NodeRuntime", "NodeStartupError", "current_runtime", "NodeSet", "run_node",
     "start_nodes", "PPCCounter", "PPCStatistics", "peek_count", "new_key", "parse_address",
-    "read_key_file", "write_key_file", "AuthenticationError", "connect", "handshake_accept", "listen", "NodeLost", "Payload", "PPCTimeout", "RemoteError", "wire_record",
+    "read_key_file", "write_key_file", "AuthenticationError", "check_key", "connect", "handshake_accept", "listen", "NodeLost", "Payload", "PPCTimeout", "RemoteError", "wire_record",
 ]
