@@ -72,6 +72,21 @@ class Measurement:
         return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"
 
 
+def _launcher(launcher: str, nodes, join: int, route):
+    """(nodes, the function that starts them) for ``launcher``; under "mpi", a rank
+    other than 0 serves as a node here and leaves with SystemExit."""
+    if launcher == "spawn":
+        return nodes, start_nodes
+    if launcher != "mpi":
+        raise ValueError(f"launcher must be 'spawn' (this process starts the nodes) or 'mpi' "
+                         f"(the ranks of an mpiexec job), not {launcher!r}")
+    if join or route is not None:
+        raise ValueError("launcher='mpi' puts every node on an MPI rank: join= and route= do not apply")
+    from . import _mpi
+    size = _mpi.serve_unless_rank0()
+    return (size if nodes is None else nodes), _mpi.start_nodes
+
+
 def _lost_reason(lost) -> str:
     return "nodes could not hand over their dirty pages: " + ", ".join(
         f"node {node} ({why})" for node, why in lost)
@@ -94,6 +109,9 @@ class Cluster:
     ``key`` (the cluster secret, e.g. from `write_key_file`) and ``join=k``:
     the last k nodes join from other hosts (`join_cluster`, ``tornado-dsm
     node --join``) and the constructor returns once they have.
+    ``launcher``: "spawn" (this process starts the nodes) or "mpi" (the ranks of
+    an ``mpiexec`` job are the nodes, ``nodes`` at most the job size; a rank
+    other than 0 serves here and exits: see `from_mpi`).
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
@@ -101,7 +119,8 @@ class Cluster:
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
                  size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
                  timeout: float | None = None, route=None, address: str | None = None,
-                 key: bytes | None = None, join: int = 0) -> None:
+                 key: bytes | None = None, join: int = 0, launcher: str = "spawn") -> None:
+        nodes, start = _launcher(launcher, nodes, join, route)
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)
@@ -116,8 +135,8 @@ class Cluster:
         self._sync_uids: list[int] = []
         self._run_ids = itertools.count(1)
         self._baseline = None           # statistics(reset=True) moves it
-        self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
-                                  timeout=self.timeout, route=route, address=address, key=key, join=join)
+        self._nodes = start(nodes, transport=transport, init=start_node, init_args=(self.config,),
+                            timeout=self.timeout, route=route, address=address, key=key, join=join)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
@@ -126,6 +145,20 @@ class Cluster:
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
+
+    @classmethod
+    def from_mpi(cls, **options) -> "Cluster":
+        """The cluster of an MPI job, one node per rank (``mpiexec -n N python prog.py``).
+
+        On rank 0: a Cluster of N nodes, node k on rank k (``options`` are the
+        constructor's; ``nodes`` may only repeat N).  On every other rank it
+        never returns: the rank serves as a node of every cluster rank 0 makes,
+        and when rank 0's program ends the process exits (SystemExit) with
+        status 0, or 1 if a node was lost or rank 0's program raised.
+        """
+        from . import _mpi
+        options["nodes"] = _mpi.from_mpi_nodes(options.get("nodes"))
+        return cls(launcher="mpi", **options)
 
     def __enter__(self) -> "Cluster":
         return self
