@@ -55,6 +55,7 @@ def place(grid, nodes):
     rows = grid.shape[0] // nodes
     grid[me * rows:(me + 1) * rows] = me + 1
     return {"node": me, "pid": os.getpid(), "parent": os.getppid(), "mpi": loads_mpi(),
+            "netns": os.stat("/proc/self/ns/net").st_ino,
             "band": float(grid[me * rows:(me + 1) * rows].sum()),
             "window_maps": mappings_in_window_area()}
 

@@ -63,12 +63,14 @@ def where() -> int:
 
 
 class TestKeyFiles:
+    @pytest.mark.timeout(30)
     def test_write_then_read(self, tmp_path):
         """write_key_file makes a fresh 32-byte key in a 0600 file that read_key_file gives back."""
         key = td.write_key_file(tmp_path / "k")
         assert len(key) == 32 and stat.S_IMODE(os.stat(tmp_path / "k").st_mode) == 0o600
         assert td.read_key_file(tmp_path / "k") == key
 
+    @pytest.mark.timeout(30)
     def test_given_key_and_no_overwrite(self, tmp_path):
         """A given key is stored as is, and an existing key file is never overwritten."""
         key = bytes(range(32))
@@ -77,6 +79,7 @@ class TestKeyFiles:
             td.write_key_file(tmp_path / "k")
         assert td.read_key_file(tmp_path / "k") == key
 
+    @pytest.mark.timeout(30)
     def test_refuses_a_file_others_may_read(self, tmp_path):
         """A key file readable by group or others is refused, naming the fix."""
         td.write_key_file(tmp_path / "k")
@@ -84,11 +87,13 @@ class TestKeyFiles:
         with pytest.raises(PermissionError, match="chmod 600"):
             td.read_key_file(tmp_path / "k")
 
+    @pytest.mark.timeout(30)
     def test_short_key_is_refused(self, tmp_path):
         """A key shorter than 16 bytes is refused, saying what is accepted."""
         with pytest.raises(ValueError, match="length >= 16"):
             td.write_key_file(tmp_path / "k", b"short")
 
+    @pytest.mark.timeout(30)
     def test_join_cluster_needs_one_key(self):
         """join_cluster wants exactly one of key= and key_file=."""
         with pytest.raises(ValueError, match="exactly one of key="):
@@ -101,8 +106,7 @@ class TestKeyFiles:
 class TestJoinCluster:
     @pytest.mark.timeout(120)
     def test_a_joined_node_shares_arrays_and_a_wrong_key_is_refused(self, tmp_path):
-        """A node joined with join_cluster faults on the cluster's arrays; a wrong key is refused
-        and the cluster goes on; closing the cluster ends the joined node with status 0."""
+        """A join_cluster node shares the arrays; a wrong key is refused; closing ends the node with 0."""
         key = td.write_key_file(tmp_path / "cluster.key")
         td.write_key_file(tmp_path / "wrong.key")
         address = f"127.0.0.1:{free_port()}"

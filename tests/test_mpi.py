@@ -7,93 +7,17 @@ hang after its timeout; ``-print-all-exitcodes`` gives every rank's status."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import tornado_dsm as td
-from helpers import process_gone
+from helpers import MPI_SKIP, Job, mpiexec, process_gone, tool
 
-TESTS = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-
-
-def _tool(name: str) -> str | None:
-    """The command ``name`` of this environment (next to its python), else from PATH."""
-    here = BIN / name
-    return str(here) if here.is_file() else shutil.which(name)
-
-
-MPIEXEC, TORNADO_DSM = _tool("mpiexec"), _tool("tornado-dsm")
-
-
-def _hydra() -> bool:
-    """Whether MPIEXEC is MPICH's hydra (the tests read its -print-all-exitcodes)."""
-    try:
-        r = subprocess.run([MPIEXEC, "-info"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "HYDRA" in r.stdout.upper()
-
-
-def _skip_reason() -> str | None:
-    if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed: pip install -e '.[test,mpi]'"
-    if MPIEXEC is None:
-        return "no mpiexec in this environment or on PATH: pip install -e '.[test,mpi]' (the mpich wheel)"
-    if not _hydra():
-        return f"{MPIEXEC} is not MPICH's hydra (the mpich wheel of the `mpi` extra)"
-    return None
-
-
-SKIP = _skip_reason()
-needs_mpi = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
-
-
-class Job:
-    """A finished mpiexec run: ``returncode``, ``stdout``, ``stderr``, ``seconds``, and
-    ``ranks``: each rank's end as ("exit", code) or ("signal", number)."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str, seconds: float) -> None:
-        self.returncode, self.stdout, self.stderr, self.seconds = returncode, stdout, stderr, seconds
-        line = re.search(r"Exit codes: (.*)", stdout + stderr)
-        statuses = re.findall(r"\d+", re.sub(r"\[[^]]*\]", "", line.group(1))) if line else []
-        self.ranks = [("signal", s & 0x7F) if s & 0x7F else ("exit", s >> 8) for s in map(int, statuses)]
-
-    def result(self):
-        """The last ``RESULT`` json line rank 0 printed."""
-        lines = [ln for ln in self.stdout.splitlines() if ln.startswith("RESULT ")]
-        assert lines, f"no RESULT line (status {self.returncode}):\n{self.stdout}\n{self.stderr[-3000:]}"
-        return json.loads(lines[-1][len("RESULT "):])
-
-    def __repr__(self) -> str:
-        return f"<mpiexec job: status {self.returncode}, ranks {self.ranks}>\n{self.stderr[-3000:]}"
-
-
-def mpiexec(n: int, *command: str, timeout: float = 60.0) -> Job:
-    """Run ``command`` on ``n`` ranks from the tests directory; a job still running after
-    ``timeout`` s is killed, session and all, and fails the test as a hang."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen([MPIEXEC, "-print-all-exitcodes", "-n", str(n), *command], cwd=TESTS,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"mpiexec -n {n} {' '.join(command)} hung: still running after {timeout} s\n"
-                             f"{out[-2000:]}\n{err[-2000:]}") from None
-    return Job(proc.returncode, out, err, time.monotonic() - t0)
+TORNADO_DSM = tool("tornado-dsm")
+needs_mpi = pytest.mark.skipif(MPI_SKIP is not None, reason=MPI_SKIP or "")
 
 
 def program(n: int, name: str, *args: str, timeout: float = 60.0) -> Job:
@@ -147,7 +71,7 @@ class TestPrograms:
         nodes = r["nodes"]
         assert r["nnodes"] == 3 and [n["node"] for n in nodes] == [0, 1, 2]
         assert nodes[0]["pid"] == r["rank0_pid"] and len({n["parent"] for n in nodes}) == 3
-        assert [n["mpi"] for n in nodes] == [True, False, False]
+        assert [n["mpi"] for n in nodes] == [True, False, False] and len({n["netns"] for n in nodes}) == 1
         assert [n["band"] for n in nodes] == [102400.0, 204800.0, 307200.0] and r["total"] == 614400.0
         assert r["rank0_window_maps_before"] == []
         for maps in [r["rank0_window_maps"]] + [n["window_maps"] for n in nodes]:
