@@ -60,6 +60,23 @@ def place(grid, nodes):
             "window_maps": mappings_in_window_area()}
 
 
+def key_exposed(key: bytes, run_dir: str | None = None) -> list[str]:
+    """Where this node's process, its parent (the rank) or ``run_dir``'s files show the key."""
+    places = [f"/proc/{pid}/{what}" for pid in (os.getpid(), os.getppid()) for what in ("cmdline", "environ")]
+    if run_dir:
+        places += [os.path.join(run_dir, name) for name in os.listdir(run_dir)]
+    found = []
+    for path in places:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue   # a socket, or gone
+        if key in data or key.hex().encode() in data:
+            found.append(path)
+    return found
+
+
 def wrong_key_joiner(address: str) -> dict:
     """A process that tries to join with a key that is not the cluster's."""
     code = ("import sys, tornado_dsm as td; "
@@ -77,10 +94,12 @@ def basic() -> None:
         nodes = cluster.run(place, grid, cluster.nnodes)
         host, port = cluster.node_set.runtime.address
         refused = wrong_key_joiner(f"{host}:{port}")
+        key = cluster.node_set.runtime.key
+        exposed = cluster.run(key_exposed, key) + [key_exposed(key, cluster.node_set.run_dir)]
         result({"nnodes": cluster.nnodes, "nodes": nodes, "total": float(grid.sum()),
                 "rank0_pid": os.getpid(), "rank0_window_maps_before": before,
                 "rank0_window_maps": mappings_in_window_area(), "refused": refused,
-                "after_refusal": cluster.run(td.current_node)})
+                "after_refusal": cluster.run(td.current_node), "key_exposed": exposed})
 
 
 X, Y = 0, 512          # two words: on two pages ("two-pages"), or Y = 8 for "same-page"

@@ -63,7 +63,7 @@ class TestScenarios:
 class TestPrograms:
     @pytest.mark.timeout(60)
     def test_from_mpi_puts_a_node_on_every_rank(self):
-        """from_mpi: body on rank 0 only, node k under rank k, one array, a clean window, wrong key refused."""
+        """from_mpi: rank 0 alone runs the body, node k under rank k, clean window, key kept off disk."""
         job = program(3, "basic")
         assert job.returncode == 0 and job.ranks == [("exit", 0)] * 3, job
         assert job.stdout.count("BODY") == 1
@@ -78,6 +78,7 @@ class TestPrograms:
             assert maps and all("/memfd:tornado_dsm-node" in line for line in maps), maps
         assert r["refused"]["status"] == 1 and "AuthenticationError" in r["refused"]["stderr"]
         assert r["after_refusal"] == [0, 1, 2]
+        assert r["key_exposed"] == [[], [], [], []]   # no command line, environment or run-dir file
         assert all_gone([n["pid"] for n in nodes[1:]])
 
     @pytest.mark.timeout(90)

@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, start_nodes, view_at
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, current_cos, new_key, start_nodes, view_at
 from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, lost_pages, set_process, start_node, stop_node,
 )
@@ -140,7 +140,9 @@ class Cluster:
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
-            self._watch = WatchServer(self, self._nodes.run_dir, self._nodes.runtime.key)
+            # a key of its own: the cluster key runs code on every node and stays out of
+            # files (under mpiexec it exists only in memory and in MPI messages)
+            self._watch = WatchServer(self, self._nodes.run_dir, new_key())
             self._sigint = _interrupts.guard_faults()
         except BaseException:
             self._nodes.__exit__(None, None, None)
