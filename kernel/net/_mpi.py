@@ -8,9 +8,9 @@ MPI carries only the control messages; the nodes talk over the ordinary
 authenticated TCP transport, and rank k joins through the ordinary join path
 (``run_node``) with k as its node id.
 
-* ``mpi_job()`` (each rank, once) initializes MPI through mpi4py and gathers
-  where every rank runs: (boot id, network namespace) tells whether rank 0's
-  127.0.0.1 reaches a rank, and each rank's IPv4 addresses let rank 0 ask its
+* ``mpi_job()`` (each rank, once) initializes MPI through mpi4py, and every
+  rank tells rank 0 where it runs: (boot id, network namespace) says whether
+  rank 0's 127.0.0.1 reaches it, and its IPv4 addresses let rank 0 ask its
   routing table which of its own addresses faces that rank's host.
 * ``start_mpi_nodes`` (rank 0) listens on TCP, makes the cluster key and
   sends each rank of the cluster a start message over MPI: the key, node 0's
@@ -32,6 +32,11 @@ non-zero status (a node was lost, or the program raised), every rank
 finalizes MPI and exits with it: the launcher kills nobody after a process
 finalized, whatever its status.  A rank process killed outright is the
 launcher's business: it kills every rank at once (no hang, non-zero status).
+
+Rank 0 sends the end message from an atexit hook registered when this module
+is imported (after every cluster has closed), also when its program failed
+before making a cluster: MPICH's MPI_Finalize waits for every rank, and the
+others would wait for rank 0 for ever.
 
 Waiting ranks poll with ``iprobe`` and a short sleep instead of a blocking
 receive: MPICH's blocking calls spin a CPU, and the nodes need the CPUs.
@@ -58,7 +63,6 @@ from ._loss import describe_end
 from ._startup import cleanup_dir, spawned_main, start_nodes
 from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
 
-log = logging.getLogger("tornado_dsm.node")
 
 # Set by the launchers that start MPI processes: MPICH's hydra, Intel MPI and
 # Slurm's PMI (PMI_RANK), PMIx launchers (PMIX_RANK), Open MPI (OMPI_COMM_WORLD_RANK).
