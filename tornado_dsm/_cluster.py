@@ -329,7 +329,8 @@ class Cluster:
             outcomes = call()
         else:                           # Ctrl-C interrupts the run (see _interrupts)
             outcomes = _interrupts.run_interruptibly(
-                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}")
+                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}",
+                _runner.shows_interrupt)
         return _runner.unpack_results(chosen, outcomes, fn, limit)
 
     def _interrupt(self, nodes: list, run_id: int) -> None:
