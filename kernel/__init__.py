@@ -19,14 +19,14 @@ from .machine import (
     MemoryLayoutError, NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
 )
 from .net import (
-    LOST, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
+    LOST, MPIJob, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
     RemoteError, before_blocking, current_runtime, new_key, parse_address, peek_count,
-    read_key_file, run_node, wire_record, write_key_file, AuthenticationError, connect, handshake_accept, listen,
+    read_key_file, run_node, launched_by_mpi, mpi_job, serve_mpi_ranks, wire_record, write_key_file, AuthenticationError, check_key, connect, handshake_accept, listen,
 )
 from .cobj import (
     COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
     ObjectDestroyed, ObjectLock, ObjectRef, ObjectView, Policy, ReplicationView, TypedRef, attach, current_cos,
-    home_of, local_ppc_seconds, parse_policy, start_nodes,
+    home_of, local_ppc_seconds, parse_policy, start_mpi_nodes, start_nodes,
 )
 
 __all__ = [
@@ -36,12 +36,12 @@ __all__ = [
     "HATStatistics",
     "KernelPager", "MemoryLayoutError", "NodeMemory", "PagerStatistics", "SegmentationFault",
     "atomic", "log2_percentile", "trap", "view_at",
-    "LOST", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
+    "LOST", "MPIJob", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
-    "parse_address", "peek_count", "read_key_file", "run_node", "wire_record", "write_key_file",
-    "AuthenticationError", "connect", "handshake_accept", "listen",
+    "parse_address", "peek_count", "read_key_file", "run_node", "launched_by_mpi", "mpi_job", "serve_mpi_ranks", "wire_record", "write_key_file",
+    "AuthenticationError", "check_key", "connect", "handshake_accept", "listen",
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",
     "ReplicationView", "TypedRef", "attach", "current_cos", "home_of", "local_ppc_seconds", "parse_policy",
-    "start_nodes",
+    "start_mpi_nodes", "start_nodes",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import Phase, settings
 
 # ---- session: lock-debug mode for the whole suite ---------------------------------------
 # Set before any node starts, so spawned nodes inherit it, and before the kernel is
@@ -17,6 +18,13 @@ from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
 from helpers import BACKEND_PARAMS, NNODES, fresh_base, process_gone  # noqa: E402
 
 _cobj_lockdebug.refresh()
+
+# ---- hypothesis: no deadline (node processes on 2 shared cores are slow at times,
+# and a slow example is not a wrong one), and no "explain" phase, whose patch
+# writer imports libcst where it is installed and fails under filterwarnings=error.
+settings.register_profile("tornado_dsm", deadline=None,
+                          phases=[p for p in Phase if p is not Phase.explain])
+settings.load_profile("tornado_dsm")
 
 # ---- kernel: windows -----------------------------------------------------------------
 

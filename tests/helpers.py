@@ -9,17 +9,24 @@
 * ``remote_calls``: remote PPCs counted cluster-wide on some objects;
 * ``attempt``: runs on a node (module level, so nodes import it by name);
 * ``run_isolated``: a ``clusterprogs`` program in a Python process of its own,
-  killed with its nodes after a timeout (for runs that could hang).
+  killed with its nodes after a timeout (for runs that could hang);
+* ``tool``, ``MPI_SKIP``, ``mpiexec``: this environment's commands, why the MPI
+  tests cannot run here (None if they can), and an ``mpiexec`` job run to its end.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +119,74 @@ def run_isolated(program: str, *args, timeout: float = 60.0):
     if proc.returncode != 0:
         raise AssertionError(f"{program}{args} exited with {proc.returncode}:\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
+
+
+# ---- MPI jobs ----------------------------------------------------------------------
+
+def tool(name: str) -> str | None:
+    """The command ``name`` of this environment (next to its python), else from PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.is_file() else shutil.which(name)
+
+
+MPIEXEC = tool("mpiexec")
+
+
+def _hydra() -> bool:
+    """Whether MPIEXEC is MPICH's hydra (the tests read its -print-all-exitcodes)."""
+    try:
+        r = subprocess.run([MPIEXEC, "-info"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "HYDRA" in r.stdout.upper()
+
+
+def _mpi_skip_reason() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed: pip install -e '.[test,mpi]'"
+    if MPIEXEC is None:
+        return "no mpiexec in this environment or on PATH: pip install -e '.[test,mpi]' (the mpich wheel)"
+    if not _hydra():
+        return f"{MPIEXEC} is not MPICH's hydra (the mpich wheel of the `mpi` extra)"
+    return None
+
+
+MPI_SKIP = _mpi_skip_reason()
+
+
+class Job:
+    """A finished mpiexec run: ``returncode``, ``stdout``, ``stderr``, ``seconds``, and
+    ``ranks``: each rank's end as ("exit", code) or ("signal", number)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str, seconds: float) -> None:
+        self.returncode, self.stdout, self.stderr, self.seconds = returncode, stdout, stderr, seconds
+        line = re.search(r"Exit codes: (.*)", stdout + stderr)
+        statuses = re.findall(r"\d+", re.sub(r"\[[^]]*\]", "", line.group(1))) if line else []
+        self.ranks = [("signal", s & 0x7F) if s & 0x7F else ("exit", s >> 8) for s in map(int, statuses)]
+
+    def result(self):
+        """The last ``RESULT`` json line rank 0 printed."""
+        lines = [ln for ln in self.stdout.splitlines() if ln.startswith("RESULT ")]
+        assert lines, f"no RESULT line (status {self.returncode}):\n{self.stdout}\n{self.stderr[-3000:]}"
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def __repr__(self) -> str:
+        return f"<mpiexec job: status {self.returncode}, ranks {self.ranks}>\n{self.stderr[-3000:]}"
+
+
+def mpiexec(n: int, *command: str, timeout: float = 60.0, cwd: str = _TESTS) -> Job:
+    """Run ``command`` on ``n`` ranks (MPMD: ``":"`` in ``command`` starts another group)
+    in ``cwd``; a job still running after ``timeout`` s is killed, session and all, and
+    fails the test as a hang."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([MPIEXEC, "-print-all-exitcodes", "-n", str(n), *command], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"mpiexec -n {n} {' '.join(command)} hung: still running after {timeout} s\n"
+                             f"{out[-2000:]}\n{err[-2000:]}") from None
+    return Job(proc.returncode, out, err, time.monotonic() - t0)

@@ -66,3 +66,23 @@ class TestScenarioInterrupt:
         assert len(doc["runs"]) == finished
         if finished:
             assert "lock  padding" in stdout
+
+
+class TestPressAsTheRunEnds:
+    @pytest.mark.timeout(30)
+    def test_is_not_lost(self):
+        """A Ctrl-C that comes as the run's call finishes (before the next poll) still interrupts."""
+        from tornado_dsm._interrupts import run_interruptibly
+
+        with pytest.raises(KeyboardInterrupt, match="interrupted as it finished"):
+            run_interruptibly(lambda: os.kill(os.getpid(), signal.SIGINT), lambda: None, lambda: None, "run of f")
+
+    @pytest.mark.timeout(30)
+    def test_a_result_that_shows_it_is_returned(self):
+        """When the call's result already shows the interrupt, it is returned for the caller to raise."""
+        from tornado_dsm._interrupts import run_interruptibly
+
+        def call():
+            os.kill(os.getpid(), signal.SIGINT)
+            return "shown"
+        assert run_interruptibly(call, lambda: None, lambda: None, "run of f", lambda r: r == "shown") == "shown"

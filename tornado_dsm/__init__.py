@@ -21,6 +21,7 @@ __all__ = [
     "__version__", "Cluster", "current_node", "current_thread", "DSMInternalError",
     "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault",
     "WriteBackError", "Word", "word", "wait", "notify", "notify_all", "Lock", "Barrier",
+    "write_key_file", "read_key_file", "join_cluster",
 ]
 
 
@@ -36,6 +37,9 @@ def __getattr__(name):
     if name in ("Lock", "Barrier"):
         from . import _barriers, _locks
         return getattr(_locks if name == "Lock" else _barriers, name)
+    if name in ("write_key_file", "read_key_file", "join_cluster"):
+        from . import _join
+        return getattr(_join, name)
     if name in ("current_node", "current_thread"):
         from . import _runner
         return getattr(_runner, name)

@@ -51,10 +51,11 @@ def address(text: str) -> int:
     return int(text, 0)
 
 
-# The scenario of ``args``, loaded and checked with the --base windows and the
-# ``outputs`` ((option, path or None), ...), before any node starts; None after
-# printing the one-line error (the caller exits with status 2).
-def _load(args, outputs=()):
+# The scenario of ``args``, loaded and checked with the --base windows, the
+# ``outputs`` ((option, path or None), ...) and the MPI job's size (None: not under
+# mpiexec), before any node starts; None after printing the one-line error (the
+# caller exits with status 2).
+def _load(args, outputs=(), job_size=None):
     from tornado_dsm.kernel import DEFAULT_BASE
 
     from ._scenario_config import ScenarioError, load
@@ -64,7 +65,9 @@ def _load(args, outputs=()):
         scenario = load(find_scenario(args.file), args.set, args.vary)
         for option, path in outputs:
             _check_output(scenario.source, option, path)
-        plan_runs(scenario, DEFAULT_BASE if args.base is None else args.base)
+        runs = plan_runs(scenario, DEFAULT_BASE if args.base is None else args.base)
+        if job_size is not None:
+            _check_job_size(scenario.source, sorted({s["cluster.nodes"] for _o, s, _b in runs}), job_size)
         return scenario
     except ScenarioError as exc:
         print(f"tornado-dsm: error: {exc}", file=sys.stderr)
@@ -90,12 +93,27 @@ def _check_output(source: str, option: str, path) -> None:
         raise ScenarioError(source, option, path, f"the directory {str(folder)!r} is not writable; {accepted}")
 
 
-# Run every combination of the checked ``scenario`` at --base (or the default window).
-def _execute(scenario, args):
+# ScenarioError (key cluster.nodes) unless the largest of the scenario's node counts
+# ``nodes`` is the MPI job's size: each run's nodes are ranks 0..nodes-1 (the others
+# wait), so fewer ranks cannot run it and more would never be used.
+def _check_job_size(source: str, nodes: list, size: int) -> None:
+    from ._scenario_config import ScenarioError
+
+    if max(nodes) != size:
+        shown = nodes[0] if len(nodes) == 1 else nodes
+        raise ScenarioError(source, "cluster.nodes", shown,
+                            f"the scenario needs {max(nodes)} nodes but the MPI job has {size} ranks "
+                            f"(mpiexec -n {size}); under mpiexec the largest nodes must equal the job "
+                            f"size: run mpiexec -n {max(nodes)}, or --set nodes={size} / --vary nodes=...")
+
+
+# Run every combination of the checked ``scenario`` at --base (or the default window),
+# each cluster started by ``launcher`` ("spawn", or "mpi" on an mpiexec job's ranks).
+def _execute(scenario, args, launcher="spawn"):
     from ._scenario_run import run_scenario
 
     extra = {} if args.base is None else {"base": args.base}
-    return run_scenario(scenario, progress=not args.no_progress, **extra)
+    return run_scenario(scenario, progress=not args.no_progress, launcher=launcher, **extra)
 
 
 # ---- run -----------------------------------------------------------------------------
@@ -103,17 +121,30 @@ def _execute(scenario, args):
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_scenario_args(parser)
     parser.add_argument("--json", metavar="PATH", help="write every figure to PATH (JSON, see the schema)")
-    parser.add_argument("--plot", metavar="PATH", help="draw the comparison to PATH (PNG)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="draw the comparison to PATH, in the format of its extension: .png, .svg or .pdf")
+    parser.add_argument("--metric", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="what --plot draws, one panel each (e.g. faults/s,messages; repeatable; "
+                             "default: the scenario's; a wrong name lists them all)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="--plot each value over the fewest-nodes run of the same settings (one node "
+                             "count: over the first run); default: absolute values")
 
 
 def _run(args: argparse.Namespace) -> int:
     """Run every combination, print the table, write the JSON and the plot if asked."""
+    from ._mpi import run_command
+
+    return run_command(_run_here, args)
+
+
+def _run_here(args: argparse.Namespace, launcher: str, job_size) -> int:
     from . import _report
 
-    scenario = _load(args, (("--json", args.json), ("--plot", args.plot)))
-    if scenario is None:
+    scenario = _load(args, (("--json", args.json), ("--plot", args.plot)), job_size)
+    if scenario is None or not _plot_checked(scenario, args):
         return 2
-    runs = _execute(scenario, args)
+    runs = _execute(scenario, args, launcher)
     if runs.interrupted is not None:
         print(f"tornado-dsm: interrupted during the run with {runs.interrupted}: {len(runs)} of "
               f"{runs.planned} runs finished" + (", shown below" if runs else ""), file=sys.stderr)
@@ -126,21 +157,40 @@ def _run(args: argparse.Namespace) -> int:
         _report.write_json(args.json, doc)
         print(f"wrote {args.json}" + (" (partial)" if runs.interrupted is not None else ""), file=sys.stderr)
     if args.plot and runs:
-        _report.plot(scenario, runs, args.plot)
+        _report.plot(scenario, runs, args.plot, args.metric, args.normalize)
         print(f"wrote {args.plot}", file=sys.stderr)
     return 130 if runs.interrupted is not None else 0
+
+
+# Whether --plot's format, --metric and --normalize can be honoured for ``scenario``
+# (checked before the run); else False after printing the one-line error.
+def _plot_checked(scenario, args) -> bool:
+    from ._report import PlotError, check_plot
+
+    try:
+        check_plot(scenario, args.plot, args.metric, args.normalize)
+        return True
+    except PlotError as exc:
+        print(f"tornado-dsm: error: {exc}", file=sys.stderr)
+        return False
 
 
 # ---- inspect ---------------------------------------------------------------------------
 
 def _inspect(args: argparse.Namespace) -> int:
     """Run the scenario and print the replication levels of every combination."""
+    from ._mpi import run_command
+
+    return run_command(_inspect_here, args)
+
+
+def _inspect_here(args: argparse.Namespace, launcher: str, job_size) -> int:
     from . import _report
 
-    scenario = _load(args)
+    scenario = _load(args, job_size=job_size)
     if scenario is None:
         return 2
-    print(_report.render_inspect(_execute(scenario, args)))
+    print(_report.render_inspect(_execute(scenario, args, launcher)))
     return 0
 
 

@@ -24,7 +24,7 @@ import weakref
 
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, start_nodes, view_at
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes, view_at
 from tornado_dsm.objects import (
     VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
@@ -74,6 +74,21 @@ class Measurement:
         return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"
 
 
+def _launcher(launcher: str, nodes, join: int, route):
+    """(nodes, the function that starts them) for ``launcher``; under "mpi", a rank
+    other than 0 serves as a node here and leaves with SystemExit."""
+    if launcher == "spawn":
+        return nodes, start_nodes
+    if launcher != "mpi":
+        raise ValueError(f"launcher must be 'spawn' (this process starts the nodes) or 'mpi' "
+                         f"(the ranks of an mpiexec job), not {launcher!r}")
+    if join or route is not None:
+        raise ValueError("launcher='mpi' puts every node on an MPI rank: join= and route= do not apply")
+    from . import _mpi
+    size = _mpi.serve_unless_rank0()
+    return (size if nodes is None else nodes), _mpi.start_nodes
+
+
 def _lost_reason(lost) -> str:
     return "nodes could not hand over their dirty pages: " + ", ".join(
         f"node {node} ({why})" for node, why in lost)
@@ -92,18 +107,28 @@ class Cluster:
     otherwise) must answer; None (default) waits as long as the nodes live.
     ``route(node, address)``: the address the other nodes dial to reach
     ``node`` (fault injection puts a `Relay` there; None: the node itself).
+    ``transport="tcp"`` with ``address`` ("HOST:PORT" node 0 listens on),
+    ``key`` (the cluster secret, e.g. from `write_key_file`) and ``join=k``:
+    the last k nodes join from other hosts (`join_cluster`, ``tornado-dsm
+    node --join``) and the constructor returns once they have.
+    ``launcher``: "spawn" (this process starts the nodes) or "mpi" (the ranks of
+    an ``mpiexec`` job are the nodes, ``nodes`` at most the job size; a rank
+    other than 0 serves here and exits: see `from_mpi`).
     ``backend``: how page faults reach the nodes' fault handlers, "mprotect",
     "uffd" (userfaultfd: no limit from vm.max_map_count, needs a kernel and
     permissions that allow it) or "auto" (uffd where allowed); None: each
-    node's $TORNADO_DSM_BACKEND, else "auto".  `backends` says what
-    each node took.
+    node's $TORNADO_DSM_BACKEND, else "auto".  `backends` says what each
+    node took.
     """
 
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
                  size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
-                 timeout: float | None = None, route=None, backend: str | None = None) -> None:
+                 timeout: float | None = None, route=None, address: str | None = None,
+                 key: bytes | None = None, join: int = 0, launcher: str = "spawn",
+                 backend: str | None = None) -> None:
+        nodes, start = _launcher(launcher, nodes, join, route)
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)
@@ -120,16 +145,32 @@ class Cluster:
         self._sync_uids: list[int] = []
         self._run_ids = itertools.count(1)
         self._baseline = None           # statistics(reset=True) moves it
-        self._nodes = start_nodes(nodes, transport=transport, init=start_node, init_args=(self.config,),
-                                  timeout=self.timeout, route=route)
+        self._nodes = start(nodes, transport=transport, init=start_node, init_args=(self.config,),
+                            timeout=self.timeout, route=route, address=address, key=key, join=join)
         try:
             self.vm = VirtualMemory(self.config, self.policies)
             self._nodes.run_on_all(set_process, int(self.vm.process))
-            self._watch = WatchServer(self, self._nodes.run_dir, self._nodes.runtime.key)
+            # a key of its own: the cluster key runs code on every node and stays out of
+            # files (under mpiexec it exists only in memory and in MPI messages)
+            self._watch = WatchServer(self, self._nodes.run_dir, new_key())
             self._sigint = _interrupts.guard_faults()
         except BaseException:
             self._nodes.__exit__(None, None, None)
             raise
+
+    @classmethod
+    def from_mpi(cls, **options) -> "Cluster":
+        """The cluster of an MPI job, one node per rank (``mpiexec -n N python prog.py``).
+
+        On rank 0: a Cluster of N nodes, node k on rank k (``options`` are the
+        constructor's; ``nodes`` may only repeat N).  On every other rank it
+        never returns: the rank serves as a node of every cluster rank 0 makes,
+        and when rank 0's program ends the process exits (SystemExit) with
+        status 0, or 1 if a node was lost or rank 0's program raised.
+        """
+        from . import _mpi
+        options["nodes"] = _mpi.from_mpi_nodes(options.get("nodes"))
+        return cls(launcher="mpi", **options)
 
     def __enter__(self) -> "Cluster":
         return self
@@ -298,7 +339,8 @@ class Cluster:
             outcomes = call()
         else:                           # Ctrl-C interrupts the run (see _interrupts)
             outcomes = _interrupts.run_interruptibly(
-                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}")
+                call, lambda: self._interrupt(chosen, run_id), self.close, f"run of {_name(fn)}",
+                _runner.shows_interrupt)
         return _runner.unpack_results(chosen, outcomes, fn, limit)
 
     def _interrupt(self, nodes: list, run_id: int) -> None:

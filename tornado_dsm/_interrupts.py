@@ -56,8 +56,10 @@ def unguard_faults(previous) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def run_interruptibly(call, interrupt, close, what: str):
-    """``call()`` on a helper thread; Ctrl-C: ``interrupt()`` once, ``close()`` twice."""
+def run_interruptibly(call, interrupt, close, what: str, interrupted=lambda result: False):
+    """``call()`` on a helper thread; Ctrl-C: ``interrupt()`` once, ``close()`` twice.
+    A Ctrl-C is never lost: if the call still returns normally, without a result that
+    ``interrupted(result)`` says shows the interrupt, KeyboardInterrupt is raised here."""
     done, box = threading.Event(), {}
 
     def body() -> None:
@@ -75,6 +77,10 @@ def run_interruptibly(call, interrupt, close, what: str):
         _wait(done, presses, interrupt, close, what)
     finally:
         signal.signal(signal.SIGINT, old)
+    # pressed as the call finished (before a poll saw it, or before the interrupt reached
+    # the threads): the call's result does not show it, so it is raised here
+    if presses and "error" not in box and not interrupted(box["result"]):
+        raise KeyboardInterrupt(f"{what}: interrupted as it finished")
     if "error" in box:
         raise box["error"]
     return box["result"]

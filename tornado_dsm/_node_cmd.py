@@ -33,21 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Join the cluster and serve; returns the exit status (0 after a clean shutdown)."""
-    from tornado_dsm.kernel import attach, run_node
-    from tornado_dsm.kernel import parse_address, read_key_file
+    from ._join import join_cluster, read_key_file
+    from tornado_dsm.kernel import parse_address
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="tornado-dsm node: %(levelname)s %(message)s")
-    try:
-        host, port = parse_address(args.join)
+    try:   # bad arguments are one line and status 2, before anything connects
+        parse_address(args.join)
         key = read_key_file(args.key_file)
     except (OSError, ValueError) as e:
         print(f"tornado-dsm node: {e}", file=sys.stderr)
         return 2
-    config = {"node": None, "address": [host, port], "key": key, "timeout": args.timeout,
-              "start_timeout": args.start_timeout,
-              "listen": [args.listen, 0] if args.listen else None, "attach": attach}
     try:
-        return run_node(config)
+        return join_cluster(args.join, key=key, listen=args.listen, timeout=args.timeout,
+                            start_timeout=args.start_timeout)
     except KeyboardInterrupt:
         return 130

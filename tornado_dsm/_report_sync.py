@@ -252,66 +252,108 @@ def _winner_cell(w: dict) -> str:
 
 # ---- plot --------------------------------------------------------------------------------
 
+@attrs.frozen
+class Metric:
+    """One figure ``--metric`` can plot (a panel): its name, the panel's title, the
+    y axis' unit, its value in a run (None: not measured in that run), the workload
+    kinds it applies to (None: every kind), and whether a log scale suits it.
+    ``normalised``: the value is always shown over the fewest-nodes run (norm.cost).
+    The general metrics are in _report.METRICS, the lock and barrier ones here."""
+
+    name: str
+    title: str
+    unit: str
+    value: object                 # RunResult -> float | None
+    kinds: tuple | None = None
+    log: bool = False
+    normalised: bool = False
+
+    def applies(self, kind: str) -> bool:
+        """Whether a run of workload ``kind`` has this figure."""
+        return self.kinds is None or kind in self.kinds
+
+
+def _fig(pick):
+    """A Metric value from a function of the run's figures (None when it has none)."""
+    return lambda r: pick(figures(r)) if r.sync else None
+
+
+def _sub(part: str, key: str):
+    return _fig(lambda f: None if f.get(part) is None else f[part][key])
+
+
+_L, _B = ("lock",), ("barrier",)
+
+METRICS = (
+    Metric("unc.us", "uncontended acquire+release, one thread alone", "µs per acquire+release",
+           _fig(lambda f: f["uncontended_us"]), _L, log=True),
+    Metric("acq/s", "critical sections per second (contended)", "acquisitions per second",
+           _fig(lambda f: f["throughput_per_s"]), _L, log=True),
+    Metric("faults/acq", "faults per acquire (contended)", "faults per acquisition",
+           _sub("per_acquire", "faults"), _L),
+    Metric("msgs/acq", "messages per acquire (contended)", "messages per acquisition",
+           _sub("per_acquire", "messages"), _L),
+    Metric("inval/acq", "invalidations per acquire (contended)", "invalidations per acquisition",
+           _sub("per_acquire", "invalidations"), _L),
+    Metric("rmw/acq", "atomic read-modify-writes per acquire", "RMWs per acquisition",
+           _sub("per_acquire", "rmws"), _L),
+    Metric("hand%", "acquires that took the lock from another node", "% of acquisitions",
+           _fig(lambda f: 100 * f["handover_fraction"]), _L),
+    Metric("faults/hand", "faults per hand-over between nodes", "faults per hand-over",
+           _sub("per_handover", "faults"), _L),
+    Metric("msgs/hand", "messages per hand-over between nodes", "messages per hand-over",
+           _sub("per_handover", "messages"), _L),
+    Metric("max/min", "fairness: most over fewest acquires of a thread", "max/min (1: fair)",
+           _fig(lambda f: f["fairness"]["max_over_min"]), _L, log=True),
+    Metric("fifo", "FIFO probe: entries out of arrival order", "fraction of hand-overs (0: FIFO)",
+           _fig(_fifo_value), _L),
+    Metric("us/episode", "µs per episode (common start to the last party out)", "µs per episode",
+           _fig(lambda f: f["us_per_episode"]), _B, log=True),
+    Metric("faults/ep", "faults per episode (all parties)", "faults per episode",
+           _sub("per_episode", "faults"), _B),
+    Metric("faults/ep/party", "faults per episode per party", "faults per episode per party",
+           _fig(lambda f: f["per_episode"]["faults"] / f["parties"] if f["parties"] else None), _B),
+    Metric("msgs/ep", "messages per episode (all parties)", "messages per episode",
+           _sub("per_episode", "messages"), _B),
+    Metric("inval/ep", "invalidations per episode (all parties)", "invalidations per episode",
+           _sub("per_episode", "invalidations"), _B),
+    Metric("rmw/ep", "atomic read-modify-writes per episode (all parties)", "RMWs per episode",
+           _sub("per_episode", "rmws"), _B),
+    Metric("rounds", "rounds per episode (computed from the algorithm)", "signalling rounds",
+           _fig(lambda f: f["rounds"]), _B),
+    Metric("pages", "space: pages of its shared words", "pages", _fig(lambda f: f["space_pages"]),
+           SYNC_KINDS),
+)
+
+# The default panels: for locks the classic four (faults per hand-over and per acquire,
+# throughput, uncontended latency), then fairness, FIFO order and space; for barriers
+# µs, messages and faults per episode and the rounds, then RMWs and space: what the
+# scenarios' descriptions name.
+DEFAULT_METRICS = {
+    "lock": ("faults/hand", "faults/acq", "acq/s", "unc.us", "max/min", "fifo", "pages"),
+    "barrier": ("us/episode", "msgs/ep", "faults/ep/party", "rounds", "rmw/ep", "pages"),
+}
+
 _COLOURS = {"tas": "C0", "ttas": "C1", "backoff": "C2", "ticket": "C3", "anderson": "C4", "mcs": "C5",
             "server": "C7", "counter": "C0", "tree": "C1", "tournament": "C3", "dissemination": "C4"}
 _MARKERS = {"tas": "o", "ttas": "v", "backoff": "^", "ticket": "s", "anderson": "D", "mcs": "P",
             "server": "X", "counter": "o", "tree": "v", "tournament": "s", "dissemination": "D"}
 
 
-def plot(scenario, runs: list[RunResult], path) -> None:
-    """Locks: faults per hand-over and per acquire, throughput and uncontended latency
-    against nodes; barriers: µs, messages and faults per episode and the computed
-    rounds against parties.  One line per algorithm (dashed: word padding)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kind = runs[0].values["workload.kind"]
-    mine = [r for r in runs if r.values["workload.kind"] == kind]
-    if kind == "lock":
-        x_of, xlabel = (lambda f, r: r.values["cluster.nodes"]), "nodes"
-        panels = [("faults per hand-over between nodes", _ph("faults"), False),
-                  ("faults per acquire (contended)", lambda f: f["per_acquire"]["faults"], False),
-                  ("critical sections per second (contended)", lambda f: f["throughput_per_s"], True),
-                  ("uncontended acquire+release (µs)", lambda f: f["uncontended_us"], True)]
-    else:
-        x_of, xlabel = (lambda f, r: f["parties"]), "parties (threads)"
-        panels = [("µs per episode", lambda f: f["us_per_episode"], True),
-                  ("messages per episode", lambda f: f["per_episode"]["messages"], False),
-                  ("faults per episode per party", lambda f: f["per_episode"]["faults"] / f["parties"], False),
-                  ("rounds per episode (computed from the algorithm)", lambda f: f["rounds"], False)]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    series: dict = {}
-    for r in sorted(mine, key=lambda r: r.values["cluster.nodes"]):
-        f = figures(r)
-        series.setdefault(_series_label(r), []).append((x_of(f, r), f, r))
-    for ax, (title, value, log) in zip(axes.flat, panels):
-        for name, points in series.items():
-            xs = [x for x, f, _r in points if value(f) is not None]
-            ys = [value(f) for _x, f, _r in points if value(f) is not None]
-            if not xs:
-                continue
-            r0 = points[0][2]
-            ax.plot(xs, ys, marker=_MARKERS.get(r0.sync["algorithm"], "o"), label=name,
-                    color=_COLOURS.get(r0.sync["algorithm"]),
-                    linestyle="--" if r0.sync["padding"] == "word" else "-")
-        ax.set_title(title, fontsize="medium")
-        ax.set_xlabel(xlabel)
-        ax.set_xticks(sorted({x for pts in series.values() for x, _f, _r in pts}))
-        if log:
-            ax.set_yscale("log")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if not handles:
-        handles, names = axes.flat[1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center right", fontsize="small")
-    dashed = " (dashed: padding = word)" if any(r.sync["padding"] == "word" for r in mine) else ""
-    fig.suptitle(f"tornado-dsm scenario {scenario.name}: {kind}{dashed}")
-    fig.tight_layout(rect=(0, 0, 0.86, 0.96))
-    fig.savefig(path, format="png", metadata={"Software": f"matplotlib {matplotlib.__version__}"})
-    plt.close(fig)
+def style(r: RunResult) -> dict | None:
+    """The line style of a lock or barrier run: a colour and marker per algorithm,
+    dashed for word padding (None for the other kinds)."""
+    if not (is_sync(r) and r.sync):
+        return None
+    algorithm = r.sync["algorithm"]
+    return {"color": _COLOURS.get(algorithm), "marker": _MARKERS.get(algorithm, "o"),
+            "linestyle": "--" if r.sync["padding"] == "word" else "-"}
 
 
-def _series_label(r: RunResult) -> str:
-    """Everything varied except nodes (the x axis): usually the algorithm and padding."""
-    parts = [_show(v) for k, v in r.params.items() if k != "cluster.nodes"]
-    return "/".join(parts) or r.sync["algorithm"]
+def x_axis(runs: list[RunResult]):
+    """Barriers are drawn against parties (threads in an episode): (x of a run, axis
+    label, the keys the axis stands for); None for the other kinds (nodes)."""
+    if runs and all(r.values["workload.kind"] == "barrier" for r in runs):
+        return (lambda r: r.values["cluster.nodes"] * r.values["cluster.threads_per_node"],
+                "parties (threads)", ("cluster.nodes", "cluster.threads_per_node"))
+    return None

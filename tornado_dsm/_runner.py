@@ -158,6 +158,18 @@ def _pickle_exc(exc: BaseException) -> bytes:
         return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
 
+def shows_interrupt(outcomes: list) -> bool:
+    """Whether some node or thread of a run ended with KeyboardInterrupt (`unpack_results`
+    then raises it, naming where)."""
+    for per_thread in outcomes:
+        if isinstance(per_thread, BaseException):
+            if isinstance(per_thread, KeyboardInterrupt):
+                return True
+        elif any(o[0] == "error" and isinstance(pickle.loads(o[1]), KeyboardInterrupt) for o in per_thread):
+            return True
+    return False
+
+
 def unpack_results(nodes: list, outcomes: list, fn=None, limit: float | None = None) -> list:
     """Results ordered by node then thread.  Late threads or nodes (``limit``)
     are one TimeoutError naming them all; else the first failure is re-raised, named."""

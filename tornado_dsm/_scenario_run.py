@@ -223,8 +223,10 @@ def _ppc_counts(cluster) -> dict:
 
 # ---- running ---------------------------------------------------------------------------------
 
-def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = True) -> list[RunResult]:
-    """Run every combination of ``scenario`` (one cluster each); results in vary order.
+def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = True,
+                 launcher: str = "spawn") -> list[RunResult]:
+    """Run every combination of ``scenario`` (one cluster each, started by ``launcher``:
+    see `Cluster`); results in vary order.
     A bad ``base`` is a ScenarioError before any cluster starts (see `plan_runs`)."""
     from tqdm import tqdm
 
@@ -235,7 +237,8 @@ def run_scenario(scenario: Scenario, base: int = DEFAULT_BASE, progress: bool = 
     try:
         for override, s, window_base in runs:
             try:
-                results.append(run_one(s, override, window_base, lambda label, o=override: _tick(bar, o, label)))
+                results.append(run_one(s, override, window_base, lambda label, o=override: _tick(bar, o, label),
+                                       launcher))
             except Exception as exc:
                 exc.add_note(f"while running scenario {scenario.name} ({scenario.source}) with "
                              f"{override or 'the values as written'}")
@@ -285,7 +288,8 @@ def _tick(bar, override: dict, label: str) -> None:
     bar.update(1)
 
 
-def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None) -> RunResult:
+def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None,
+            launcher: str = "spawn") -> RunResult:
     """Run one combination on a new cluster; returns its figures."""
     import tornado_dsm as td
 
@@ -298,7 +302,8 @@ def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None) 
             protocol=s["cluster.protocol"], manager=s["cluster.manager"],
             policies={"process": s["policies.process"], "region": s["policies.region"]},
             memory_per_node=s["cluster.memory_per_node"] or None, base=base, size=window,
-            debug=s["cluster.debug"], backend=None if s["cluster.backend"] == "default" else s["cluster.backend"]))
+            debug=s["cluster.debug"], launcher=launcher,
+            backend=None if s["cluster.backend"] == "default" else s["cluster.backend"]))
         ctx = RunContext(cluster, s, tmpdir, on_step)
         DRIVERS[s["workload.kind"]](ctx, s)
         return _result(ctx, s, override, cluster, t0)

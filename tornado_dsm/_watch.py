@@ -8,7 +8,8 @@ their interval: rates per second, plus the current levels.
 
 `cluster.watch()` takes the snapshots itself.  `tornado-dsm top` runs in
 another process: every cluster listens on ``watch.sock`` in node 0's private
-run directory (mode 0700), next to a copy of the cluster key (mode 0600); a
+run directory (mode 0700), next to a key of its own (mode 0600: not the cluster
+key, which would let whoever reads the file run code on every node); a
 client proves it holds the key with the same HMAC challenge-response as a
 node, then asks for snapshots one at a time (one request byte, one
 length-prefixed msgpack reply), so it sets the pace.  A snapshot costs one

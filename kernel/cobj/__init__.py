@@ -10,7 +10,7 @@ and machine layers and its own modules; it knows nothing of virtual memory.
 Its ``start_nodes`` is the net layer's with the COS attached on every node.
 """
 
-from ._cos import COS_OID, ClusteredObjectSystem, attach, current_cos, home_of, start_nodes
+from ._cos import COS_OID, ClusteredObjectSystem, attach, current_cos, home_of, start_mpi_nodes, start_nodes
 from ._inspect import EntryView, ObjectView, ReplicationView
 from ._lock import ObjectLock
 from ._null import NullObject, local_ppc_seconds
@@ -19,7 +19,7 @@ from ._ref import Interface, ObjectRef, TypedRef, interface_methods
 from ._table import DrainTimeout, ObjectDestroyed
 
 __all__ = [
-    "COS_OID", "ClusteredObjectSystem", "attach", "current_cos", "home_of", "start_nodes",
+    "COS_OID", "ClusteredObjectSystem", "attach", "current_cos", "home_of", "start_mpi_nodes", "start_nodes",
     "EntryView", "ObjectView", "ReplicationView", "ObjectLock", "NullObject", "local_ppc_seconds",
     "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "Interface", "ObjectRef", "TypedRef",
     "interface_methods", "DrainTimeout",

@@ -52,7 +52,7 @@ import itertools
 import threading
 from time import perf_counter
 
-from ..net import LOST, current_runtime, peek_count as peek, start_nodes as _start_nodes
+from ..net import LOST, current_runtime, peek_count as peek, start_mpi_nodes as _start_mpi_nodes, start_nodes as _start_nodes
 from . import _lock as lockdebug
 from ._policy import (
     ClusteredRep, ClusteredRoot, class_path, instantiate, load_class, parse_policy,
@@ -457,6 +457,12 @@ def start_nodes(nnodes: int, transport: str = "unix", **kwargs):
     return _start_nodes(nnodes, transport, attach=attach, **kwargs)
 
 
+def start_mpi_nodes(nnodes: int | None = None, **kwargs):
+    """``net.start_mpi_nodes`` with this package's ``attach``: on MPI rank 0, nodes on
+    the job's ranks, each with its COS before ``init`` runs."""
+    return _start_mpi_nodes(nnodes, attach=attach, **kwargs)
+
+
 __all__ = [
-    "ClusteredObjectSystem", "COS_OID", "attach", "current_cos", "home_of", "start_nodes",
+    "ClusteredObjectSystem", "COS_OID", "attach", "current_cos", "home_of", "start_mpi_nodes", "start_nodes",
 ]

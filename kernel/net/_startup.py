@@ -296,19 +296,18 @@ def _main_file_only_if_real():
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Start a node with SIGINT ignored (inherited across exec; Python keeps it so).
-    A Ctrl-C in a terminal reaches the whole process group, but only node 0
-    decides what it means (it interrupts the nodes' work through PPCs);
-    a node killed by it mid-start-up or mid-run would be a lost node."""
-    if threading.current_thread() is not threading.main_thread():
-        yield                   # signal dispositions can be changed from the main thread only
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _sigint_blocked():
+    """Start a node with SIGINT blocked: the child inherits the mask across exec
+    (so every thread of the node blocks it), while a SIGINT that reaches this
+    process meanwhile stays pending and is delivered here when the mask is
+    restored, never lost.  A Ctrl-C in a terminal reaches the whole process
+    group, but only node 0 decides what it means (it interrupts the nodes'
+    work through PPCs); a node killed by it would be a lost node."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _refuse_main_reimport() -> None:
@@ -391,7 +390,7 @@ def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, 
                   "log_level": log_level, "listen": _child_listen(cluster, transport, k),
                   "attach": attach, "crash_log": crash_log_path(cluster._tmpdir, k)}
         proc = ctx.Process(target=spawned_main, args=(config,), name=f"tornado-dsm-node-{k}")
-        with _main_file_only_if_real(), _sigint_ignored():
+        with _main_file_only_if_real(), _sigint_blocked():
             proc.start()
         cluster.processes[k] = proc
     if join:
