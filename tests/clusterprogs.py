@@ -131,12 +131,12 @@ def write_page_words(a, pages, value):
     trap.check()
 
 
-def churn_pages(a, seconds):
-    """Write this node's word of every page in turn for ``seconds`` (write sharing with the others)."""
-    import time
-    me, n, t0 = td.current_node(), 0, time.monotonic()
+def churn_pages(a, stop):
+    """Write this node's word of every page in turn (write sharing with the others)
+    until stop[0] is set; a check every 64 writes, so the stop word's page stays read."""
+    me, n = td.current_node(), 0
     pages = a.size // 512
-    while time.monotonic() - t0 < seconds:
+    while n % 64 or not stop[0]:
         a[(n % pages) * 512 + me] = n
         n += 1
     return n
