@@ -160,12 +160,12 @@ def window_state():
     return mem.backend, count, mem.hat.statistics().sheds
 
 
-def churn_pages(a, seconds):
-    """Write this node's word of every page in turn for ``seconds`` (write sharing with the others)."""
-    import time
-    me, n, t0 = td.current_node(), 0, time.monotonic()
+def churn_pages(a, stop):
+    """Write this node's word of every page in turn (write sharing with the others)
+    until stop[0] is set; a check every 64 writes, so the stop word's page stays read."""
+    me, n = td.current_node(), 0
     pages = a.size // 512
-    while time.monotonic() - t0 < seconds:
+    while n % 64 or not stop[0]:
         a[(n % pages) * 512 + me] = n
         n += 1
     return n

@@ -100,6 +100,22 @@ def attempt(fn, *args):
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+def run_in_session(argv: list, timeout: float, what: str, cwd: str = _TESTS):
+    """Run ``argv`` in a session of its own (its node processes go with it); returns
+    (proc, stdout, stderr).  Still running after ``timeout`` seconds: killed, group
+    and all, and the test fails as a hang naming ``what`` with the output's tail."""
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{what} hung: still running after {timeout} s\n"
+                             f"{out[-2000:]}\n{err[-2000:]}") from None
+    return proc, out, err
+
+
 def run_isolated(program: str, *args, timeout: float = 60.0):
     """Run ``clusterprogs.<program>(*args)`` in a new Python process (a session of
     its own, so its node processes go with it) and return what it returns
@@ -107,15 +123,8 @@ def run_isolated(program: str, *args, timeout: float = 60.0):
     all, and fails the test as a hang; a run that raised fails with its stderr."""
     code = (f"import json, sys, clusterprogs; "
             f"print(json.dumps(clusterprogs.{program}(*json.loads(sys.argv[1]))))")
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], cwd=_TESTS,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise AssertionError(f"{program}{args} hung: still running after {timeout} s") from None
+    proc, out, err = run_in_session([sys.executable, "-c", code, json.dumps(args)], timeout,
+                                    f"{program}{args}", cwd=_TESTS)
     if proc.returncode != 0:
         raise AssertionError(f"{program}{args} exited with {proc.returncode}:\n{err[-3000:]}")
     return json.loads(out.strip().splitlines()[-1])
@@ -179,14 +188,6 @@ def mpiexec(n: int, *command: str, timeout: float = 60.0, cwd: str = _TESTS) -> 
     in ``cwd``; a job still running after ``timeout`` s is killed, session and all, and
     fails the test as a hang."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([MPIEXEC, "-print-all-exitcodes", "-n", str(n), *command], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"mpiexec -n {n} {' '.join(command)} hung: still running after {timeout} s\n"
-                             f"{out[-2000:]}\n{err[-2000:]}") from None
+    proc, out, err = run_in_session([MPIEXEC, "-print-all-exitcodes", "-n", str(n), *command], timeout,
+                                    f"mpiexec -n {n} {' '.join(command)}", cwd=cwd)
     return Job(proc.returncode, out, err, time.monotonic() - t0)

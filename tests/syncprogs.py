@@ -174,11 +174,9 @@ def count_under_lock(a, lock, start, n):
     return overlaps, contended
 
 
-def count_under_lock_some(a, lock, n, threads_by_node):
-    """count_under_lock without the start barrier, on the threads of
-    ``threads_by_node[node]`` (the others return None at once)."""
-    if td.current_thread() >= threads_by_node[td.current_node()]:
-        return None
+def _increments(a, lock, n):
+    """``n`` non-atomic increments of a[0] under ``lock``; returns how many times
+    another thread was found inside the critical section (a[512] counts them)."""
     inside = td.word(a, 512)
     overlaps = 0
     for _ in range(n):
@@ -189,6 +187,14 @@ def count_under_lock_some(a, lock, n, threads_by_node):
             trap.check()
             inside.fetch_add(-1)
     return overlaps
+
+
+def count_under_lock_some(a, lock, n, threads_by_node):
+    """count_under_lock without the start barrier, on the threads of
+    ``threads_by_node[node]`` (the others return None at once)."""
+    if td.current_thread() >= threads_by_node[td.current_node()]:
+        return None
+    return _increments(a, lock, n)
 
 
 def queue_changed(lock, old):
@@ -278,16 +284,7 @@ def time_out_then_count(a, lock, flags, timeout, n):
         timed_out.store(1)
     else:
         td.wait(timed_out, 0, timeout=SETTLE_S)
-    inside = td.word(a, 512)
-    overlaps = 0
-    for _ in range(n):
-        with lock:
-            overlaps += inside.fetch_add(1) != 0
-            v = int(a[0])
-            a[0] = v + 1
-            trap.check()
-            inside.fetch_add(-1)
-    return outcome, overlaps
+    return outcome, _increments(a, lock, n)
 
 
 def time_out_twice(lock, first, second):

@@ -19,16 +19,22 @@ def code_block_after(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
+def run_example(heading: str, tmp_path, timeout: float) -> subprocess.CompletedProcess:
+    """The first python block after ``heading``, run as a script in ``tmp_path``; it must succeed."""
+    script = tmp_path / "example.py"
+    script.write_text(code_block_after(heading))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=timeout, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 class TestClusterExample:
     @pytest.mark.multinode
     @pytest.mark.timeout(180)
     def test_runs_and_prints_what_it_says(self, tmp_path):
         """The shared-arrays example runs as a script and prints the values its comments promise."""
-        script = tmp_path / "example.py"
-        script.write_text(code_block_after("## Shared arrays across nodes"))
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                           timeout=170, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
+        r = run_example("## Shared arrays across nodes", tmp_path, timeout=170)
         lines = r.stdout.splitlines()
         assert lines[:3] == ["[102400.0, 204800.0, 307200.0]", "[614400.0]", "1.0 3.0"]
         assert "replication view" in r.stdout and "fcm:array0" in r.stdout
@@ -39,9 +45,5 @@ class TestSyncExample:
     @pytest.mark.timeout(120)
     def test_runs_and_prints_what_it_says(self, tmp_path):
         """The lock-and-barrier example runs as a script and prints the totals its comments promise."""
-        script = tmp_path / "sync_example.py"
-        script.write_text(code_block_after("### Locks, barriers and waiting on a word"))
-        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                           timeout=110, cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
+        r = run_example("### Locks, barriers and waiting on a word", tmp_path, timeout=110)
         assert r.stdout.splitlines() == ["[6000.0, 3000.0, 1500.0]", "True"]

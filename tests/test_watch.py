@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import threading
 
 import numpy as np
 import pytest
+
+import tornado_dsm as td
 
 from tornado_dsm._watch import KEY, SOCKET, Watcher, find_clusters, rates, snapshot
 from tornado_dsm.kernel import AuthenticationError, connect
@@ -21,14 +24,22 @@ pytestmark = [pytest.mark.multinode, pytest.mark.timeout(120)]
 
 @pytest.fixture(scope="module")
 def busy_cluster():
-    """3 nodes; ``churn(seconds)`` runs a write-sharing workload on every node in the background."""
+    """3 nodes; ``with churn():`` runs a write-sharing workload on every node until the
+    block ends (a stop word, not a duration: a slow machine cannot end it too early)."""
     with new_cluster(3, timeout=60) as c:
         a = c.zeros(64 * 512, np.int64)
+        stop = c.zeros(1, np.int64)
 
-        def churn(seconds: float) -> threading.Thread:
-            t = threading.Thread(target=c.run, args=(progs.churn_pages, a, seconds), daemon=True)
+        @contextlib.contextmanager
+        def churn():
+            td.word(stop).store(0)
+            t = threading.Thread(target=c.run, args=(progs.churn_pages, a, stop), daemon=True)
             t.start()
-            return t
+            try:
+                yield
+            finally:
+                td.word(stop).store(1)
+                t.join(30)
         yield c, churn
 
 
@@ -36,10 +47,9 @@ class TestTop:
     def test_shows_fault_rates_of_a_running_workload(self, busy_cluster):
         """`tornado-dsm top --once` attached to a live 3-node cluster shows non-zero write faults on every node."""
         c, churn = busy_cluster
-        worker = churn(3.0)
-        r = subprocess.run([sys.executable, "-m", "tornado_dsm._cli", "top", "--once", "--interval", "0.5",
-                            c.node_set.run_dir], capture_output=True, text=True, timeout=60)
-        worker.join()
+        with churn():
+            r = subprocess.run([sys.executable, "-m", "tornado_dsm._cli", "top", "--once", "--interval", "0.5",
+                                c.node_set.run_dir], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         rows = [line.split() for line in lines if line.split() and line.split()[0] in ("0", "1", "2")]
@@ -89,9 +99,8 @@ class TestClusterWatch:
     def test_yields_rates_while_a_workload_runs(self, busy_cluster):
         """cluster.watch() yields views whose write-fault rates are positive on every node under load."""
         c, churn = busy_cluster
-        worker = churn(2.0)
-        views = list(c.watch(interval=0.5, count=2))
-        worker.join()
+        with churn():
+            views = list(c.watch(interval=0.5, count=2))
         assert len(views) == 2
         assert all(n["write_faults_per_s"] > 0 for n in views[0].nodes)
         assert "write/s" in str(views[0]) and "fcm:array0" in str(views[0])

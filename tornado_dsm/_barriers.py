@@ -35,7 +35,7 @@ import attrs
 
 from tornado_dsm.kernel import atomic
 
-from ._syncspace import SyncSpace, episode, set_episode
+from ._syncspace import SyncObject, SyncSpace, deadline_of, episode, set_episode
 
 KINDS = ("counter", "tree", "mcs", "tournament", "dissemination", "server")
 TREE_FANIN = 2
@@ -67,23 +67,13 @@ def words_needed(kind: str, parties: int) -> int:
 
 
 @attrs.frozen
-class Barrier:
+class Barrier(SyncObject):
     """A barrier of the cluster (``cluster.barrier(parties, kind=...)``); pass it
     to `run` and call ``wait()`` in every party."""
 
     space: SyncSpace
     parties: int
     oid: int = 0          # the server barrier's clustered object
-
-    @property
-    def kind(self) -> str:
-        """The algorithm: one of KINDS."""
-        return self.space.kind
-
-    @property
-    def name(self) -> str:
-        """Its name in messages ("barrier 'barrier0' (tree)")."""
-        return self.space.name
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until every party has arrived; return this episode's number
@@ -93,7 +83,7 @@ class Barrier:
         self.space.check_open()
         me = self.space.slot("parties")
         e = episode(self.space.uid, me)
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        deadline = deadline_of(timeout)
         try:
             e = _ALGORITHMS[self.kind](self, me, e, deadline)
         except TimeoutError:
@@ -102,12 +92,6 @@ class Barrier:
         set_episode(self.space.uid, me, e + 1)
         self.space.count(0, 1)
         return e
-
-
-def _check_timeout(timeout) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
-    return float(timeout)
 
 
 def _until_past(address: int, e: int, deadline) -> None:

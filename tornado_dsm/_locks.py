@@ -44,7 +44,7 @@ import attrs
 
 from tornado_dsm.kernel import atomic
 
-from ._syncspace import SyncSpace, thread_key
+from ._syncspace import SyncObject, SyncSpace, deadline_of, thread_key
 
 KINDS = ("tas", "ttas", "backoff", "ticket", "anderson", "mcs", "server")
 BACKOFF_MIN_S = 10e-6
@@ -68,23 +68,13 @@ def initialize(kind: str, space: SyncSpace) -> None:
 
 
 @attrs.frozen
-class Lock:
+class Lock(SyncObject):
     """A lock of the cluster (``cluster.lock(kind=...)``); pass it to `run` and
     use it as ``with lock:`` on any node.  Not re-entrant."""
 
     space: SyncSpace
     home: int = 0
     oid: int = 0          # the server lock's clustered object
-
-    @property
-    def kind(self) -> str:
-        """The algorithm: one of KINDS."""
-        return self.space.kind
-
-    @property
-    def name(self) -> str:
-        """Its name in messages ("lock 'lock0' (mcs)")."""
-        return self.space.name
 
     def acquire(self, timeout: float | None = None) -> bool:
         """Take the lock, waiting at most ``timeout`` seconds (None: as long as
@@ -94,7 +84,7 @@ class Lock:
         key = (self.space.uid, threading.get_ident())
         if key in _held:
             raise RuntimeError(f"{self.name} is already held by this thread (locks are not re-entrant)")
-        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        deadline = deadline_of(timeout)
         # keyed like the thread's slot (its qnode): a later run's thread of the same
         # index is a new thread (another ident) but uses the same qnode
         place = (self.space.uid, *thread_key())
@@ -127,13 +117,7 @@ class Lock:
         self.release()
 
 
-def _check_timeout(timeout) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
-    return float(timeout)
-
-
-def _late(_lock: Lock, deadline) -> bool:
+def _late(deadline) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
@@ -154,7 +138,7 @@ class _TAS:
     def acquire(lock: Lock, deadline) -> int:
         flag, tries = lock.space.at(1), 1
         while atomic.test_and_set(flag):
-            if _late(lock, deadline):
+            if _late(deadline):
                 lock.space.count(tries)
                 raise _timed_out(lock)
             tries += 1
@@ -189,7 +173,7 @@ class _Backoff(_TAS):
     def acquire(lock: Lock, deadline) -> int:
         flag, tries, delay = lock.space.at(1), 1, BACKOFF_MIN_S
         while atomic.test_and_set(flag):
-            if _late(lock, deadline):
+            if _late(deadline):
                 lock.space.count(tries)
                 raise _timed_out(lock)
             time.sleep(delay)

@@ -19,6 +19,7 @@ Counters of atomic read-modify-writes are kept per node the same way.
 from __future__ import annotations
 
 import threading
+import time
 
 import attrs
 
@@ -94,6 +95,32 @@ class SyncSpace:
             c = _counts.setdefault(self.uid, [0, 0])
         c[0] += events
         c[1] += rmws
+
+
+class SyncObject:
+    """What locks and barriers share: their ``space`` names their kind and them."""
+
+    __slots__ = ()
+
+    @property
+    def kind(self) -> str:
+        """The algorithm (one of the module's KINDS)."""
+        return self.space.kind
+
+    @property
+    def name(self) -> str:
+        """Its name in messages ("lock 'lock0' (mcs)")."""
+        return self.space.name
+
+
+def deadline_of(timeout) -> float | None:
+    """The monotonic deadline of a ``timeout`` in seconds (None: none); ValueError
+    naming what is accepted for anything else."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+    return time.monotonic() + float(timeout)
 
 
 def thread_key() -> tuple[int, int]:

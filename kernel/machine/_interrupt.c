@@ -132,17 +132,19 @@ int td_in_handler(void)
     return td_my_slot && __atomic_load_n(&td_threads[td_my_slot - 1].depth, __ATOMIC_SEQ_CST);
 }
 
-/* Bind _trap._AsyncInterrupt (the class armed in a thread's own state). */
-int td_interrupt_bind(void)
+/* Bind the class ``name`` of _trap into ``*slot`` (a class the trap arms with
+ * PyThreadState_SetAsyncExc); needs the GIL, which cffi released.  0 or -1. */
+static int td_bind_trap_class(const char *name, PyObject **slot)
 {
     PyGILState_STATE g = PyGILState_Ensure();
     int rc = -1;
     PyObject *mod = PyImport_ImportModule("tornado_dsm.kernel.machine._trap");
     if (mod != NULL) {
-        PyObject *cls = PyObject_GetAttrString(mod, "_AsyncInterrupt");
+        PyObject *cls = PyObject_GetAttrString(mod, name);
         if (cls != NULL) {
-            Py_XDECREF(td_interrupt_class);
-            td_interrupt_class = cls;
+            PyObject *old = *slot;
+            *slot = cls;
+            Py_XDECREF(old);
             rc = 0;
         }
         Py_DECREF(mod);
@@ -151,4 +153,10 @@ int td_interrupt_bind(void)
         PyErr_Print();
     PyGILState_Release(g);
     return rc;
+}
+
+/* Bind _trap._AsyncInterrupt (the class armed in a thread's own state). */
+int td_interrupt_bind(void)
+{
+    return td_bind_trap_class("_AsyncInterrupt", &td_interrupt_class);
 }

@@ -410,23 +410,7 @@ int td_trap_is_current(void)
 /* Bind the class armed for refused faults (needs the GIL; cffi released it). */
 int td_trap_bind_python(void)
 {
-    PyGILState_STATE g = PyGILState_Ensure();
-    int rc = -1;
-    PyObject *mod = PyImport_ImportModule("tornado_dsm.kernel.machine._trap");
-    if (mod != NULL) {
-        PyObject *cls = PyObject_GetAttrString(mod, "_AsyncSegmentationFault");
-        if (cls != NULL) {
-            PyObject *old = td_async_class;
-            td_async_class = cls;
-            Py_XDECREF(old);
-            rc = 0;
-        }
-        Py_DECREF(mod);
-    }
-    if (rc != 0)
-        PyErr_Print();
-    PyGILState_Release(g);
-    return rc;
+    return td_bind_trap_class("_AsyncSegmentationFault", &td_async_class);   /* _interrupt.c */
 }
 
 /* Register a window; returns its slot or -1 when the table is full.
