@@ -65,6 +65,23 @@ class TestRun:
         lines = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.startswith("process")}
         assert lines["process"][2] in ("per_node", "singleton")
 
+    @pytest.mark.parametrize("backend", ["mprotect", "auto"])
+    def test_reports_name_the_fault_backend(self, tmp_path, backend):
+        """The table, inspect and the JSON say which fault backend every node took."""
+        from tornado_dsm.kernel import uffd_support
+        took = "uffd" if backend == "auto" and uffd_support().ok else "mprotect"
+        out = tmp_path / "b.json"
+        common = ("tornado-infault", "--set", "nodes=2", "--set", "pages=4", "--set", "repeats=1",
+                  "--set", f"backend={backend}", "--no-progress")
+        r = tornado_dsm("run", *common, "--json", str(out))
+        assert r.returncode == 0, r.stderr
+        assert f"fault backend {took})" in r.stdout
+        run = json.loads(out.read_text())["runs"][0]
+        assert run["backend"] == took and [n["backend"] for n in run["nodes"]] == [took, took]
+        r = tornado_dsm("inspect", *common)
+        assert r.returncode == 0, r.stderr
+        assert f"on 2 node(s), fault backend {took}" in r.stdout
+
 
 class TestListAndErrors:
     def test_list_names_every_shipped_scenario(self):

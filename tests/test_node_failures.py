@@ -133,6 +133,16 @@ class TestSurvivors:
             assert c.run(failprogs.fill, a, 9, on=0) == [9]
             assert c.run(failprogs.total, a, on=1) == [9 * WORDS]
 
+    def test_inspection_goes_on(self):
+        """inspect and backends answer after a crash; the lost node is named, never asked."""
+        with new_cluster(3) as c:
+            took = c.backends()[1]
+            _crash(c, 2)
+            assert c.backends() == {0: took, 1: took, 2: took}
+            view = c.inspect()
+            assert view.lost == (2,) and view.backends == (took, took, took)
+            assert f"fault backend {took}" in str(view)
+
 
 _HOLD = """
 import sys, time, tornado_dsm as td

@@ -22,6 +22,7 @@ import time
 import warnings
 import weakref
 
+import attrs
 import numpy as np
 
 from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes, view_at
@@ -145,6 +146,7 @@ class Cluster:
         self._sync_uids: list[int] = []
         self._run_ids = itertools.count(1)
         self._baseline = None           # statistics(reset=True) moves it
+        self._backends: dict[int, str] = {}  # node -> fault backend, asked once (see backends)
         self._nodes = start(nodes, transport=transport, init=start_node, init_args=(self.config,),
                             timeout=self.timeout, route=route, address=address, key=key, join=join)
         try:
@@ -352,13 +354,21 @@ class Cluster:
     # ---- observation --------------------------------------------------------------------
 
     def inspect(self):
-        """The replication levels of every clustered object (a ReplicationView)."""
+        """The replication levels of every clustered object (a ReplicationView),
+        with each node's fault backend."""
         self._check_open()
-        return current_cos().inspect()
+        view = current_cos().inspect()
+        backends = self.backends()
+        return attrs.evolve(view, backends=tuple(backends.get(n, "unknown") for n in range(view.nnodes)))
 
     def backends(self) -> dict:
-        """{node: "uffd" or "mprotect"}: the fault backend each node's window took."""
-        return dict(enumerate(self.node_set.run_on_all(node_backend)))
+        """{node: "uffd" or "mprotect"}: the fault backend each node's window took
+        (a node's choice is fixed when it starts; a lost node keeps the one it had)."""
+        self._check_open()
+        if len(self._backends) < self.nnodes:
+            live = [n for n in range(self.nnodes) if n not in self.lost_nodes()]
+            self._backends.update(zip(live, self.node_set.run_on_each(live, node_backend)))
+        return dict(sorted(self._backends.items()))
 
     def watch(self, interval: float = 1.0, count: int | None = None):
         """Yield a `WatchView` every ``interval`` seconds (``count`` of them, None:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from . import _report_sync
-from ._scenario_run import RunResult
+from ._scenario_run import RunResult, backends_label
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -65,7 +65,7 @@ def _run_json(r: RunResult, normalized: float) -> dict:
     t = r.total
     remote = [p for p in r.ppc if p.kind == "remote"]
     return {
-        "params": r.params, "values": r.values,
+        "params": r.params, "values": r.values, "backend": r.backend(),
         "elapsed_seconds": r.elapsed_seconds, "measured_seconds": r.wall_seconds,
         "faults": _faults(t, r.zero_fills),
         "latency_us": _latency(t),
@@ -105,7 +105,8 @@ def _per_fault(r: RunResult, obj: str) -> dict:
 def _node_json(r: RunResult, n: int) -> dict:
     s = r.nodes[n]
     remote = [p for p in r.ppc if p.kind == "remote" and p.node == n]
-    return {"node": n, "faults": _faults(s), "latency_us": _latency(s),
+    return {"node": n, "backend": r.backends[n] if n < len(r.backends) else "unknown",
+            "faults": _faults(s), "latency_us": _latency(s),
             "faults_per_second": r.faults_per_second(n), "busy_seconds": r.busy_seconds[n],
             "invalidations": s.invalidations, "resident_pages": s.resident_pages,
             "ppc_local": sum(p.calls for p in r.ppc if p.kind == "local" and p.node == n),
@@ -148,7 +149,7 @@ def render_table(scenario, runs: list[RunResult]) -> str:
     rows = [head] + [_table_row(r, n, varied) for r, n in zip(runs, normalized_costs(runs))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [f"scenario {scenario.name}: {scenario['workload.kind']} "
-             f"({len(runs)} run{'s' if len(runs) != 1 else ''})"]
+             f"({len(runs)} run{'s' if len(runs) != 1 else ''}; fault backend {backends_label(runs)})"]
     for i, row in enumerate(rows):
         lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
         if i == 0:
@@ -540,7 +541,8 @@ def render_inspect(runs: list[RunResult]) -> str:
         rows = [INSPECT_HEAD] + [_inspect_row(r, o) for o in r.objects]
         widths = [max(len(row[i]) for row in rows) for i in range(len(INSPECT_HEAD))]
         settings = ", ".join(f"{k}={_show(v)}" for k, v in r.params.items()) or "as written"
-        out.append(f"replication levels of {r.scenario} ({settings}) on {r.values['cluster.nodes']} node(s)")
+        out.append(f"replication levels of {r.scenario} ({settings}) on {r.values['cluster.nodes']} node(s), "
+                   f"fault backend {r.backend()}")
         for i, row in enumerate(rows):
             out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:

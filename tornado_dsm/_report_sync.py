@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import attrs
 
-from ._scenario_run import RunResult
+from ._scenario_run import RunResult, backends_label
 
 SYNC_KINDS = ("lock", "barrier")
 ALGORITHM_KEYS = ("workload.lock", "workload.barrier", "workload.padding")
@@ -173,7 +173,8 @@ def render_table(scenario, runs: list[RunResult]) -> str:
             rows.append([_show(r.params.get(k, r.values.get(k))) for k in varied]
                         + [str(r.values["cluster.nodes"])] + [c.show(f) for c in cols])
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        out.append(f"scenario {scenario.name}: {kind} ({len(mine)} run{'s' if len(mine) != 1 else ''})")
+        out.append(f"scenario {scenario.name}: {kind} ({len(mine)} run{'s' if len(mine) != 1 else ''}; "
+                   f"fault backend {backends_label(mine)})")
         for i, row in enumerate(rows):
             out.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
             if i == 0:

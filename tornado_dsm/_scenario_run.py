@@ -71,6 +71,7 @@ class RunResult:
     objects: tuple[ObjectRow, ...]
     elapsed_seconds: float             # the whole combination, cluster start to close
     sync: dict = attrs.field(factory=dict)  # lock and barrier kinds: the driver's own figures
+    backends: tuple[str, ...] = ()     # per node: the fault backend its window took
 
     @property
     def total(self) -> NodeStatistics:
@@ -79,6 +80,13 @@ class RunResult:
         for s in self.nodes[1:]:
             total = total + s
         return attrs.evolve(total, node=-1)
+
+    def backend(self) -> str:
+        """The fault backend of the run: "uffd", "mprotect", or "mixed (0: uffd, 1: mprotect)"."""
+        kinds = set(self.backends)
+        if len(kinds) <= 1:
+            return next(iter(kinds), "unknown")
+        return "mixed (" + ", ".join(f"{n}: {b}" for n, b in enumerate(self.backends)) + ")"
 
     def faults(self, node: int | None = None) -> int:
         """Faults resolved in the measured steps, on ``node`` or in total.
@@ -288,6 +296,12 @@ def _tick(bar, override: dict, label: str) -> None:
     bar.update(1)
 
 
+def backends_label(runs) -> str:
+    """The fault backend of ``runs`` (RunResults), or each one's where they differ."""
+    kinds = sorted({r.backend() for r in runs})
+    return " / ".join(kinds) or "unknown"
+
+
 def run_one(s: Scenario, override: dict, base: int, on_step=lambda label: None,
             launcher: str = "spawn") -> RunResult:
     """Run one combination on a new cluster; returns its figures."""
@@ -319,4 +333,4 @@ def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) ->
     return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
                      key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
                      ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0,
-                     dict(ctx.sync))
+                     dict(ctx.sync), tuple(cluster.backends().values()))

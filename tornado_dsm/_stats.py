@@ -8,7 +8,7 @@ import attrs
 
 from tornado_dsm.kernel import current_cos, log2_percentile
 from tornado_dsm.objects import (
-    node_backend, FCM, DirectoryStatistics, FCMStatistics, FrameStatistics, PageDirectory, Region, RegionStatistics,
+    FCM, DirectoryStatistics, FCMStatistics, FrameStatistics, PageDirectory, Region, RegionStatistics,
 )
 
 
@@ -161,7 +161,7 @@ def gather_statistics(cluster, oids: list) -> ClusterStatistics:
     total = result[0]
     for s in result[1:]:
         total = total + s
-    backends = tuple(cluster.node_set.run_on_all(node_backend))
+    backends = tuple(cluster.backends().values())
     return ClusterStatistics(result, attrs.evolve(total, node=-1), backends)
 
 

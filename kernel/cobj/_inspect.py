@@ -64,6 +64,7 @@ class ReplicationView:
     nnodes: int
     objects: tuple[ObjectView, ...]
     lost: tuple[int, ...] = ()  # nodes that did not answer because they are gone
+    backends: tuple[str, ...] = ()  # per node: its fault backend (filled in by Cluster.inspect)
 
     def __getitem__(self, oid) -> ObjectView:
         oid = int(oid)
@@ -87,7 +88,8 @@ class ReplicationView:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lost = f" (lost: {_nodes(self.lost)})" if self.lost else ""
-        lines = [f"replication view: {len(self.objects)} object(s) on {self.nnodes} node(s){lost}"]
+        backend = f", fault backend {'/'.join(sorted(set(self.backends)))}" if self.backends else ""
+        lines = [f"replication view: {len(self.objects)} object(s) on {self.nnodes} node(s){lost}{backend}"]
         for i, row in enumerate(rows):
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
             if i == 0:
