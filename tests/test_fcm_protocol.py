@@ -37,8 +37,8 @@ class NodeFCM:
     """What other nodes reach on one node's FCM rep (the FCM interface's protocol
     methods), as direct calls on its page table and manager."""
 
-    def __init__(self, pages, manager) -> None:
-        self.pages, self.manager = pages, manager
+    def __init__(self, node, pages, manager) -> None:
+        self.node, self.pages, self.manager = node, pages, manager
 
     def send_copy(self, page, expect_version):
         return self.pages.send_copy(page, expect_version)
@@ -47,6 +47,11 @@ class NodeFCM:
         return self.pages.give_page(page, expect_version, new_version, need_data)
 
     def invalidate(self, page, new_version, new_owner=-1):
+        return self.manager.invalidate(page, new_version, new_owner)
+
+    def relinquish(self, page, owner, expect_version, new_version, need_data, new_owner):
+        if owner == self.node:
+            return self.pages.give_page(page, expect_version, new_version, need_data)
         return self.manager.invalidate(page, new_version, new_owner)
 
     def serve(self, page, requester, want, have_version, hops):
@@ -112,7 +117,7 @@ class Harness:
             fcm = FCMPages(mem, 0, PAGES, manager_n, self.frames[n], migrate=protocol == "migrate")
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
-            self.peers.nodes.append(NodeFCM(fcm, manager_n))
+            self.peers.nodes.append(NodeFCM(n, fcm, manager_n))
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
 
     def _manager(self, node):
