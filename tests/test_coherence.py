@@ -78,12 +78,12 @@ class TestSequentialModelPrefetch:
 class TestStress:
     def test_atomic_totals(self, protocol_cluster):
         """N nodes x T threads of atomic increments: shared and private totals are exact."""
-        a = cluster.zeros((1 + NODES * 64) * 512 + 512, np.int64)
+        a = protocol_cluster.zeros((1 + NODES * 64) * 512 + 512, np.int64)
         n = 150
-        privates = cluster.run(progs.increment, a, 0, n)
+        privates = protocol_cluster.run(progs.increment, a, 0, n)
         assert int(a[0]) == n * NODES * THREADS
         assert [int(a[p * 512]) for p in privates] == [n] * len(privates)
-        cluster.free(a)
+        protocol_cluster.free(a)
 
 
 def _alloc_of(cluster, a):
