@@ -15,7 +15,9 @@ installed, the same Jacobi runs as an mpi4py halo-exchange program
 (tornado_dsm/_apps_mpi.py) on as many ranks, and its row gives the ratio.
 
 Node processes get OPENBLAS_NUM_THREADS=1 (set before they start) so that
-one node is one core's worth of work, as the comparison assumes.
+one node is one core's worth of work, as the comparison assumes.  Node 0 is
+this process, whose OpenBLAS was set up at import: its matrix tiles may still
+use every core, which favours ``matmul, 1 node``.
 """
 
 from __future__ import annotations
