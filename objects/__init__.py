@@ -11,7 +11,7 @@ from ._records import (
     CORStatistics, DirectoryStatistics, FCMStatistics, FrameStatistics, Grant, RegionStatistics,
 )
 from ._counter import PartitionedCounter, PerNodeCounter, SingletonCounter, counter_class
-from ._fcm import MANAGERS, PROTOCOLS
+from ._fcm import MANAGERS, MAX_PREFETCH, PROTOCOLS, check_prefetch
 from ._copyset import MAX_NODES
 from ._process import fault_latency_histogram, set_process
 from ._loss import lost_pages, pages_in_flight
@@ -20,7 +20,7 @@ from ._vm import Allocation, VirtualMemory, VMConfig, drop_mappings, node_backen
 __all__ = [
     "CORStatistics", "FrameStatistics", "COR", "DSM", "FCM", "DynamicFCM", "PageDirectory", "Process",
     "Region", "DirectoryStatistics", "FCMStatistics", "Grant", "RegionStatistics",
-    "PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class", "MANAGERS",
+    "PartitionedCounter", "PerNodeCounter", "SingletonCounter", "counter_class", "MANAGERS", "MAX_PREFETCH", "check_prefetch",
     "PROTOCOLS", "MAX_NODES", "Allocation", "VirtualMemory", "VMConfig", "drop_mappings", "node_backend",
     "fault_latency_histogram", "lost_pages", "pages_in_flight", "set_process", "start_node", "stop_node",
 ]

@@ -14,8 +14,10 @@ Message counts, requester k, owner o, manager M, all distinct (IVY's analysis;
 each remote call is one request and one reply):
 
     read fault   k->M, M->o (send_copy), o->M, M->k                     = 4
-    write fault  k->M, M->c and back for each reader c (in parallel),
-                 M->o (give_page), o->M, M->k                          = 4 + 2r
+    write fault  k->M, M->c and back for each reader c and M->o (give)
+                 and back, all in parallel, then M->k                   = 4 + 2r
+                 (latency: 2 round trips from k, the owner's hand-over
+                 overlapping the invalidations)
 
 The centralized scheme has one directory (on its home node); the fixed
 scheme has one per node, page p on node p mod N.  Both use these classes;
@@ -32,7 +34,7 @@ from __future__ import annotations
 import threading
 import numpy as np
 
-from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, DSMInternalError
+from tornado_dsm.kernel import LOST, ClusteredRep, ClusteredRoot, DSMInternalError, NodeLost
 
 from ._copyset import bits
 from ._fcm import (
@@ -119,18 +121,20 @@ class Directory:
         return Grant(version, READ, data)
 
     def _locked_write(self, page: int, node: int, have_version: int) -> Grant:
-        """Write grant: invalidate readers, move ownership (and data if needed)."""
+        """Write grant: invalidate readers, move ownership (and data if needed).
+        A requester holding the current copy (``have_version``) gets no data:
+        an upgrade moves ownership only."""
         owner, version = int(self.owner[page]), int(self.version[page])
         new = version + 1
-        self._locked_invalidate(page, node, owner, new)
         dirty, data = False, None
-        if owner < 0:
-            data = self._first_touch(page)
-        elif owner != node:
-            need = have_version != version
-            data, dirty = self.fcm.on(owner).give_page(page, version, new, need)
-        elif have_version != version:
-            raise DSMInternalError("Directory._locked_write", f"owner {node} of page {page} lost its copy")
+        if owner >= 0 and owner != node:
+            data, dirty = self._locked_take(page, node, owner, version, new, have_version != version)
+        else:
+            self._locked_invalidate(page, node, owner, new)
+            if owner < 0:
+                data = self._first_touch(page)
+            elif have_version != version:
+                raise DSMInternalError("Directory._locked_write", f"owner {node} of page {page} lost its copy")
         self.owner[page] = node
         self.copyset[page] = 0
         self.version[page] = new
@@ -161,6 +165,26 @@ class Directory:
         # a lost reader's copy died with it: nothing to wait for (LOST)
         self.fcm.on_each(readers, tolerate_lost=True).invalidate(page, new_version)
         self.invalidations += len(readers)
+
+    def _locked_take(self, page: int, node: int, owner: int, version: int, new: int, need: bool):
+        """The owner's hand-over and the readers' invalidations in one fan-out:
+        (bytes or None, dirty) from the owner once every reader has dropped its copy.
+
+        Why this keeps sequential consistency: nothing is granted until every
+        copy (the owner's and each reader's) is gone, exactly as when they ran
+        one after the other; they are independent of each other (each node
+        revokes its own copy), so running them at once only removes a round
+        trip from the latency: 2 instead of 3 between manager and nodes."""
+        mask = int(self.copyset[page]) & ~(1 << node) & ~(1 << owner)
+        readers = bits(mask)
+        # a lost reader's copy died with it (LOST); a lost owner took the page with it
+        out = self.fcm.on_each(readers + [owner], tolerate_lost=True).relinquish(
+            page, owner, version, new, need, node)
+        if out[-1] is LOST:
+            raise NodeLost(f"owner {owner} of page {page} is lost: its contents died with it")
+        self.invalidations += len(readers)
+        data, dirty = out[-1]
+        return data, dirty
 
     def _first_touch(self, page: int) -> bytes:
         """Contents of a page no node holds yet: from the COR, or zeros."""

@@ -53,7 +53,7 @@ import numpy as np
 
 import attrs
 
-from tornado_dsm.kernel import DSMInternalError, NodeLost
+from tornado_dsm.kernel import DSMInternalError, NodeLost, Payload
 
 from ._copyset import bits
 from ._fcm import (
@@ -82,6 +82,7 @@ class DynamicManager(CoherenceManager):
         self.fcm, self.store = fcm, store
         self.forwards = 0
         self.invalidations = 0
+        self.prefetch_sent = 0   # pages shared as owner beside a read grant (prefetch)
         self.debug_check = check
         self.checking = check is not None
 
@@ -131,13 +132,20 @@ class DynamicManager(CoherenceManager):
         """The requester half: ask the probable owner (maybe ourselves)."""
         target = int(self.prob_owner[page])
         if target == self.node:
-            grant, owner = self.serve(page, self.node, want, have_version, 0)
+            reply = self.serve(page, self.node, want, have_version, 0)
         else:
             try:
-                grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
+                reply = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
             except NodeLost as lost:
                 target = self._find_owner(page, lost)
-                grant, owner = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
+                reply = self.fcm.on(target).serve(page, self.node, want, have_version, 0)
+        if isinstance(reply, Payload):   # a read with prefetched pages beside it
+            (grant, owner, extras), data = reply.value, reply.data
+            self.pages.install_prefetched(extras, data)
+            with self.pages.cond:
+                self.prob_owner[[q for q, _v in extras]] = owner
+        else:
+            grant, owner = reply
         with self.pages.cond:
             self.prob_owner[page] = owner
         return grant
@@ -180,8 +188,10 @@ class DynamicManager(CoherenceManager):
                 target, grant = None, None
                 if want == READ and self._access[page] != NIL:
                     grant = self._locked_share(page, requester)
+                    if self.pages.prefetch:
+                        grant = self._locked_prefetch(page, requester, grant)
                     if not self.checking:
-                        return grant, self.node
+                        return _reply(grant, self.node)
                 self.serving[page] = 1  # held until the grant is made (and checked)
         if target is not None:
             return self.fcm.on(target).serve(page, requester, want, have_version, hops + 1)
@@ -192,7 +202,7 @@ class DynamicManager(CoherenceManager):
                 owner = self.node
             if self.checking:  # the page is still held: no request can interleave
                 self.debug_check(page, owner, int(self.copyset[page]) if owner == self.node else 0)
-            return grant, owner
+            return _reply(grant, owner)
         finally:
             with cond:
                 self.serving[page] = 0
@@ -206,21 +216,65 @@ class DynamicManager(CoherenceManager):
         self.copyset[page] |= np.uint64(1 << requester)
         return Grant(int(self.pages.version[page]), READ, data, owner=False)
 
+    def _locked_prefetch(self, page: int, requester: int, grant: Grant):
+        """With the read grant of ``page`` made (cond held): share the pages after it
+        that we own and hold, up to ``prefetch`` of them, stopping at the first we
+        do not (IVY's read service for each, in the same lock section).  Returns
+        the grant alone, or a Payload of the extra pages' bytes, one after the
+        other, with [grant, owner, [[page, version], ...]]."""
+        pages, bit, extras, chunks = self.pages, np.uint64(1 << requester), [], []
+        for q in range(page + 1, min(page + 1 + pages.prefetch, pages.npages)):
+            if not self._owner[q] or self._serving[q] or pages.requesting[q] or self._access[q] == NIL:
+                break
+            if int(self._copyset[q]) & (1 << requester):
+                continue   # it holds this one already (or dropped it: it will ask)
+            chunks.append(pages.locked_copy_for_reader(q))
+            self.copyset[q] |= bit
+            extras.append([q, int(pages.version[q])])
+        if not extras:
+            return grant
+        self.prefetch_sent += len(extras)
+        return Payload(b"".join(chunks), [grant, self.node, extras])
+
     def _serve_owned(self, page: int, requester: int, want: int, have_version: int):
+        """As owner, with the page held (``serving``): grant a write, or a read of a
+        page we own without a copy; (Grant, the page's owner afterwards).  A
+        requester holding the current copy gets no data (an upgrade)."""
         pages = self.pages
         version = int(pages.version[page])
         first_touch = pages.access[page] == NIL  # owned without a copy: the COR has it
         new = version + 1
-        self._invalidate(page, requester, new)
+        if first_touch or requester == self.node:
+            self._invalidate(page, requester, new)
         if first_touch:
             data = self.store.fill(page)
             data, dirty = (ZERO_FILL if data is None else data), False
         elif requester == self.node:
             return Grant(new, WRITE, None, owner=True), self.node
         else:
-            data, dirty = pages.give_page(page, version, new, have_version != version)
+            data, dirty = self._give_while_invalidating(page, requester, version, new, have_version != version)
         self._hand_over(page, requester)
         return Grant(new, want, data, dirty, owner=True), requester
+
+    def _give_while_invalidating(self, page: int, requester: int, version: int, new: int, need: bool):
+        """Our own hand-over (revoke, copy if ``need``, free the frame) runs while the
+        invalidations are in flight: it is the local share of the same fan-out.
+        (bytes or None, dirty) once every reader has acknowledged.
+
+        Sequential consistency holds as before: the grant leaves only after
+        every copy, ours included, is gone; the copies are independent, so
+        revoking them at once changes no outcome, only the time."""
+        mask = int(self.copyset[page]) & ~(1 << requester) & ~(1 << self.node)
+        readers = bits(mask)
+        # a lost reader's copy died with it: nothing to wait for (LOST)
+        out = self.fcm.on_each(readers + [self.node], tolerate_lost=True).relinquish(
+            page, self.node, version, new, need, requester)
+        if readers:
+            with self.pages.cond:
+                self.copyset[page] = 0
+            self.invalidations += len(readers)
+        data, dirty = out[-1]
+        return data, dirty
 
     def _hand_over(self, page: int, requester: int) -> None:
         """Ownership leaves this node (unless the requester is this node)."""
@@ -270,6 +324,11 @@ class DynamicManager(CoherenceManager):
                 self.prob_owner[page] = new_owner
 
 
+def _reply(grant, owner: int):
+    """What ``serve`` answers: (Grant, owner), or the Payload a prefetch made (it names the owner)."""
+    return grant if isinstance(grant, Payload) else (grant, owner)
+
+
 # ---- as a clustered object: the FCM variant whose reps are the dynamic manager --------------
 
 class DynamicFCMRep(FCMRep, DynamicFCM):
@@ -294,7 +353,7 @@ class DynamicFCMRep(FCMRep, DynamicFCM):
     def statistics(self) -> FCMStatistics:
         m = self.manager
         return attrs.evolve(super().statistics(), forwards=m.forwards, invalidations=m.invalidations,
-                            zero_fills=m.store.zero_fills)
+                            zero_fills=m.store.zero_fills, prefetch_sent=m.prefetch_sent)
 
 
 class DynamicFCMRoot(FCMRoot):

@@ -48,7 +48,7 @@ import attrs
 import numpy as np
 
 from tornado_dsm.kernel import (
-    PROT_NONE, PROT_READ, PROT_WRITE, ClusteredRep, ClusteredRoot, DSMInternalError, before_blocking,
+    PAGE, PROT_NONE, PROT_READ, PROT_WRITE, ClusteredRep, ClusteredRoot, DSMInternalError, before_blocking,
     wire_record,
 )
 
@@ -83,6 +83,15 @@ ZERO_FILL = b""
 
 # What a fault was, for the statistics (FCMPages.get_page).
 INCORE, COHERENCE, FIRST_TOUCH = 0, 1, 2
+
+MAX_PREFETCH = 64   # pages a read reply may carry beyond the one asked for
+
+
+def check_prefetch(prefetch) -> int:
+    """``prefetch`` as an int in [0, MAX_PREFETCH]; ValueError naming the value and the range."""
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= MAX_PREFETCH:
+        raise ValueError(f"prefetch must be a whole number of pages from 0 to {MAX_PREFETCH}, not {prefetch!r}")
+    return prefetch
 
 
 class CoherenceManager:
@@ -129,7 +138,7 @@ class FCMPages:
     """
 
     def __init__(self, memory, vpage: int, npages: int, manager: CoherenceManager, frames=None,
-                 migrate: bool = False) -> None:
+                 migrate: bool = False, prefetch: int = 0) -> None:
         if vpage < 0 or vpage + npages > memory.npages:
             raise ValueError(f"pages [{vpage}, {vpage + npages}) are outside the window's {memory.npages} pages")
         self.memory, self.vpage, self.npages = memory, vpage, npages
@@ -142,13 +151,19 @@ class FCMPages:
         self.requesting = np.zeros(npages, dtype=np.uint8)
         self.dirty = np.zeros(npages, dtype=np.uint8)
         self.owned = np.zeros(npages, dtype=np.uint8)
+        # prefetch: read copies that came with another page's grant, not yet
+        # touched here (left unmapped, so the first access is an in-core fault
+        # that counts the hit)
+        self.prefetch = check_prefetch(prefetch)
+        self.prefetched = np.zeros(npages, dtype=np.uint8)
+        self.prefetch_installed = self.prefetch_hits = self.prefetch_discarded = 0
         self.cond = threading.Condition()
         self.stale_grants = 0
         # The fault path reads single pages: memoryviews of the same arrays index
         # about 3x faster than numpy scalars (the arrays stay the storage).
         self._access, self._requesting = memoryview(self.access), memoryview(self.requesting)
         self._version, self._owned, self._dirty = memoryview(self.version), memoryview(self.owned), memoryview(self.dirty)
-        self._inval = memoryview(self.inval)
+        self._inval, self._prefetched = memoryview(self.inval), memoryview(self.prefetched)
         self._hat_prot = memoryview(memory.hat.prot)
         self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
@@ -177,6 +192,9 @@ class FCMPages:
                 while self._requesting[page]:
                     wait(self.cond)
                 if self._access[page] >= want:
+                    if self._prefetched[page]:
+                        self._prefetched[page] = 0
+                        self.prefetch_hits += 1
                     self._locked_map(page)
                     return COHERENCE if remote else INCORE
                 version = self._local_grant(page, want)
@@ -227,8 +245,34 @@ class FCMPages:
             raise DSMInternalError("FCMPages._locked_install", f"page {page}: grant without data for a page not held")
         self._locked_set(page, grant.access, grant.version, grant.owner, grant.dirty or grant.access == WRITE)
 
+    def install_prefetched(self, extras: list, data) -> None:
+        """Install the read copies that came with a grant: ``extras`` is
+        [[page, version], ...] and ``data`` their bytes, one page after the other.
+
+        A copy is discarded (counted) if an invalidation overtook it (its
+        version is older than ``inval``, the stale-grant rule), if a local
+        request for the page is under way (its own grant decides), or if the
+        page is held here already.  Installed copies stay unmapped: the first
+        access is an in-core fault, which counts the prefetch hit."""
+        if self.frames is not None and self.frames.capacity is not None:
+            self.prefetch_discarded += len(extras)   # under a frame budget only faults take frames
+            return
+        view = memoryview(data)
+        with self.cond:
+            for i, (page, version) in enumerate(extras):
+                if self._access[page] != NIL or self._requesting[page] or version < self._inval[page]:
+                    self.prefetch_discarded += 1
+                    continue
+                self.memory.write_frame(self.vpage + page, view[i * PAGE:(i + 1) * PAGE])
+                self._access[page], self._version[page] = READ, version
+                self._owned[page] = self._dirty[page] = 0
+                self._prefetched[page] = 1
+                self.prefetch_installed += 1
+            self.cond.notify_all()
+
     def _locked_set(self, page: int, access: int, version: int, owned: bool, dirty: bool) -> None:
         """Record what was granted and map the page with it."""
+        self._prefetched[page] = 0
         self._access[page] = access
         self._version[page] = version
         self._owned[page] = owned
@@ -392,11 +436,13 @@ class FCMSpec:
     anonymous: bool      # zero-filled memory (else a file)
     debug: bool = False  # check IVY's invariants after every request
     directory: int = 0   # oid of the PageDirectory (centralized, fixed), set after creation
+    prefetch: int = 0    # dynamic manager: pages a read reply brings beyond the missing one
 
     def check(self) -> None:
         """ValueError naming a bad protocol and the accepted ones."""
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {self.protocol!r}")
+        check_prefetch(self.prefetch)
 
 
 def gather_access(fcm, nnodes: int, page: int) -> np.ndarray:
@@ -417,7 +463,7 @@ class FCMRep(ClusteredRep, FCM):
         self.spec = spec
         self.manager = self._make_manager(spec)
         self.pages = FCMPages(state.memory, spec.vpage, spec.npages, self.manager, state.frames,
-                              migrate=spec.protocol == "migrate")
+                              migrate=spec.protocol == "migrate", prefetch=spec.prefetch)
         self.incore_faults = self.coherence_faults = self.first_touches = 0
         self.read_faults = self.write_faults = 0
 
@@ -451,6 +497,13 @@ class FCMRep(ClusteredRep, FCM):
     def invalidate(self, page: int, new_version: int, new_owner: int = -1) -> None:
         self.manager.invalidate(page, new_version, new_owner)
 
+    def relinquish(self, page: int, owner: int, expect_version: int, new_version: int, need_data: bool,
+                   new_owner: int):
+        if owner == self.node:
+            return self.pages.give_page(page, expect_version, new_version, need_data)
+        self.manager.invalidate(page, new_version, new_owner)
+        return None
+
     def access_of(self, page: int) -> int:
         return int(self.pages.access[page])
 
@@ -467,9 +520,12 @@ class FCMRep(ClusteredRep, FCM):
         return self.pages.take_dirty()
 
     def statistics(self) -> FCMStatistics:
-        return FCMStatistics(self.incore_faults, self.coherence_faults, self.pages.stale_grants,
-                             self.pages.resident(), first_touches=self.first_touches,
-                             read_faults=self.read_faults, write_faults=self.write_faults)
+        p = self.pages
+        return FCMStatistics(self.incore_faults, self.coherence_faults, p.stale_grants,
+                             p.resident(), first_touches=self.first_touches,
+                             read_faults=self.read_faults, write_faults=self.write_faults,
+                             prefetched=p.prefetch_installed, prefetch_hits=p.prefetch_hits,
+                             prefetch_discarded=p.prefetch_discarded)
 
     def cleanup(self) -> None:
         """Give every frame of this object back (the region is gone)."""

@@ -93,6 +93,14 @@ class FCM(Interface):
         """Drop a read copy: a write of ``new_version`` is granted to ``new_owner``."""
         ...
 
+    def relinquish(self, page: int, owner: int, expect_version: int, new_version: int, need_data: bool,
+                   new_owner: int) -> tuple | None:
+        """A write of ``new_version`` goes to ``new_owner``: on ``owner``, give the page up
+        as ``give_page`` does, (bytes or None, dirty); on a reader, drop the copy, None.
+        One method for both, so the owner's hand-over and the readers' invalidations
+        travel in one fan-out."""
+        ...
+
     def access_of(self, page: int) -> int:
         """This node's access to ``page`` (NIL, READ, WRITE): the debug checks gather it."""
         ...

@@ -75,6 +75,10 @@ class FCMStatistics:
     first_touches: int = 0     # faults here granted as zeros (first touch of anonymous memory)
     read_faults: int = 0       # faults here that asked to read ...
     write_faults: int = 0      # ... and to write (counted on the faulting node)
+    prefetched: int = 0        # read copies installed here beside another page's grant (prefetch)
+    prefetch_hits: int = 0     # ... of which a later access used
+    prefetch_discarded: int = 0  # prefetched copies refused: overtaken by an invalidation, or not needed
+    prefetch_sent: int = 0     # dynamic manager: pages this rep shared as owner beside a read grant
 
 
 @wire_record

@@ -99,21 +99,23 @@ class VirtualMemory:
                                               name="process")), Process)
         self.dsm = cos.ref(int(cos.create(DSMRoot, policy="per_node", name="dsm")), DSM)
 
-    def allocate(self, nbytes: int, name: str, prot: str = "rw", path: str = "", mode: str = "r+") -> Allocation:
-        """Back ``nbytes`` of the window with new Region, FCM, directory and COR objects."""
+    def allocate(self, nbytes: int, name: str, prot: str = "rw", path: str = "", mode: str = "r+",
+                 prefetch: int = 0) -> Allocation:
+        """Back ``nbytes`` of the window with new Region, FCM, directory and COR objects;
+        ``prefetch``: pages a read fault's reply brings beyond the missing one."""
         npages = -(-nbytes // PAGE)
         first = self.process.allocate(npages)
         try:
-            return self._build(first, npages, nbytes, name, prot, path, mode)
+            return self._build(first, npages, nbytes, name, prot, path, mode, prefetch)
         except BaseException:
             self.process.release(first)
             raise
 
-    def _build(self, first, npages, nbytes, name, prot, path, mode) -> Allocation:
+    def _build(self, first, npages, nbytes, name, prot, path, mode, prefetch=0) -> Allocation:
         cfg, cos = self.config, self.cos
         kind = "file" if path else "anonymous"
         cor = int(cos.create(CORRoot, kind, npages, path, nbytes, mode, name=f"cor:{name}"))
-        spec = FCMSpec(first, npages, cfg.protocol, cor, kind == "anonymous", cfg.debug)
+        spec = FCMSpec(first, npages, cfg.protocol, cor, kind == "anonymous", cfg.debug, prefetch=prefetch)
         fcm = int(cos.create(fcm_root(cfg.manager), spec, policy="per_node", name=f"fcm:{name}"))
         directory = 0
         if cfg.manager != "dynamic":

@@ -28,33 +28,51 @@ def protocol_cluster(request):
         yield c
 
 
+def _sequential_machine(cluster, prefetch: int = 0) -> None:
+    """Random reads and writes of random words from random nodes and threads, checked against a
+    sequential memory (an array of ``prefetch`` pages per read reply)."""
+    class Machine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.a = cluster.zeros((WORDS,), np.int64, prefetch=prefetch)
+            self.model = np.zeros(WORDS, dtype=np.int64)
+
+        @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
+              i=st.integers(0, WORDS - 1))
+        def read(self, node, thread, i):
+            got = cluster.run(progs.read_word, self.a, i, thread, on=node, threads=THREADS)
+            assert got[thread] == self.model[i]
+
+        @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
+              i=st.integers(0, WORDS - 1), value=st.integers(-(2**63), 2**63 - 1))
+        def write(self, node, thread, i, value):
+            cluster.run(progs.write_word, self.a, i, value, thread, on=node, threads=THREADS)
+            self.model[i] = value
+
+        def teardown(self):
+            cluster.free(self.a)
+
+    Machine.TestCase.settings = settings(max_examples=12, stateful_step_count=25, deadline=None)
+    Machine.TestCase().runTest()
+
+
 class TestSequentialModel:
     def test_machine(self, protocol_cluster):
         """Random reads and writes of random words from random nodes and threads match a sequential memory."""
+        _sequential_machine(protocol_cluster)
 
-        class Machine(RuleBasedStateMachine):
-            def __init__(self):
-                super().__init__()
-                self.a = protocol_cluster.zeros((WORDS,), np.int64)
-                self.model = np.zeros(WORDS, dtype=np.int64)
 
-            @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
-                  i=st.integers(0, WORDS - 1))
-            def read(self, node, thread, i):
-                got = protocol_cluster.run(progs.read_word, self.a, i, thread, on=node, threads=THREADS)
-                assert got[thread] == self.model[i]
+class TestSequentialModelPrefetch:
+    def test_machine(self):
+        """With prefetch on (3 pages per read reply), random reads and writes still match a sequential memory."""
+        with new_cluster(NODES, threads_per_node=THREADS, manager="dynamic", size=64 << 20, debug=True) as c:
+            _sequential_machine(c, prefetch=3)
 
-            @rule(node=st.integers(0, NODES - 1), thread=st.integers(0, THREADS - 1),
-                  i=st.integers(0, WORDS - 1), value=st.integers(-(2**63), 2**63 - 1))
-            def write(self, node, thread, i, value):
-                protocol_cluster.run(progs.write_word, self.a, i, value, thread, on=node, threads=THREADS)
-                self.model[i] = value
-
-            def teardown(self):
-                protocol_cluster.free(self.a)
-
-        Machine.TestCase.settings = settings(max_examples=12, stateful_step_count=25, deadline=None)
-        Machine.TestCase().runTest()
+    def test_other_managers_are_refused(self):
+        """prefetch on a centralized cluster is refused naming the manager it needs."""
+        with new_cluster(2, manager="centralized", size=16 << 20) as c:
+            with pytest.raises(ValueError, match="needs manager='dynamic'"):
+                c.zeros((512,), prefetch=2)
 
 
 class TestStress:
@@ -105,3 +123,27 @@ class TestMessageCounts:
         # dynamic (node 3's hint is owner 1): 3->1, invalidate 0 and 2, = 6
         expected = {"centralized": 6, "fixed": 6, "dynamic": 6}[manager]
         assert messages == expected
+
+
+def _remote_bytes(cluster, oids) -> int:
+    """Bytes moved by the remote PPCs made so far on the objects ``oids``, every node."""
+    return sum(c.bytes for s in cluster.ppc_statistics() for c in s.counters
+               if c.kind == "remote" and c.oid in oids)
+
+
+@pytest.mark.parametrize("manager", ["centralized", "fixed", "dynamic"])
+class TestUpgrade:
+    def test_a_reader_that_writes_fetches_no_page(self, manager):
+        """A write fault by a node holding the current read copy moves ownership only: no page travels."""
+        from tornado_dsm.kernel import PAGE
+        with new_cluster(3, manager=manager) as c:
+            a = c.zeros((512 * 3,), np.int64)
+            al = _alloc_of(c, a)
+            oids = [o for o in (al.fcm, al.directory) if o]
+            c.run(progs.write_word, a, 0, 5, 0, on=1, threads=1)      # owner: node 1
+            c.run(progs.read_word, a, 0, 0, on=2, threads=1)          # node 2 holds a copy
+            before = _remote_bytes(c, oids)
+            c.run(progs.write_word, a, 0, 6, 0, on=2, threads=1)      # node 2 upgrades
+            moved = _remote_bytes(c, oids) - before
+            assert c.run(progs.read_word, a, 0, 0, on=0, threads=1) == [6]
+        assert 0 < moved < PAGE

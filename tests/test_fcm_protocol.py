@@ -37,8 +37,8 @@ class NodeFCM:
     """What other nodes reach on one node's FCM rep (the FCM interface's protocol
     methods), as direct calls on its page table and manager."""
 
-    def __init__(self, pages, manager) -> None:
-        self.pages, self.manager = pages, manager
+    def __init__(self, node, pages, manager) -> None:
+        self.node, self.pages, self.manager = node, pages, manager
 
     def send_copy(self, page, expect_version):
         return self.pages.send_copy(page, expect_version)
@@ -47,6 +47,11 @@ class NodeFCM:
         return self.pages.give_page(page, expect_version, new_version, need_data)
 
     def invalidate(self, page, new_version, new_owner=-1):
+        return self.manager.invalidate(page, new_version, new_owner)
+
+    def relinquish(self, page, owner, expect_version, new_version, need_data, new_owner):
+        if owner == self.node:
+            return self.pages.give_page(page, expect_version, new_version, need_data)
         return self.manager.invalidate(page, new_version, new_owner)
 
     def serve(self, page, requester, want, have_version, hops):
@@ -97,7 +102,7 @@ class Harness:
     ("centralized") or a DynamicManager per node ("dynamic")."""
 
     def __init__(self, protocol: str = "ivy", manager: str = "centralized", capacity=None,
-                 backend: str = "mprotect") -> None:
+                 backend: str = "mprotect", prefetch: int = 0) -> None:
         self.mems = [NodeMemory(base=fresh_base(), size=PAGES * PAGE, node=n, backend=backend)
                      for n in range(NODES)]
         self.protocol, self.manager = protocol, manager
@@ -109,10 +114,11 @@ class Harness:
         self.frames = [FrameAccount(mem, capacity) for mem in self.mems]
         for n, mem in enumerate(self.mems):
             manager_n = self._manager(n)
-            fcm = FCMPages(mem, 0, PAGES, manager_n, self.frames[n], migrate=protocol == "migrate")
+            fcm = FCMPages(mem, 0, PAGES, manager_n, self.frames[n], migrate=protocol == "migrate",
+                           prefetch=prefetch)
             mem.set_handler(self._handler(fcm, mem))
             self.fcms.append(fcm)
-            self.peers.nodes.append(NodeFCM(fcm, manager_n))
+            self.peers.nodes.append(NodeFCM(n, fcm, manager_n))
         self.arrays = [m.array(0, (PAGES * PAGE // 8,), np.int64) for m in self.mems]
 
     def _manager(self, node):
@@ -220,6 +226,33 @@ class TestCrossingMessages:
             h.check()
 
 
+class TestPrefetch:
+    def test_a_read_miss_brings_the_owners_next_pages(self, backend):
+        """A read miss installs the next pages the same owner holds, in one reply; their first reads are hits."""
+        with Harness(manager="dynamic", backend=backend, prefetch=2) as h:
+            words = PAGE // 8
+            for p in range(PAGES):
+                h.arrays[1][p * words] = 10 + p                 # node 1 owns every page
+            assert h.arrays[2][0] == 10                         # one miss: pages 1 and 2 come along
+            assert h.fcms[2].prefetch_installed == 2 and list(h.fcms[2].access) == [READ, READ, READ, 0]
+            assert [int(h.arrays[2][p * words]) for p in (1, 2)] == [11, 12]
+            assert h.fcms[2].prefetch_hits == 2
+            h.check()
+
+    def test_a_prefetched_copy_overtaken_by_an_invalidation_is_discarded(self, backend):
+        """A prefetched page whose invalidation arrived first is not installed; the next read fetches the new value."""
+        with Harness(manager="dynamic", backend=backend, prefetch=1) as h:
+            words = PAGE // 8
+            h.arrays[1][0], h.arrays[1][words] = 1, 2            # node 1 owns pages 0 and 1
+            reply = h.dyns[1].serve(0, 2, READ, -1, 0)          # node 2's reply, still "in flight"
+            (grant, owner, extras), data = reply.value, reply.data
+            h.arrays[0][words] = 3                              # a write on node 0 invalidates node 2's page 1
+            h.fcms[2].install_prefetched(extras, data)
+            assert h.fcms[2].prefetch_discarded == 1 and h.fcms[2].access[1] == 0
+            assert install(h.fcms[2], 0, grant) and h.arrays[2][words] == 3
+            h.check()
+
+
 class TestEviction:
     @pytest.mark.parametrize("manager", ["centralized", "dynamic"])
     def test_owned_pages_survive_eviction(self, manager, backend):
@@ -272,11 +305,11 @@ class TestConcurrentCounters:
 class ProtocolMachine(RuleBasedStateMachine):
     """Random reads and writes from random nodes against a sequential model."""
 
-    protocol, manager, capacity = "ivy", "centralized", None
+    protocol, manager, capacity, prefetch = "ivy", "centralized", None, 0
 
     def __init__(self, backend: str = "mprotect"):
         super().__init__()
-        self.h = Harness(self.protocol, self.manager, self.capacity, backend)
+        self.h = Harness(self.protocol, self.manager, self.capacity, backend, self.prefetch)
         self.model = np.zeros(PAGES * PAGE // 8, dtype=np.int64)
 
     @rule(node=st.integers(0, NODES - 1), word=st.integers(0, PAGES * PAGE // 8 - 1))
@@ -313,6 +346,12 @@ class MigrateDynamicMachine(ProtocolMachine):
     protocol, manager = "migrate", "dynamic"
 
 
+class PrefetchDynamicMachine(ProtocolMachine):
+    """Read replies carry up to 2 more pages of the owner's (region prefetch)."""
+
+    manager, prefetch = "dynamic", 2
+
+
 class EvictingMachine(ProtocolMachine):
     """Two frames per node for four pages: every few steps a node evicts."""
 
@@ -324,8 +363,8 @@ class EvictingDynamicMachine(ProtocolMachine):
 
 
 _settings = settings(max_examples=30, stateful_step_count=40, deadline=None)
-MACHINES = [ProtocolMachine, MigrateMachine, DynamicMachine, MigrateDynamicMachine, EvictingMachine,
-            EvictingDynamicMachine]
+MACHINES = [ProtocolMachine, MigrateMachine, DynamicMachine, MigrateDynamicMachine, PrefetchDynamicMachine,
+            EvictingMachine, EvictingDynamicMachine]
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=[m.__name__ for m in MACHINES])

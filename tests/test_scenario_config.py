@@ -122,6 +122,18 @@ class TestCombinationErrors:
             from_dict({"policies": {"region": "group:2"}, "vary": {"nodes": [1, 2]}})
 
 
+class TestPrefetchKey:
+    def test_prefetch_needs_the_dynamic_manager(self):
+        """region.prefetch with a centralized manager is refused naming the key and the manager it needs."""
+        with pytest.raises(ScenarioError, match="region.prefetch.*needs 'dynamic'"):
+            from_dict({"cluster": {"manager": "centralized"}, "region": {"prefetch": 2}})
+
+    def test_prefetch_out_of_range(self):
+        """region.prefetch above the largest reply is refused with the accepted range."""
+        with pytest.raises(ScenarioError, match="from 0 to 64"):
+            from_dict({"region": {"prefetch": 65}})
+
+
 class TestOneNamePerPolicy:
     def test_old_name_reads_as_per_node(self):
         """process = "replicated" (the old name), as a value or in [vary], is per_node everywhere after loading."""

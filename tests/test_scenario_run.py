@@ -84,3 +84,10 @@ def test_ivy_managers_count_messages():
     assert all(sum(p.calls for p in r.ppc if p.kind == "remote") > 0 for r in runs)
     assert by["dynamic"].ppc_calls("dir", "remote") + by["dynamic"].ppc_calls("dir", "local") == 0
     assert by["centralized"].ppc_calls("dir") > 0
+
+
+def test_prefetch_key_runs_the_scenario():
+    """jacobi with region.prefetch = 3 still checks its grid, and a prefetched page is installed somewhere."""
+    _s, runs = run("jacobi", ["cluster.manager=dynamic", "region.prefetch=3"])
+    assert runs and all(r.total.faults > 0 for r in runs)
+    assert any(r.total.prefetched > 0 for r in runs if r.values["cluster.nodes"] > 1)

@@ -27,7 +27,7 @@ import numpy as np
 
 from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes, view_at
 from tornado_dsm.objects import (
-    VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
+    check_prefetch, VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
 
 from . import _interrupts, _runner, _syncspace
@@ -192,20 +192,35 @@ class Cluster:
 
     # ---- arrays -----------------------------------------------------------------------
 
-    def zeros(self, shape, dtype=np.float64) -> np.ndarray:
-        """A new shared array of zeros (first touch anywhere is a zero fill)."""
+    def zeros(self, shape, dtype=np.float64, prefetch: int = 0) -> np.ndarray:
+        """A new shared array of zeros (first touch anywhere is a zero fill).
+
+        ``prefetch``: pages a read fault that misses brings beyond the one it
+        needs, from the same owner in the same reply (the next ones it owns;
+        ArgoDSM's load size); needs the dynamic manager.  Hits are counted in
+        `statistics` (prefetched, prefetch_hits)."""
         self._check_open()
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        prefetch = self._check_prefetch(prefetch)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
-        a = self.vm.allocate(nbytes, name=f"array{next(self._names)}")
+        a = self.vm.allocate(nbytes, name=f"array{next(self._names)}", prefetch=prefetch)
         return self._register(a, "anonymous", shape, dtype)
 
     def empty(self, shape, dtype=np.float64) -> np.ndarray:
         """Like `zeros` (shared memory starts zeroed; no cheaper way exists)."""
         return self.zeros(shape, dtype)
 
-    def map_file(self, path, shape, dtype=np.uint8, mode: str = "r+") -> np.ndarray:
+    def _check_prefetch(self, prefetch) -> int:
+        """``prefetch`` checked: a page count in range, and the dynamic manager (only its
+        owners answer reads themselves, so only they can add their next pages)."""
+        prefetch = check_prefetch(prefetch)
+        if prefetch and self.config.manager != "dynamic":
+            raise ValueError(f"prefetch={prefetch} needs manager='dynamic' (this cluster's manager is "
+                             f"{self.config.manager!r}); use prefetch=0 with it")
+        return prefetch
+
+    def map_file(self, path, shape, dtype=np.uint8, mode: str = "r+", prefetch: int = 0) -> np.ndarray:
         """A shared array backed by ``path`` (read on first touch; written back by
         `flush`, `free` and `close`).
 
@@ -216,12 +231,13 @@ class Cluster:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' (read-only) or 'r+' (read-write), not {mode!r}")
         shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        prefetch = self._check_prefetch(prefetch)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes < 1:
             raise ValueError(f"a file mapping needs at least one byte, not shape {shape}")
         self._check_room(nbytes)
         a = self.vm.allocate(nbytes, name=str(path), prot="r" if mode == "r" else "rw",
-                             path=str(path), mode=mode)
+                             path=str(path), mode=mode, prefetch=prefetch)
         return self._register(a, "file", shape, dtype)
 
     def flush(self, array: np.ndarray) -> int:

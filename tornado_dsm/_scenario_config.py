@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 
 from tornado_dsm.kernel import PAGE
-from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
+from tornado_dsm.objects import MANAGERS, MAX_NODES, MAX_PREFETCH, PROTOCOLS
 
 from ._config import check_region_policy
 from ._barriers import KINDS as BARRIER_KINDS
@@ -93,6 +93,8 @@ KEYS: dict[str, Key] = {
                               "Zero-filled memory, or a real file read on first touch."),
     "region.path": Key(str, "", "a file path (empty: a temporary file per run)",
                        doc="File backing: the file (created and sized as needed)."),
+    "region.prefetch": _int(0, 0, MAX_PREFETCH, "Pages a read fault that misses brings beyond the missing "
+                            "one, from the same owner in the same reply (dynamic manager only)."),
     "workload.kind": _choice("infault", KINDS, "The built-in workload (see the table of kinds)."),
     "workload.form": _choice("multithreaded", ("multithreaded", "multiprogrammed"),
                              "infault: one shared region, or one region per thread.", kinds=("infault",)),
@@ -420,6 +422,9 @@ def _check_cross(source: str, v: dict) -> None:
     if v["workload.kind"] == "matmul" and v["workload.n"] % v["workload.block"]:
         raise ScenarioError(source, "workload.block", v["workload.block"],
                             f"a divisor of workload.n ({v['workload.n']})")
+    if v["region.prefetch"] and v["cluster.manager"] != "dynamic":
+        raise ScenarioError(source, "region.prefetch", v["region.prefetch"],
+                            f"0 with cluster.manager = {v['cluster.manager']!r}; prefetch needs 'dynamic'")
     if v["region.backing"] == "anonymous" and v["region.path"]:
         raise ScenarioError(source, "region.path", v["region.path"], "only with region.backing = 'file'")
 

@@ -155,14 +155,15 @@ class RunContext:
     def region(self, pages: int, dtype=np.int64) -> np.ndarray:
         """A new shared region of ``pages`` pages (anonymous or file-backed, per [region])."""
         words = pages * PAGE // np.dtype(dtype).itemsize
+        prefetch = self.s["region.prefetch"]
         if self.s["region.backing"] == "anonymous":
-            return self.cluster.zeros((words,), dtype)
+            return self.cluster.zeros((words,), dtype, prefetch=prefetch)
         path = self.s["region.path"] or os.path.join(self.tmpdir, "region")
         path = f"{path}.{len(self.cluster.arrays())}"
         with open(path, "ab") as f:  # create it, and make it long enough (never shorter)
             if f.seek(0, os.SEEK_END) < pages * PAGE:
                 f.truncate(pages * PAGE)
-        return self.cluster.map_file(path, (words,), dtype, "r+")
+        return self.cluster.map_file(path, (words,), dtype, "r+", prefetch=prefetch)
 
     def step(self, fn, *args, on="all", threads: int | None = None, measured: bool = True,
              label: str = "") -> list:

@@ -27,6 +27,8 @@ class NodeStatistics:
     invalidations: int = 0      # sent by managers on this node
     forwards: int = 0           # dynamic manager: requests forwarded along probOwner
     stale_grants: int = 0
+    prefetched: int = 0         # read copies installed beside another page's grant (region prefetch)
+    prefetch_hits: int = 0      # ... that a later access used
     resident_pages: int = 0
     evicted_copies: int = 0
     evicted_owned: int = 0
@@ -35,6 +37,11 @@ class NodeStatistics:
     messages: int = 0
     bytes: int = 0
     latency_histogram: tuple = attrs.field(default=(0,) * 64, repr=False)  # faults per log2-ns bucket
+
+    @property
+    def prefetch_hit_rate(self) -> float | None:
+        """Prefetched copies used / installed (None if nothing was prefetched)."""
+        return self.prefetch_hits / self.prefetched if self.prefetched else None
 
     @property
     def faults(self) -> int:
@@ -121,7 +128,8 @@ def _from_fcm(s: FCMStatistics) -> dict:
     return {"incore_faults": s.incore_faults, "coherence_faults": s.coherence_faults,
             "first_touch_faults": s.first_touches, "read_faults": s.read_faults, "write_faults": s.write_faults,
             "stale_grants": s.stale_grants, "forwards": s.forwards,
-            "invalidations": s.invalidations, "zero_fills": s.zero_fills}
+            "invalidations": s.invalidations, "zero_fills": s.zero_fills,
+            "prefetched": s.prefetched, "prefetch_hits": s.prefetch_hits}
 
 
 def _from_region(s: RegionStatistics) -> dict:
