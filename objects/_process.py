@@ -231,6 +231,7 @@ class ProcessRoot(ClusteredRoot):
 
     Rep = ProcessRep
     POLICIES = ("singleton", "per_node")
+    SWAP = True  # the root holds the region list; reps are caches built from rep_args
 
     def __init__(self, base: int, npages: int) -> None:
         self.base = base
@@ -330,6 +331,7 @@ class RegionRoot(ClusteredRoot):
 
     Rep = RegionRep
     POLICIES = ("singleton", "per_node", "group")
+    SWAP = True  # the reps' fault counts move through swap_export / swap_import
 
     def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
         if prot not in (READ_ONLY, READ_WRITE):

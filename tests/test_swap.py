@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import clusterprogs as progs
+import failprogs
 import tornado_dsm as td
 from helpers import new_cluster
 from tornado_dsm.kernel import current_cos
@@ -121,3 +122,60 @@ def _region_faults(c) -> int:
                 s = ref.on(node).statistics()
                 total += s.read_faults + s.write_faults
     return total
+
+
+class TestSwapUnderCallChains:
+    def test_process_swaps_during_attach_detach(self):
+        """Swapping the Process while arrays are allocated and freed (the root's broadcasts pass
+        the mediators) neither deadlocks nor loses a region."""
+        with new_cluster(3, policies={"process": "replicated"}) as c:
+            a = c.zeros((PAGES * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+            errors = []
+
+            def churn():
+                try:
+                    for i in range(10):
+                        b = c.zeros((512,), np.int64)
+                        b[0] = i
+                        assert c.run(progs.sum_pages, b, on=[2], threads=1) == [i]
+                        c.free(b)
+                except Exception as exc:  # noqa: BLE001 -- reported below
+                    errors.append(exc)
+
+            def swaps():
+                t = threading.Thread(target=churn)
+                t.start()
+                for policy in ("singleton", "per_node") * 3:
+                    c.set_policy("process", policy)
+                t.join(120)
+
+            counts = churn_while(c, a, stop, swaps)
+            assert not errors
+            assert expected_words(a, [counts[n] for n in range(3)])
+
+
+class TestSwapWithLostNode:
+    def test_lost_node_fails_the_swap_and_keeps_the_policy(self):
+        """A swap run with a node lost fails with SwapFailed naming it; the old policy stays and works."""
+        with new_cluster(3, policies={"region": "per_node"}) as c:
+            a = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, a, 5, on=[1], threads=1)
+            with pytest.raises(td.NodeLost):
+                c.run(failprogs.crash_outside_window, on=2)
+            with pytest.raises(td.SwapFailed, match="keeps policy per_node.*NodeLost"):
+                c.set_policy(a, "singleton")
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [5 * 4]
+            policy = next(o.policy for o in c.inspect().objects if o.name.startswith("region:"))
+            assert policy == "per_node" and c.swap_history(a) == []
+
+
+class TestSwapOptIn:
+    def test_directory_swap_is_refused(self):
+        """An object whose Root does not set SWAP (the PageDirectory) is refused with a ValueError."""
+        with new_cluster(2, manager="centralized") as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="cannot be hot-swapped"):
+                c.set_policy(a, "partitioned", part="directory")
+            a[0] = 4
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]

@@ -249,9 +249,8 @@ class ClusteredObjectSystem:
             record = self._roots.get(oid)
         if record is None or record.destroyed:
             raise self._unknown(oid)
-        done = record.swap_done
-        if done is not None and not passing:  # a swap runs: answer under the policy it leaves behind
-            done.wait()
+        # No wait for a running swap: an answer under the old policy is wrapped by the
+        # swap's mediator, or (older generation) discarded by _install after the commit.
         kind, target = record.policy.decide(node, self.node, self.nnodes)
         info = dict(record.info, kind=kind, target=target, args=[], gen=record.generation)
         root = record.root
@@ -474,6 +473,9 @@ class ClusteredObjectSystem:
             if record is None or record.destroyed:
                 raise self._unknown(oid)
             _check_class(type(record.root), new)
+            if not type(record.root).SWAP:
+                raise ValueError(f"{record.info['cls']} cannot be hot-swapped (its Root does not set "
+                                 "SWAP = True: its reps' state has no swap_export / swap_import)")
             if record.swap_done is not None:
                 raise SwapFailed(f"{record.info['name']} ({oid:#x}) is already being swapped")
             record.swap_done = threading.Event()

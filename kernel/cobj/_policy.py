@@ -134,6 +134,7 @@ class ClusteredRoot:
 
     Rep: type = ClusteredRep
     POLICIES: tuple[str, ...] = ("singleton", "per_node", "partitioned", "group")
+    SWAP = False  # True: the object's state survives a hot swap (swap_export / swap_import)
 
     def rep_args(self, node: int) -> list:
         """Arguments of ``Rep.__init__`` for a new rep on ``node`` (called with ``lock`` held)."""

@@ -10,8 +10,9 @@ hot-swapping, built on the existence counts the tables already keep:
    entry is shut (its ``rep``/``target`` cleared, ``swapping`` set).  A
    thread that looked the old entry up just before still takes a count on
    it, sees the cleared rep and goes back through the table (Dekker's
-   pattern, as for destroy), so it reaches the mediator.  Misses at the
-   root wait for the end of the swap.
+   pattern, as for destroy), so it reaches the mediator.  Misses are
+   answered under the old policy; the mediator wraps such an entry, or
+   the generation check discards it after the commit.
 2. **forward, then block**: calls that already hold a count on the old
    entry run to their end.  New calls *started* on a node (``invoke``)
    wait in the mediator.  Calls that *arrive* from another node (``serve``)
