@@ -25,6 +25,7 @@ BENCHES = {
     "coherence": "tornado_dsm._bench_coherence",
     "ppc": "tornado_dsm._bench_ppc",
     "scale": "tornado_dsm._bench_scale",
+    "swap": "tornado_dsm._bench_swap",
 }
 
 

@@ -63,7 +63,7 @@ class MediatorEntry:
         self.released = threading.Event()
         self.lock = threading.Lock()  # adopt: one entry built per node
         self.waited = itertools.count()
-        self.wait_seconds = 0.0
+        self.wait_starts: list[float] = []  # when each waiting call began (list.append is atomic)
         if old is not None:
             old.swapping = True
             old.shut()
@@ -119,9 +119,12 @@ class MediatorEntry:
         if self.released.is_set():
             return
         next(self.waited)
-        t0 = time.perf_counter()
+        self.wait_starts.append(time.perf_counter())
         self.released.wait()
-        self.wait_seconds += time.perf_counter() - t0
+
+    def wait_seconds(self, now: float) -> float:
+        """Seconds the calls that waited here spent waiting, if released at ``now``."""
+        return sum(now - t for t in self.wait_starts)
 
     def restore(self) -> None:
         """Give the old entry its rep and target back (abort)."""
@@ -184,11 +187,12 @@ def commit(cos, oid: int, generation: int) -> list:
             del cos._table[oid]
     if not isinstance(mediator, MediatorEntry):
         return [0, 0.0]
+    now = time.perf_counter()
     mediator.released.set()
     if mediator.rep is not None:
         mediator.rep.cleanup()
         mediator.rep.alive = False
-    return [peek(mediator.waited), mediator.wait_seconds]
+    return [peek(mediator.waited), mediator.wait_seconds(now)]
 
 
 def abort(cos, oid: int) -> None:
