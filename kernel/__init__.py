@@ -26,7 +26,7 @@ from .net import (
 from .cobj import (
     COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
     ObjectDestroyed, ObjectLock, ObjectRef, ObjectView, Policy, ReplicationView, TypedRef, attach, current_cos,
-    home_of, local_ppc_seconds, parse_policy, start_mpi_nodes, start_nodes,
+    home_of, local_ppc_seconds, parse_policy, start_mpi_nodes, start_nodes, SwapFailed,
 )
 
 __all__ = [
@@ -43,5 +43,5 @@ __all__ = [
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",
     "ReplicationView", "TypedRef", "attach", "current_cos", "home_of", "local_ppc_seconds", "parse_policy",
-    "start_mpi_nodes", "start_nodes",
+    "start_mpi_nodes", "start_nodes", "SwapFailed",
 ]

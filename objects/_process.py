@@ -231,6 +231,7 @@ class ProcessRoot(ClusteredRoot):
 
     Rep = ProcessRep
     POLICIES = ("singleton", "per_node")
+    SWAP = True  # the root holds the region list; reps are caches built from rep_args
 
     def __init__(self, base: int, npages: int) -> None:
         self.base = base
@@ -299,10 +300,14 @@ class ProcessRoot(ClusteredRoot):
 class RegionRep(ClusteredRep, Region):
     """Range checks, protection and fault counts of one region."""
 
-    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
+    def __init__(self, start: int, npages: int, prot: str, fcm_oid: int, counts=(0, 0, 0)) -> None:
         self.start_address, self.npages, self.prot, self.fcm_oid = start, npages, prot, fcm_oid
         self.end = start + npages * PAGE
-        self.read_faults = self.write_faults = self.refused = 0
+        self.read_faults, self.write_faults, self.refused = counts
+
+    def swap_export(self) -> list:
+        """The fault counts move to the new reps at a hot swap (so none is lost)."""
+        return [self.read_faults, self.write_faults, self.refused]
 
     def translate(self, address: int, access: int) -> tuple[int, int]:
         if not self.start_address <= address < self.end:
@@ -326,11 +331,19 @@ class RegionRoot(ClusteredRoot):
 
     Rep = RegionRep
     POLICIES = ("singleton", "per_node", "group")
+    SWAP = True  # the reps' fault counts move through swap_export / swap_import
 
     def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
         if prot not in (READ_ONLY, READ_WRITE):
             raise ValueError(f"region protection must be 'r' or 'rw', not {prot!r}")
         self.args = [start, npages, prot, fcm_oid]
+        self.carried = [0, 0, 0]  # fault counts of the reps a hot swap retired
 
     def rep_args(self, node: int) -> list:
-        return self.args
+        carried, self.carried = self.carried, [0, 0, 0]  # to the first new rep only: counted once
+        return self.args + [carried]
+
+    def swap_import(self, states: list) -> None:
+        """Sum the retired reps' fault counts; the first rep built after the swap carries them."""
+        for state in states:
+            self.carried = [a + b for a, b in zip(self.carried, state)]

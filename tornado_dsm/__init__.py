@@ -15,11 +15,12 @@ from .kernel import (  # noqa: E402
     ObjectDestroyed,
     PPCTimeout,
     SegmentationFault,
+    SwapFailed,
 )
 
 __all__ = [
     "__version__", "Cluster", "current_node", "current_thread", "DSMInternalError",
-    "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault",
+    "MemoryLayoutError", "NodeLost", "ObjectDestroyed", "PPCTimeout", "SegmentationFault", "SwapFailed",
     "WriteBackError", "Word", "word", "wait", "notify", "notify_all", "Lock", "Barrier",
     "write_key_file", "read_key_file", "join_cluster",
 ]

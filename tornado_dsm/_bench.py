@@ -26,6 +26,7 @@ BENCHES = {
     "ppc": "tornado_dsm._bench_ppc",
     "scale": "tornado_dsm._bench_scale",
     "apps": "tornado_dsm._bench_apps",
+    "swap": "tornado_dsm._bench_swap",
 }
 
 

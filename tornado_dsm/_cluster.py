@@ -30,7 +30,7 @@ from tornado_dsm.objects import (
     check_prefetch, VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
 
-from . import _interrupts, _runner, _syncspace
+from . import _interrupts, _runner, _swap_api, _syncspace
 from ._config import check_cluster_args, check_timeout
 from ._stats import gather_statistics
 from ._watch import WatchServer, rates, snapshot
@@ -376,6 +376,24 @@ class Cluster:
         view = current_cos().inspect()
         backends = self.backends()
         return attrs.evolve(view, backends=tuple(backends.get(n, "unknown") for n in range(view.nnodes)))
+
+    def set_policy(self, target, policy: str, *, part: str = "region", timeout: float = 60.0) -> dict:
+        """Switch a live clustered object to ``policy`` while faults run (hot swap).
+
+        ``target``: a shared array (its Region, or with ``part="directory"`` its
+        PageDirectory: ``singleton`` is IVY's centralized manager, ``partitioned``
+        the fixed one), ``"process"``, or an object reference.  Returns the swap's
+        record (time, from, to, seconds, calls that waited, seconds waited).
+        ValueError for a policy the object does not support; SwapFailed if a node
+        was lost or calls did not drain in ``timeout`` s (the old policy stays)."""
+        self._check_open()
+        oid = _swap_api.object_of(self, target, part)
+        return current_cos().set_policy(oid, policy, timeout)
+
+    def swap_history(self, target, *, part: str = "region") -> list:
+        """The swaps of ``target`` (as ``set_policy`` names it) so far, oldest first."""
+        self._check_open()
+        return current_cos().swap_history(_swap_api.object_of(self, target, part))
 
     def backends(self) -> dict:
         """{node: "uffd" or "mprotect"}: the fault backend each node's window took

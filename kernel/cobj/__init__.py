@@ -16,6 +16,7 @@ from ._lock import ObjectLock
 from ._null import NullObject, local_ppc_seconds
 from ._policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
 from ._ref import Interface, ObjectRef, TypedRef, interface_methods
+from ._swap import SwapFailed
 from ._table import DrainTimeout, ObjectDestroyed
 
 __all__ = [
@@ -23,5 +24,5 @@ __all__ = [
     "EntryView", "ObjectView", "ReplicationView", "ObjectLock", "NullObject", "local_ppc_seconds",
     "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "Interface", "ObjectRef", "TypedRef",
     "interface_methods", "DrainTimeout",
-    "ObjectDestroyed",
+    "ObjectDestroyed", "SwapFailed",
 ]

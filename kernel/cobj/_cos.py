@@ -39,7 +39,15 @@ DestroyedEntry and discards its rep, so no rep outlives the protocol.
 Destroyed entries stay in the tables (oids are never reused): a late call
 raises ObjectDestroyed at once instead of missing to the home.
 
-Not supported: switching an object's policy while calls run (hot swap).
+Hot swap (``set_policy``): an object's policy can change while calls run.
+The reason it once could not -- a call back into the object being switched
+would wait for the switch, which waits for that call to finish -- is met in
+_swap: a mediator stops only the calls a node *starts*; calls that arrive
+from another node or come from the root to its reps belong to a call chain
+already inside the object and pass.  Messages: ``swap [oid, policy,
+timeout]`` to the home runs the protocol; ``swap_interpose``,
+``swap_drain``, ``swap_export``, ``swap_commit``, ``swap_abort`` are its
+steps on every node (see _swap's essay).
 
 Nodes get their COS through ``start_nodes`` of this package: it passes
 ``attach`` as the net layer's start-up hook, so every node has its COS
@@ -50,6 +58,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from time import perf_counter
 
 from ..net import LOST, current_runtime, peek_count as peek, start_mpi_nodes as _start_mpi_nodes, start_nodes as _start_nodes
@@ -60,6 +69,8 @@ from ._policy import (
 from ._table import DRAIN_TIMEOUT, DestroyedEntry, ObjectDestroyed, PartitionedEntry, RepEntry, StubEntry
 from ._inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
 from ._ref import ObjectRef, check_implements, ref_class
+from . import _swap
+from ._swap import MediatorEntry, SwapFailed
 
 HOME_BITS = 8
 MAX_HOMES = 1 << HOME_BITS  # the home field of an oid
@@ -80,6 +91,9 @@ class _RootRecord:
         self.root, self.info, self.policy = root, info, policy
         self.stubs: set[int] = set()
         self.destroyed = False
+        self.generation = 0          # bumped by every committed swap (_swap)
+        self.swap_done: threading.Event | None = None  # set while a swap runs: misses wait on it
+        self.history: list[dict] = []  # every swap: time, from, to, figures
 
 
 class ClusteredObjectSystem:
@@ -100,8 +114,15 @@ class ClusteredObjectSystem:
         self._system_ops = {
             "miss": self._root_miss, "create": self._create_home,
             "destroy": self._destroy_home, "reset": self._reset, "free": self._free,
-            "table": self._table_rows,
+            "table": self._table_rows, "swap": self._swap_home,
+            "swap_interpose": lambda oid: _swap.interpose(self, oid),
+            "swap_drain": lambda oid, timeout: _swap.drain(self, oid, timeout),
+            "swap_export": lambda oid: _swap.export(self, oid),
+            "swap_commit": lambda oid, gen: _swap.commit(self, oid, gen),
+            "swap_abort": lambda oid: _swap.abort(self, oid),
+            "history": self.swap_history,
         }
+        self._swap_generation: dict[int, int] = {}  # oid -> the last swap committed here
 
     # ---- calls ---------------------------------------------------------------------
 
@@ -214,20 +235,24 @@ class ClusteredObjectSystem:
                 event.wait()  # the first thread's miss installs (or fails: then retry ours)
                 continue
             try:
-                return self._install(oid, self._remote(home_of(oid), "miss", [oid, self.node]))
+                entry = self._install(oid, self._remote(home_of(oid), "miss", [oid, self.node]))
+                if entry is not None:
+                    return entry
             finally:
                 with self._lock:
                     del self._installing[oid]
                 event.set()
 
-    def _root_miss(self, oid: int, node: int) -> dict:
+    def _root_miss(self, oid: int, node: int, passing: bool = False) -> dict:
         """The root's miss handling (on home): decide what ``node`` gets, record it, describe it."""
         with self._lock:
             record = self._roots.get(oid)
         if record is None or record.destroyed:
             raise self._unknown(oid)
+        # No wait for a running swap: an answer under the old policy is wrapped by the
+        # swap's mediator, or (older generation) discarded by _install after the commit.
         kind, target = record.policy.decide(node, self.node, self.nnodes)
-        info = dict(record.info, kind=kind, target=target, args=[])
+        info = dict(record.info, kind=kind, target=target, args=[], gen=record.generation)
         root = record.root
         with root.lock:  # registering the rep and taking its state are one step for broadcasts
             if kind == "rep":
@@ -237,25 +262,39 @@ class ClusteredObjectSystem:
                 record.stubs.add(node)
         return info
 
-    def _install(self, oid: int, info: dict):
-        """Build and install this node's entry from the root's answer."""
+    def build_entry(self, oid: int, info: dict):
+        """This node's entry from the root's answer to a miss (not installed)."""
         if info["kind"] == "stub":
-            entry = StubEntry(self, oid, info, info["target"])
-        else:
-            rep_class = load_class(info["path"]).Rep
-            rep = instantiate(rep_class, self, oid, info["home"], info["name"], self.node, "rep", info["args"])
-            kind = PartitionedEntry if info["policy"] == "partitioned" else RepEntry
-            entry = kind(self, oid, info, rep)
+            return StubEntry(self, oid, info, info["target"])
+        rep_class = load_class(info["path"]).Rep
+        rep = instantiate(rep_class, self, oid, info["home"], info["name"], self.node, "rep", info["args"])
+        kind = PartitionedEntry if info["policy"] == "partitioned" else RepEntry
+        return kind(self, oid, info, rep)
+
+    def _install(self, oid: int, info: dict):
+        """Build and install this node's entry from the root's answer; None if the answer
+        is older than a swap this node has seen (the caller asks again)."""
+        entry = self.build_entry(oid, info)
         with self._lock:
-            if isinstance(self._table.get(oid), DestroyedEntry):
-                late = True
-            else:
-                late, self._table[oid] = False, entry
+            current = self._table.get(oid)
+            stale = info.get("gen", 0) < self._swap_generation.get(oid, 0)
+            late = isinstance(current, DestroyedEntry)
+            if not (late or stale or isinstance(current, MediatorEntry)):
+                self._table[oid] = entry
+        if stale or isinstance(current, MediatorEntry):  # raced a swap: this rep never served a call
+            if entry.rep is not None:
+                _free_rep(entry.rep)
+            return None if stale else current
         if late:  # destroyed between the root's answer and now: this rep never served a call
             if entry.rep is not None:  # a stub has none
                 _free_rep(entry.rep)
             raise ObjectDestroyed(f"clustered object {info['name']} ({oid:#x}) has been destroyed")
         return entry
+
+    @staticmethod
+    def home_of_object(oid: int) -> int:
+        """The home node of ``oid`` (where its root is)."""
+        return home_of(oid)
 
     def _unknown(self, oid: int) -> ObjectDestroyed:
         """The error for an oid with no live root here (destroyed, or never created)."""
@@ -325,6 +364,8 @@ class ClusteredObjectSystem:
     def _call_local_rep(self, oid: int, method: str, args):
         """Call this node's rep of ``oid`` directly (never re-routed by key), counted as local."""
         entry = self._table.get(oid) or self._miss(oid)
+        if isinstance(entry, MediatorEntry):  # the root's call in a chain inside the object: pass
+            return entry.pass_call(method, args, served=False)
         direct = RepEntry.invoke if isinstance(entry, RepEntry) else type(entry).invoke
         return direct(entry, method, args)
 
@@ -348,11 +389,16 @@ class ClusteredObjectSystem:
         """The destroy protocol, run on the object's home.  A lost node counts as drained
         and freed: its calls and reps died with it (calls it made that are being served
         elsewhere are counted, and drained, on the serving node's entry)."""
-        with self._lock:
-            record = self._roots.get(oid)
-            if record is None or record.destroyed:
-                raise self._unknown(oid)
-            record.destroyed = True
+        while True:  # let a running swap finish first: its mediators hold callers
+            with self._lock:
+                record = self._roots.get(oid)
+                if record is None or record.destroyed:
+                    raise self._unknown(oid)
+                done = record.swap_done
+                if done is None:
+                    record.destroyed = True
+                    break
+            done.wait()
         self._all_nodes("reset", [oid, record.info["name"], timeout], timeout=timeout + 30)
         self._all_nodes("free", [oid])
         try:
@@ -378,6 +424,80 @@ class ClusteredObjectSystem:
         self._root_calls.pop(oid, None)
         if old is not None and getattr(old, "freed", None) is not None:
             _free_rep(old.freed)
+
+    # ---- hot swap (_swap) ----------------------------------------------------------------
+
+    def set_policy(self, oid: int, policy: str, timeout: float = _swap.SWAP_TIMEOUT) -> dict:
+        """Switch object ``oid`` to ``policy`` while calls run; return the swap's record
+        (time, from, to, seconds, calls that waited and how long).  ValueError for a
+        policy the class does not support, ObjectDestroyed, SwapFailed if a node was
+        lost or a drain did not finish (the object then keeps its old policy)."""
+        if lockdebug.enabled:
+            lockdebug.check_call(f"set_policy of {oid:#x}")
+        home = home_of(oid)
+        return self._remote(home, "swap", [oid, policy, timeout],
+                            timeout=None if home == self.node else 4 * timeout + 30)
+
+    def _swap_home(self, oid: int, policy_text: str, timeout: float) -> dict:
+        """The swap protocol, run on the object's home (see _swap's essay)."""
+        record, new = self._start_swap(oid, policy_text)
+        old, t0 = str(record.policy), perf_counter()
+        try:
+            try:
+                states = self._swap_steps(oid, timeout)
+            except BaseException as exc:
+                self._all_nodes("swap_abort", [oid])
+                raise _swap_error(record, old, policy_text, exc) from exc
+            with record.root.lock:  # the new reps start from the imported state
+                record.root.swap_import([s for s in states if s is not LOST and s is not None])
+                record.root._reps.clear()
+                record.stubs.clear()
+                record.policy, record.info["policy"] = new, str(new)
+                record.generation += 1
+            waits = self._all_nodes("swap_commit", [oid, record.generation])
+        finally:
+            done, record.swap_done = record.swap_done, None
+            done.set()
+        waits = [w for w in waits if w is not LOST]
+        entry = {"time": time.time(), "from": old, "to": str(new), "seconds": perf_counter() - t0,
+                 "waited": sum(w[0] for w in waits), "wait_seconds": sum(w[1] for w in waits),
+                 "reason": "set_policy"}
+        record.history.append(entry)
+        return entry
+
+    def _start_swap(self, oid: int, policy_text: str):
+        """Check a swap of ``oid`` to ``policy_text`` can start; mark it started."""
+        new = parse_policy(policy_text, self.nnodes)
+        with self._lock:
+            record = self._roots.get(oid)
+            if record is None or record.destroyed:
+                raise self._unknown(oid)
+            _check_class(type(record.root), new)
+            if not type(record.root).SWAP:
+                raise ValueError(f"{record.info['cls']} cannot be hot-swapped (its Root does not set "
+                                 "SWAP = True: its reps' state has no swap_export / swap_import)")
+            if record.swap_done is not None:
+                raise SwapFailed(f"{record.info['name']} ({oid:#x}) is already being swapped")
+            record.swap_done = threading.Event()
+        return record, new
+
+    def _swap_steps(self, oid: int, timeout: float) -> list:
+        """Interpose, drain, export on every node; NodeLost or SwapFailed on the way."""
+        rt = self.runtime
+        for method, args in (("swap_interpose", [oid]), ("swap_drain", [oid, timeout])):
+            rt.fan_out(range(self.nnodes), COS_OID, method, args,
+                       local=lambda m=method, a=args: self._system_ops[m](*a), timeout=timeout + 30)
+        return rt.fan_out(range(self.nnodes), COS_OID, "swap_export", [oid],
+                          local=lambda: self._system_ops["swap_export"](oid), timeout=timeout + 30)
+
+    def swap_history(self, oid: int) -> list:
+        """The swaps of ``oid`` so far (asked of its home), oldest first."""
+        home = home_of(oid)
+        if home != self.node:
+            return self.runtime.call(home, COS_OID, "history", [oid])
+        with self._lock:
+            record = self._roots.get(oid)
+        return [] if record is None else list(record.history)
 
     # ---- inspection ---------------------------------------------------------------------
 
@@ -423,6 +543,12 @@ def _check_class(cls, policy) -> None:
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
     check_implements(cls.Rep)
+
+
+def _swap_error(record, old: str, new: str, exc: BaseException) -> SwapFailed:
+    """The error of a swap that was undone: what failed, and that the old policy stays."""
+    return SwapFailed(f"swap of {record.info['name']} ({record.root.oid:#x}) from {old} to {new} failed "
+                      f"and was undone (the object keeps policy {old}): {type(exc).__name__}: {exc}")
 
 
 def _free_rep(rep) -> None:

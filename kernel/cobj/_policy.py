@@ -115,6 +115,11 @@ class ClusteredRep:
         if not self.alive:
             raise DSMInternalError(f"{type(self).__name__}", f"call reached the freed rep of {self.name} ({self.oid:#x}) on node {self.node}")
 
+    def swap_export(self):
+        """This rep's state for a hot swap (msgpack-able), handed to the root's
+        ``swap_import``; None (the default) when the root holds all the state."""
+        return None
+
     def cleanup(self) -> None:
         """Release this rep's resources; called once, after every node's calls have drained."""
 
@@ -129,6 +134,7 @@ class ClusteredRoot:
 
     Rep: type = ClusteredRep
     POLICIES: tuple[str, ...] = ("singleton", "per_node", "partitioned", "group")
+    SWAP = False  # True: the object's state survives a hot swap (swap_export / swap_import)
 
     def rep_args(self, node: int) -> list:
         """Arguments of ``Rep.__init__`` for a new rep on ``node`` (called with ``lock`` held)."""
@@ -157,6 +163,10 @@ class ClusteredRoot:
         return {n: r for n, r in zip(nodes, results) if r is not LOST}
 
     gather = broadcast  # the same mechanism, read for its results
+
+    def swap_import(self, states: list) -> None:
+        """Take the old reps' ``swap_export`` states (the non-None ones) at a hot swap,
+        with ``lock`` held; the new reps start from ``rep_args`` after it."""
 
     def cleanup(self) -> None:
         """Release the root's resources; called last, after every rep was freed."""

@@ -44,6 +44,7 @@ from time import perf_counter_ns
 from ..net import peek_count as peek
 from . import _lock as lockdebug
 from ._policy import ClusteredRep, load_class, public_methods
+from ._swap import redirect
 
 DRAIN_TIMEOUT = 60.0  # seconds destroy waits for a node's calls in flight
 
@@ -81,10 +82,12 @@ class Entry:
         self.home, self.node = info["home"], cos.node
         self.misses = 1
         self.rep = None
+        self.swapping = False  # shut for a hot swap (_swap), not destroyed
         self._enter_local = itertools.count()
         self._enter_served = itertools.count()
         self._enter_remote = itertools.count()
         self._exit = itertools.count()
+        self._redirected = itertools.count()  # calls that gave their count back early (gone)
         self._methods: dict = {}
         self._hists: dict = {}  # method -> the runtime's lock-free local-call histogram
         self._local_histogram = cos.runtime.counters.local_histogram
@@ -96,7 +99,16 @@ class Entry:
     def in_flight(self) -> int:
         """Calls holding a count on this entry now (an upper bound while calls start)."""
         done = peek(self._exit)
-        return sum(self.counts()) - done
+        return sum(self.counts()) + peek(self._redirected) - done
+
+    def gone(self, method: str, args, served: bool):
+        """A call found the rep cleared: destroyed (ObjectDestroyed), or shut for a
+        hot swap (the call goes back through the table, to the mediator)."""
+        if self.swapping:  # give the count back first: a call waiting in the mediator must not hold it
+            next(self._exit)
+            next(self._redirected)
+            return redirect(self, method, args, served)
+        raise _destroyed(self.oid, self.name, self.node)
 
     def shut(self) -> None:
         """Make every call that has not taken the rep yet raise ObjectDestroyed."""
@@ -165,7 +177,7 @@ class RepEntry(Entry):
         try:
             rep = self.rep
             if rep is None:
-                raise _destroyed(self.oid, self.name, self.node)
+                return self.gone(method, args, False)
             return (self._methods.get(method) or self.bind(rep, method))(*args)
         finally:
             # counted like a remote PPC is: once, failed or not
@@ -183,7 +195,7 @@ class RepEntry(Entry):
         try:
             rep = self.rep
             if rep is None:
-                raise _destroyed(self.oid, self.name, self.node)
+                return self.gone(method, args, True)
             return (self._methods.get(method) or self.bind(rep, method))(*args)
         finally:
             next(self._exit)
@@ -209,7 +221,7 @@ class StubEntry(Entry):
         try:
             target = self.target
             if target is None:
-                raise _destroyed(self.oid, self.name, self.node)
+                return self.gone(method, args, False)
             return self._call(target, self.oid, method, list(args))
         finally:
             next(self._exit)
@@ -250,7 +262,7 @@ class PartitionedEntry(RepEntry):
         next(self._enter_remote)
         try:
             if self.rep is None:
-                raise _destroyed(self.oid, self.name, self.node)
+                return self.gone(method, args, False)
             return self._call(owner, self.oid, method, list(args))
         finally:
             next(self._exit)

@@ -1,0 +1,181 @@
+"""Hot swap of live clustered objects (kernel/cobj/_swap.py) under faults on every node."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import clusterprogs as progs
+import failprogs
+import tornado_dsm as td
+from helpers import new_cluster
+from tornado_dsm.kernel import current_cos
+from tornado_dsm.objects import Region
+
+pytestmark = [pytest.mark.multinode, pytest.mark.timeout(240)]
+
+PAGES = 8
+
+
+def expected_words(a: np.ndarray, counts: list) -> bool:
+    """Every node's word of every page holds the last value churn_pages wrote there."""
+    for node, n in enumerate(counts):
+        for p in range(PAGES):
+            last = max((k for k in range(p, n, PAGES)), default=0)
+            if n > p and int(a[p * 512 + node]) != last:
+                return False
+    return True
+
+
+def churn_while(c, a, stop, swaps) -> list:
+    """Run churn_pages on every node while ``swaps()`` runs on node 0; the writes made."""
+    out = []
+    runner = threading.Thread(target=lambda: out.append(c.run(progs.churn_pages, a, stop, threads=1)))
+    runner.start()
+    try:
+        swaps()
+    finally:
+        stop[0] = 1
+        runner.join(120)
+    return out[0]
+
+
+class TestSetPolicy:
+    def test_region_and_process_swaps_lose_no_write(self):
+        """Swapping the Region and Process through every policy while all nodes fault loses no write."""
+        with new_cluster(3, policies={"process": "replicated", "region": "per_node"}) as c:
+            a = c.zeros((PAGES * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+            records = []
+
+            def swaps():
+                for policy in ("singleton", "group:2", "per_node", "singleton", "per_node"):
+                    records.append(c.set_policy(a, policy))
+                records.append(c.set_policy("process", "singleton"))
+                records.append(c.set_policy("process", "per_node"))
+
+            counts = churn_while(c, a, stop, swaps)
+            assert expected_words(a, [counts[n] for n in range(3)])
+            assert [r["to"] for r in records] == ["singleton", "group:2", "per_node", "singleton",
+                                                   "per_node", "singleton", "per_node"]
+            assert [h["to"] for h in c.swap_history(a)] == [r["to"] for r in records[:5]]
+
+    def test_fault_counts_survive_a_swap(self):
+        """The Region's fault counts move to the new reps: every fault is counted once."""
+        with new_cluster(3, policies={"region": "per_node"}) as c:
+            a = c.zeros((16 * 512,), np.int64)
+            c.run(progs.write_pages, a, 1, on=[1], threads=1)
+            before = _region_faults(c)
+            c.set_policy(a, "singleton")
+            assert _region_faults(c) == before
+            c.run(progs.sum_pages, a, on=[2], threads=1)
+            c.set_policy(a, "group:2")
+            assert _region_faults(c) == before + 16
+
+    def test_unsupported_policy_is_refused(self):
+        """A policy the object does not support is a ValueError naming the accepted ones; nothing changes."""
+        with new_cluster(2) as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="accepted"):
+                c.set_policy(a, "partitioned")
+            a[0] = 7
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [7]
+
+
+class TestSwapRacingDestroy:
+    def test_free_during_swaps(self):
+        """Freeing an array while its Region is being swapped leaves no half-moved object."""
+        with new_cluster(2) as c:
+            a = c.zeros((512,), np.int64)
+            region = c._allocation(a)[0].region
+            errors = []
+
+            def swap():
+                try:
+                    for policy in ("singleton", "per_node") * 5:
+                        c.set_policy(region, policy)
+                except td.ObjectDestroyed:
+                    pass
+                except Exception as exc:  # noqa: BLE001 -- reported below
+                    errors.append(exc)
+
+            t = threading.Thread(target=swap)
+            t.start()
+            c.free(a)
+            t.join(60)
+            assert not errors and not t.is_alive()
+            b = c.zeros((512,), np.int64)
+            b[0] = 3
+            assert c.run(progs.sum_pages, b, on=[1], threads=1) == [3]
+
+
+def _region_faults(c) -> int:
+    """Read + write faults the Region objects counted, over every rep."""
+    total = 0
+    for obj in c.inspect().objects:
+        if obj.name.startswith("region:"):
+            ref = current_cos().ref(obj.oid, Region)
+            ref.on(obj.home).statistics()  # the home's rep exists (it carries what a swap moved)
+            for node in c.vm.rep_nodes(obj.oid):
+                s = ref.on(node).statistics()
+                total += s.read_faults + s.write_faults
+    return total
+
+
+class TestSwapUnderCallChains:
+    def test_process_swaps_during_attach_detach(self):
+        """Swapping the Process while arrays are allocated and freed (the root's broadcasts pass
+        the mediators) neither deadlocks nor loses a region."""
+        with new_cluster(3, policies={"process": "replicated"}) as c:
+            a = c.zeros((PAGES * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+            errors = []
+
+            def churn():
+                try:
+                    for i in range(10):
+                        b = c.zeros((512,), np.int64)
+                        b[0] = i
+                        assert c.run(progs.sum_pages, b, on=[2], threads=1) == [i]
+                        c.free(b)
+                except Exception as exc:  # noqa: BLE001 -- reported below
+                    errors.append(exc)
+
+            def swaps():
+                t = threading.Thread(target=churn)
+                t.start()
+                for policy in ("singleton", "per_node") * 3:
+                    c.set_policy("process", policy)
+                t.join(120)
+
+            counts = churn_while(c, a, stop, swaps)
+            assert not errors
+            assert expected_words(a, [counts[n] for n in range(3)])
+
+
+class TestSwapWithLostNode:
+    def test_lost_node_fails_the_swap_and_keeps_the_policy(self):
+        """A swap run with a node lost fails with SwapFailed naming it; the old policy stays and works."""
+        with new_cluster(3, policies={"region": "per_node"}) as c:
+            a = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, a, 5, on=[1], threads=1)
+            with pytest.raises(td.NodeLost):
+                c.run(failprogs.crash_outside_window, on=2)
+            with pytest.raises(td.SwapFailed, match="keeps policy per_node.*NodeLost"):
+                c.set_policy(a, "singleton")
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [5 * 4]
+            policy = next(o.policy for o in c.inspect().objects if o.name.startswith("region:"))
+            assert policy == "per_node" and c.swap_history(a) == []
+
+
+class TestSwapOptIn:
+    def test_directory_swap_is_refused(self):
+        """An object whose Root does not set SWAP (the PageDirectory) is refused with a ValueError."""
+        with new_cluster(2, manager="centralized") as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="cannot be hot-swapped"):
+                c.set_policy(a, "partitioned", part="directory")
+            a[0] = 4
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]

@@ -1,0 +1,28 @@
+"""What ``Cluster.set_policy`` and ``Cluster.swap_history`` swap: an array's objects or the Process."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PARTS = ("region", "directory")
+
+
+def object_of(cluster, target, part: str) -> int:
+    """The oid ``target`` names: ``"process"``, an array's Region or PageDirectory
+    (``part``), or a clustered-object reference / oid given as it is."""
+    if isinstance(target, str):
+        if target != "process":
+            raise ValueError(f"set_policy: the only object named by a string is 'process', not {target!r}")
+        return int(cluster.vm.process)
+    if isinstance(target, np.ndarray):
+        a, _kind = cluster._allocation(target)
+        oids = {"region": a.region, "directory": a.directory}
+        if part not in oids:
+            raise ValueError(f"part must be one of {PARTS}, not {part!r}")
+        if not oids[part]:
+            raise ValueError(f"array {a.name!r} has no {part} object (the dynamic manager keeps "
+                             "no directory; create the cluster with manager='centralized' or 'fixed')")
+        return oids[part]
+    if isinstance(target, bool) or not (isinstance(target, int) or hasattr(target, "oid")):
+        raise TypeError(f"set_policy takes a shared array, 'process' or an object reference, not {target!r}")
+    return int(target)
