@@ -47,3 +47,14 @@ class TestSyncExample:
         """The lock-and-barrier example runs as a script and prints the totals its comments promise."""
         r = run_example("### Locks, barriers and waiting on a word", tmp_path, timeout=110)
         assert r.stdout.splitlines() == ["[6000.0, 3000.0, 1500.0]", "True"]
+
+
+class TestSwapExample:
+    @pytest.mark.multinode
+    @pytest.mark.timeout(120)
+    def test_runs_and_prints_what_it_says(self, tmp_path):
+        """The set_policy example runs as a script: one swap away from per_node and its history."""
+        r = run_example("### Changing a policy while it runs", tmp_path, timeout=110)
+        first, history = r.stdout.splitlines()
+        assert first.startswith("per_node -> singleton ") and first.endswith(" call(s) waited")
+        assert history == "['singleton', 'per_node']"
