@@ -51,6 +51,20 @@ def summarize(name: str, ns, floor: BenchResult | None = None, note: str = "") -
                        ratio_to_floor=ratio, samples=int(us.size), note=note)
 
 
+def chosen_backends(choice: str) -> tuple:
+    """The fault backends a ``--backend both|mprotect|uffd`` option names, in
+    measuring order (``both`` is mprotect alone where uffd is unavailable);
+    SystemExit naming the reason when uffd is asked for and unavailable."""
+    from tornado_dsm.kernel import uffd_support
+
+    support = uffd_support()
+    if choice == "uffd" and not support.ok:
+        raise SystemExit(f"--backend uffd: the uffd backend is not available here: {support.reason}")
+    if choice == "both":
+        return ("mprotect", "uffd") if support.ok else ("mprotect",)
+    return (choice,)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tornado-dsm bench``."""
     sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)

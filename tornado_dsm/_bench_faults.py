@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from tornado_dsm._bench import BenchResult, summarize
+from tornado_dsm._bench import BenchResult, chosen_backends, summarize
 from tornado_dsm.kernel import (
-    DEFAULT_BASE, MODE_FLOOR, MODE_PYTHON, PAGE, KernelPager, NodeMemory, trap, uffd_support,
+    DEFAULT_BASE, MODE_FLOOR, MODE_PYTHON, PAGE, KernelPager, NodeMemory, trap,
 )
 
 HELP = "page-fault latency on each fault backend: kernel-only pager and in-core VM path vs the C-resolved floor"
@@ -49,7 +49,7 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     """Run the benchmark; each backend's floors come first, each path names its floor."""
     if args.pages < 1 or args.rounds < 1:
         raise SystemExit(f"--pages and --rounds must be >= 1 (got {args.pages}, {args.rounds})")
-    backends = _backends(args.backend)
+    backends = chosen_backends(args.backend)
     samples = _collect(args.pages, args.rounds, backends)
     if not args.no_vm:
         for b in backends:
@@ -71,15 +71,6 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     if len(backends) == 2:
         results += _cross(by_name)
     return results
-
-
-def _backends(choice: str) -> tuple:
-    support = uffd_support()
-    if choice == "uffd" and not support.ok:
-        raise SystemExit(f"--backend uffd: the uffd backend is not available here: {support.reason}")
-    if choice == "both":
-        return ("mprotect", "uffd") if support.ok else ("mprotect",)
-    return (choice,)
 
 
 def _cross(by_name: dict) -> list[BenchResult]:

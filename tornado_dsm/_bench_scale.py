@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from tornado_dsm._bench import BenchResult
+from tornado_dsm._bench import BenchResult, chosen_backends
 from tornado_dsm.kernel import (
-    DEFAULT_BASE, MODE_FLOOR, PAGE, KernelPager, MemoryLayoutError, NodeMemory, trap, uffd_support,
+    DEFAULT_BASE, MODE_FLOOR, PAGE, KernelPager, MemoryLayoutError, NodeMemory, trap,
 )
 
 HELP = "fault cost against memory size (interleaved writers) and 1 vs 2 faulting threads, per backend"
@@ -50,19 +50,10 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
                          f"(got {args.max_pages}, {args.thread_pages}, {args.rounds})")
     sizes = [n for n in SIZES if n <= args.max_pages] or [args.max_pages]
     results = []
-    for backend in _backends(args.backend):
+    for backend in chosen_backends(args.backend):
         results += _interleaved(backend, sizes)
         results += _parallel(backend, args.thread_pages, args.rounds)
     return results
-
-
-def _backends(choice: str) -> tuple:
-    support = uffd_support()
-    if choice == "uffd" and not support.ok:
-        raise SystemExit(f"--backend uffd: the uffd backend is not available here: {support.reason}")
-    if choice == "both":
-        return ("mprotect", "uffd") if support.ok else ("mprotect",)
-    return (choice,)
 
 
 def _interleaved(backend: str, sizes: list) -> list[BenchResult]:
