@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -35,11 +36,21 @@ def churn_while(c, a, stop, swaps) -> list:
     runner = threading.Thread(target=lambda: out.append(c.run(progs.churn_pages, a, stop, threads=1)))
     runner.start()
     try:
+        _await_writers(c, a)
         swaps()
     finally:
         stop[0] = 1
         runner.join(120)
     return out[0]
+
+
+def _await_writers(c, a, within: float = 60.0) -> None:
+    """Return once every node has written (its word of page 1 holds 1 or more), so the
+    swaps that follow run while all nodes fault, not before they start."""
+    deadline = time.monotonic() + within
+    while not all(a[512 + n] > 0 for n in range(c.nnodes)):
+        assert time.monotonic() < deadline, "the writers did not start"
+        time.sleep(0.001)
 
 
 class TestSetPolicy:
