@@ -19,6 +19,9 @@ import numpy as np
 
 import tornado_dsm as td
 
+from . import _workloads
+from ._workloads import relax
+
 
 def band(rows: int, node: int, nodes: int, first: int = 0) -> tuple[int, int]:
     """[lo, hi) of node ``node``'s share of ``rows`` rows starting at ``first``: contiguous, balanced."""
@@ -51,21 +54,14 @@ def jacobi_sweeps(g0, g1, barrier, sweeps: int) -> float:
     t0 = perf_counter()
     for k in range(sweeps):
         old, new = grids[k % 2], grids[(k + 1) % 2]
-        new[lo:hi, 1:-1] = 0.25 * (old[lo - 1:hi - 1, 1:-1] + old[lo + 1:hi + 1, 1:-1]
-                                   + old[lo:hi, :-2] + old[lo:hi, 2:])
+        relax(old, new, lo, hi)
         barrier.wait()
     return perf_counter() - t0
 
 
 def jacobi_reference(n: int, sweeps: int) -> np.ndarray:
     """The same sweeps on a private n x n grid (top row 1.0, the rest 0)."""
-    grids = [np.zeros((n, n)), np.zeros((n, n))]
-    for g in grids:
-        g[0] = 1.0
-    for k in range(sweeps):
-        old, new = grids[k % 2], grids[(k + 1) % 2]
-        new[1:-1, 1:-1] = 0.25 * (old[:-2, 1:-1] + old[2:, 1:-1] + old[1:-1, :-2] + old[1:-1, 2:])
-    return grids[sweeps % 2]
+    return _workloads.jacobi_reference(n, sweeps, cols=n)
 
 
 # ---- blocked matrix multiply: C = A B, a band of C's rows per node ------------------------

@@ -277,18 +277,23 @@ def jacobi_sweep(p: dict, old, new) -> ThreadResult:
     lo, hi = 1 + g * rows // nthreads, 1 + (g + 1) * rows // nthreads
     t0 = perf_counter()
     if hi > lo:
-        new[lo:hi, 1:-1] = 0.25 * (old[lo - 1:hi - 1, 1:-1] + old[lo + 1:hi + 1, 1:-1]
-                                   + old[lo:hi, :-2] + old[lo:hi, 2:])
+        relax(old, new, lo, hi)
     return ThreadResult(node, thread, 3 * (hi - lo), perf_counter() - t0)
 
 
-def jacobi_reference(rows: int, iterations: int) -> np.ndarray:
+def relax(old, new, lo: int, hi: int) -> None:
+    """One 5-point Jacobi step on rows [lo, hi) of the interior columns: each new
+    value is the mean of old's 4 neighbours (rows lo-1 and hi are read, not written)."""
+    new[lo:hi, 1:-1] = 0.25 * (old[lo - 1:hi - 1, 1:-1] + old[lo + 1:hi + 1, 1:-1]
+                               + old[lo:hi, :-2] + old[lo:hi, 2:])
+
+
+def jacobi_reference(rows: int, iterations: int, cols: int = WORDS) -> np.ndarray:
     """The same iterations in private memory (the check of the shared result)."""
-    grids = [np.zeros((rows, WORDS)), np.zeros((rows, WORDS))]
+    grids = [np.zeros((rows, cols)), np.zeros((rows, cols))]
     jacobi_init(*grids)
     for k in range(iterations):
-        old, new = grids[k % 2], grids[(k + 1) % 2]
-        new[1:-1, 1:-1] = 0.25 * (old[:-2, 1:-1] + old[2:, 1:-1] + old[1:-1, :-2] + old[1:-1, 2:])
+        relax(grids[k % 2], grids[(k + 1) % 2], 1, rows - 1)
     return grids[iterations % 2]
 
 
