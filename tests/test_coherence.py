@@ -87,7 +87,7 @@ class TestStress:
 
 
 def _alloc_of(cluster, a):
-    return cluster._allocation(a)[0]
+    return cluster._arrays.allocation(a)[0]
 
 
 @pytest.mark.parametrize("manager", ["centralized", "fixed", "dynamic"])

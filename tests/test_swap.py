@@ -100,7 +100,7 @@ class TestSwapRacingDestroy:
         """Freeing an array while its Region is being swapped leaves no half-moved object."""
         with new_cluster(2) as c:
             a = c.zeros((512,), np.int64)
-            region = c._allocation(a)[0].region
+            region = c._arrays.allocation(a)[0].region
             errors = []
 
             def swap():

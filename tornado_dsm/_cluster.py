@@ -17,22 +17,21 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-import threading
 import time
 import warnings
-import weakref
 
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes, view_at
+from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes
 from tornado_dsm.objects import (
     check_prefetch, VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
 
+from ._arrays import ArrayTable, WriteBackError, check_dtype, check_shape, lost_reason as _lost_reason
 from . import _interrupts, _runner, _swap_api, _syncspace
 from ._config import check_cluster_args, check_timeout
-from ._stats import gather_statistics
+from ._stats import Measurement, gather_statistics
 from ._watch import WatchServer, rates, snapshot
 
 # 64 GiB: a reservation costs nothing (the memfd is sparse, page tables and the HAT's
@@ -40,39 +39,6 @@ from ._watch import WatchServer, rates, snapshot
 DEFAULT_WINDOW = 64 << 30
 STOP_TIMEOUT = 5.0   # seconds close() waits for each node to unmap its window
 DEPRECATE_NODES_KEYWORD = False   # turned on once every caller in the package says on=
-
-
-class WriteBackError(OSError):
-    """Some file-backed arrays could not be fully written back: their unflushed
-    writes on the nodes named are lost (the file keeps what was flushed before,
-    and the pages every other node held were written and fsynced).
-
-    ``failures``: [(array name, reason)], one per array.
-    """
-
-    __module__ = "tornado_dsm"
-
-    def __init__(self, failures) -> None:
-        self.failures = [(str(name), str(reason)) for name, reason in failures]
-        n = len(self.failures)
-        listed = "; ".join(f"{name!r}: {reason}" for name, reason in self.failures)
-        super().__init__(f"write-back of {n} file-backed array{'s' if n != 1 else ''} incomplete "
-                         f"(unflushed writes there are lost): {listed}")
-
-    def __reduce__(self):
-        return (WriteBackError, (self.failures,))
-
-
-class Measurement:
-    """What a ``cluster.measure()`` block did: ``statistics`` and ``seconds``
-    (None until the block ends)."""
-
-    def __init__(self) -> None:
-        self.statistics = None
-        self.seconds = None
-
-    def __repr__(self) -> str:
-        return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"
 
 
 def _launcher(launcher: str, nodes, join: int, route):
@@ -88,11 +54,6 @@ def _launcher(launcher: str, nodes, join: int, route):
     from . import _mpi
     size = _mpi.serve_unless_rank0()
     return (size if nodes is None else nodes), _mpi.start_nodes
-
-
-def _lost_reason(lost) -> str:
-    return "nodes could not hand over their dirty pages: " + ", ".join(
-        f"node {node} ({why})" for node, why in lost)
 
 
 class Cluster:
@@ -137,11 +98,8 @@ class Cluster:
         if backend is not None:
             check_backend(backend)
         self.config = VMConfig(base, size, protocol, manager, frames, debug, backend)
-        self._arrays: dict[int, tuple] = {}  # start address -> (Allocation, kind, array)
+        self._arrays = ArrayTable()
         self._names = itertools.count()  # array names are never reused ("array3")
-        # id(root buffer) -> (weakref to it, name) of freed arrays' views (_freed_name)
-        self._freed: dict[int, tuple] = {}
-        self._lock = threading.Lock()
         self._sync_names = itertools.count()
         self._sync_uids: list[int] = []
         self._run_ids = itertools.count(1)
@@ -200,12 +158,12 @@ class Cluster:
         ArgoDSM's load size); needs the dynamic manager.  Hits are counted in
         `statistics` (prefetched, prefetch_hits)."""
         self._check_open()
-        shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        shape, dtype = check_shape(shape), check_dtype(dtype)
         prefetch = self._check_prefetch(prefetch)
         nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
         self._check_room(nbytes)
         a = self.vm.allocate(nbytes, name=f"array{next(self._names)}", prefetch=prefetch)
-        return self._register(a, "anonymous", shape, dtype)
+        return self._arrays.register(a, "anonymous", shape, dtype)
 
     def empty(self, shape, dtype=np.float64) -> np.ndarray:
         """Like `zeros` (shared memory starts zeroed; no cheaper way exists)."""
@@ -230,7 +188,7 @@ class Cluster:
         self._check_open()
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' (read-only) or 'r+' (read-write), not {mode!r}")
-        shape, dtype = _check_shape(shape), _check_dtype(dtype)
+        shape, dtype = check_shape(shape), check_dtype(dtype)
         prefetch = self._check_prefetch(prefetch)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if nbytes < 1:
@@ -238,7 +196,7 @@ class Cluster:
         self._check_room(nbytes)
         a = self.vm.allocate(nbytes, name=str(path), prot="r" if mode == "r" else "rw",
                              path=str(path), mode=mode, prefetch=prefetch)
-        return self._register(a, "file", shape, dtype)
+        return self._arrays.register(a, "file", shape, dtype)
 
     def flush(self, array: np.ndarray) -> int:
         """Write the dirty pages of a file-backed array, on every node, back
@@ -246,7 +204,7 @@ class Cluster:
         the file whatever happens to the nodes after.  A node that cannot be
         reached: the others' pages are still written, then WriteBackError."""
         self._check_open()
-        a, kind = self._allocation(array)
+        a, kind = self._arrays.allocation(array)
         if kind != "file":
             return 0
         wb = self.vm.flush(a)
@@ -263,13 +221,10 @@ class Cluster:
         alias a new array; the API calls still refuse views of it).  A file whose
         write-back misses a lost node is still freed, then WriteBackError."""
         self._check_open()
-        a, kind = self._allocation(array)
+        a, kind = self._arrays.allocation(array)
         wb = self.vm.flush(a) if kind == "file" else None
-        with self._lock:
-            entry = self._arrays.pop(a.start, None)
+        self._arrays.forget(a)
         self.vm.free(a)
-        if entry is not None:
-            self._remember_freed(entry[2], a.name)
         if wb is not None and wb.lost:
             raise WriteBackError([(a.name, _lost_reason(wb.lost))])
 
@@ -278,7 +233,7 @@ class Cluster:
         copies cached in the node's FCM rep, so the next faults there are in-core
         (Tornado's in-core page-fault test).  Returns the pages cached per node."""
         self._check_open()
-        a, _ = self._allocation(array)
+        a, _ = self._arrays.allocation(array)
         chosen = _runner.check_nodes(nodes, self.nnodes)
         holders = self.vm.rep_nodes(a.fcm)  # a node without a rep caches nothing
         return [self._nodes.run_on(n, drop_mappings, [a.fcm]) if n in holders else 0 for n in chosen]
@@ -341,8 +296,8 @@ class Cluster:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive integer, not {threads!r}")
         limit = self.timeout if timeout is None else check_timeout("timeout", timeout)
-        job = _runner.pack(fn, args, self._arrays_by_start(), window=self._window(),
-                           check=self._check_not_reused)
+        job = _runner.pack(fn, args, self._arrays.by_start(), window=self._window(),
+                           check=self._arrays.check_not_reused)
         # every chosen node at once; node 0's share runs its threads from this one.
         # A node stops waiting for its threads at the limit and says which are
         # late; the grace is for its answer, so only a node that cannot answer
@@ -446,16 +401,14 @@ class Cluster:
         lost = set(self.lost_nodes())
         if not lost:
             return {}
-        with self._lock:
-            live = [a for a, *_rest in self._arrays.values()]
+        live = [a for a, *_rest in self._arrays.entries()]
         counts = {a.name: len(lost_pages(self.vm, a, lost)) for a in live}
         return {name: n for name, n in counts.items() if n}
 
     def arrays(self) -> list:
         """The live shared arrays of this cluster (not yet freed), oldest first."""
         self._check_open()
-        with self._lock:
-            return [view for _a, kind, view in self._arrays.values() if kind != "sync"]
+        return [view for _a, kind, view in self._arrays.entries() if kind != "sync"]
 
     def _check_open(self) -> None:
         if getattr(self, "_nodes", None) is None:
@@ -496,7 +449,7 @@ class Cluster:
                 m.statistics = self._raw_statistics() - before
 
     def _raw_statistics(self):
-        oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in list(self._arrays.values())]
+        oids = [(a.fcm, a.region, a.directory, a.cor) for a, *_ in self._arrays.entries()]
         return gather_statistics(self, oids)
 
     def close(self, discard: bool = False) -> None:
@@ -527,8 +480,7 @@ class Cluster:
 
     def _write_back_all(self) -> list:
         """Flush every live file-backed array; [(name, reason)] of those not fully written."""
-        with self._lock:
-            files = [a for a, kind, _view in self._arrays.values() if kind == "file"]
+        files = [a for a, _kind, _view in self._arrays.entries("file")]
         failures = []
         for a in files:
             try:
@@ -566,7 +518,7 @@ class Cluster:
         name = f"{what}{next(self._sync_names)}"
         self._check_room(npages * PAGE)
         a = self.vm.allocate(npages * PAGE, name=name)
-        self._register(a, "sync", (npages * PAGE // 8,), np.uint64)
+        self._arrays.register(a, "sync", (npages * PAGE // 8,), np.uint64)
         uid = secrets.randbits(62)
         self._sync_uids.append(uid)
         return _syncspace.SyncSpace(kind, f"{what} {name!r} ({kind})", a.start, stride, npages, capacity, uid)
@@ -578,12 +530,6 @@ class Cluster:
                                    name=space.name, home=home)
         return ref.oid
 
-    def _register(self, a, kind: str, shape, dtype) -> np.ndarray:
-        view = view_at(a.start, shape, dtype)
-        with self._lock:
-            self._arrays[a.start] = (a, kind, view)
-        return view
-
     def _live(self, nodes) -> list:
         """The chosen node ids; "all" leaves out the lost nodes."""
         chosen = _runner.check_nodes(nodes, self.nnodes, "on")
@@ -592,65 +538,8 @@ class Cluster:
             chosen = [n for n in chosen if n not in lost]
         return chosen
 
-    def _arrays_by_start(self) -> dict:
-        with self._lock:
-            return {start: (a.start, a.npages) for start, (a, *_) in self._arrays.items()}
-
     def _window(self) -> tuple[int, int]:
         return self.config.base, self.config.base + self.config.size
-
-    # A cheap generation check for the API: every array this cluster hands out is a
-    # view of one buffer object of its own (view_at), and numpy keeps it at the end
-    # of every view's base chain.  Once an array is freed its buffer is remembered
-    # (weakly), so a view of it is recognised even after its addresses were reused.
-    # It cannot see plain loads and stores through a stale view: those only fault
-    # while the addresses are quarantined.
-
-    def _remember_freed(self, view: np.ndarray, name: str) -> None:
-        root, freed = _root_buffer(view), self._freed
-        key = id(root)
-
-        def forget(ref, key=key):
-            if freed.get(key, (None,))[0] is ref:
-                del freed[key]
-        try:
-            freed[key] = (weakref.ref(root, forget), name)
-        except TypeError:  # not weakly referenceable: no generation check for it
-            pass
-
-    def _freed_name(self, array: np.ndarray) -> str | None:
-        """The name of the freed array ``array`` is a view of, or None."""
-        root = _root_buffer(array)
-        entry = self._freed.get(id(root))
-        return entry[1] if entry is not None and entry[0]() is root else None
-
-    def _check_not_reused(self, array: np.ndarray) -> None:
-        """For run(): a view of a freed array whose addresses now hold another
-        array is refused (on the nodes it would be that array's memory); while
-        they are quarantined it travels as usual and faults where it is touched."""
-        name = self._freed_name(array)
-        if name is None:
-            return
-        address = array.__array_interface__["data"][0]
-        with self._lock:
-            reused = any(start <= address < start + a.npages * PAGE for start, (a, *_) in self._arrays.items())
-        if reused:
-            raise ValueError(f"use after free: an argument is a view of array {name!r}, which was freed; "
-                             "its addresses now belong to another array")
-
-    def _allocation(self, array):
-        if not isinstance(array, np.ndarray):
-            raise TypeError(f"expected a shared numpy array from this cluster, not {type(array).__name__}")
-        name = self._freed_name(array)
-        if name is not None:
-            raise ValueError(f"use after free: this is a view of array {name!r}, which was freed")
-        address = array.__array_interface__["data"][0]
-        with self._lock:
-            for start, (a, kind, _view) in self._arrays.items():
-                if start <= address < start + a.npages * PAGE:
-                    return a, kind
-        raise ValueError(f"array at {address:#x} is not a live shared array of this cluster "
-                         "(never allocated here, or already freed)")
 
     # Admission has one rule: an array is admitted when it fits the window (the VM
     # then says whether the window has room).  memory_per_node is not an admission
@@ -683,36 +572,3 @@ def _choice(what: str, value, accepted) -> str:
     if value not in accepted:
         raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
     return value
-
-
-def _root_buffer(array):
-    """The object at the end of an array's base chain (arrays, memoryviews)."""
-    obj = array
-    for _ in range(64):
-        if isinstance(obj, np.ndarray) and obj.base is not None:
-            obj = obj.base
-        elif isinstance(obj, memoryview):
-            obj = obj.obj
-        else:
-            break
-    return obj
-
-
-def _check_shape(shape) -> tuple:
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    if not isinstance(shape, tuple) or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ValueError(f"shape must be a non-negative int or a tuple of them, not {shape!r}")
-    return tuple(int(d) for d in shape)
-
-
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise ValueError(f"dtype {dtype!r} is not a numpy dtype (e.g. 'float64', np.int32): {exc}") from None
-    if dt.hasobject:
-        raise ValueError(f"dtype {dt} holds Python objects, which cannot live in shared memory; "
-                         "use a numeric or fixed-size dtype")
-    return dt

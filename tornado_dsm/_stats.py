@@ -187,3 +187,15 @@ def ppc_totals() -> dict:
             nbytes += row.bytes
     return {"ppc_local": local, "ppc_remote": remote, "messages": 2 * remote, "bytes": nbytes,
             "latency_histogram": tuple(fault_latency_histogram())}
+
+
+class Measurement:
+    """What a ``cluster.measure()`` block did: ``statistics`` and ``seconds``
+    (None until the block ends)."""
+
+    def __init__(self) -> None:
+        self.statistics = None
+        self.seconds = None
+
+    def __repr__(self) -> str:
+        return f"Measurement(seconds={self.seconds}, statistics={self.statistics!r})"

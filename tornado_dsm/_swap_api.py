@@ -15,7 +15,7 @@ def object_of(cluster, target, part: str) -> int:
             raise ValueError(f"set_policy: the only object named by a string is 'process', not {target!r}")
         return int(cluster.vm.process)
     if isinstance(target, np.ndarray):
-        a, _kind = cluster._allocation(target)
+        a, _kind = cluster._arrays.allocation(target)
         oids = {"region": a.region, "directory": a.directory}
         if part not in oids:
             raise ValueError(f"part must be one of {PARTS}, not {part!r}")
