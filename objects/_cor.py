@@ -173,16 +173,19 @@ class CORClient:
     which keeps the page it evicted), which marks it ``backed``.  So until then the manager knows
     the page is zeros and answers without calling the COR: a first touch of
     anonymous memory costs no PPC.  A file's pages are always read from it.
+    ``backed`` is made at the first spill: only memory under a frame budget
+    spills, so most nodes never pay its byte per page.
     """
 
     def __init__(self, cor, npages: int, anonymous: bool) -> None:
-        self.cor = cor
-        self.backed = np.zeros(npages, dtype=np.uint8) if anonymous else None
+        self.cor, self.npages, self.anonymous = cor, npages, anonymous
+        self.backed = None   # uint8 per page once a page was spilled (anonymous memory only)
+        self._lock = threading.Lock()
         self._zero_fills = itertools.count()
 
     def known_zero(self, page: int) -> bool:
         """True if the page is zeros without asking the COR."""
-        return self.backed is not None and not self.backed[page]
+        return self.anonymous and (self.backed is None or not self.backed[page])
 
     def fill(self, page: int):
         """First-touch contents: None for zeros, else the COR's bytes."""
@@ -197,7 +200,11 @@ class CORClient:
 
     def spill(self, page: int, data, dirty: bool) -> None:
         """Write an evicted owned page back to the COR (which holds it from now on)."""
-        if self.backed is not None:
+        if self.anonymous:
+            if self.backed is None:
+                with self._lock:   # two first spills at once must make one array, or a mark is lost
+                    if self.backed is None:
+                        self.backed = np.zeros(self.npages, dtype=np.uint8)
             self.backed[page] = 1
         self.cor.write_back(page, data, dirty)
 

@@ -20,7 +20,8 @@ each remote call is one request and one reply):
                  overlapping the invalidations)
 
 The centralized scheme has one directory (on its home node); the fixed
-scheme has one per node, page p on node p mod N.  Both use these classes;
+scheme has one per node, page p on node p mod N, each keeping only its
+slice (slot p // N, so a node pays for 1/N of the pages).  Both use these classes;
 the difference is only which node a requester's call goes to, which the
 PageDirectory object's policy (singleton or partitioned) decides.
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from tornado_dsm.kernel import LOST, ClusteredRep, ClusteredRoot, DSMInternalError, NodeLost
 
-from ._copyset import bits
+from ._copyset import bits, copyset_dtype, node_dtype
 from ._fcm import (
     PROTOCOLS, READ, RELEASED, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
     cor_client, gather_access, wait,
@@ -73,90 +74,107 @@ class Directory:
     an evicted owned page back.
     """
 
-    def __init__(self, npages: int, fcm, store, protocol: str = "ivy") -> None:
+    def __init__(self, npages: int, fcm, store, protocol: str = "ivy", nnodes: int = 64,
+                 stride: int = 1, offset: int = 0) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        if not 0 <= offset < stride:
+            raise ValueError(f"a directory slice needs 0 <= offset < stride, not offset {offset}, stride {stride}")
         self.npages, self.fcm, self.store, self.protocol = npages, fcm, store, protocol
-        self.owner = np.full(npages, -1, dtype=np.int16)
-        self.copyset = np.zeros(npages, dtype=np.uint64)
-        self.version = np.zeros(npages, dtype=np.uint32)
-        self.busy = np.zeros(npages, dtype=np.uint8)
+        # the slice: pages offset, offset + stride, ... (stride 1: every page), slot page // stride
+        self.stride, self.offset = stride, offset
+        slots = len(range(offset, npages, stride))
+        self.owner = np.full(slots, -1, dtype=node_dtype(nnodes))
+        self.copyset = np.zeros(slots, dtype=copyset_dtype(nnodes))
+        self.version = np.zeros(slots, dtype=np.uint32)
+        # slots with a request in progress: at most one per serving thread, so a
+        # set costs nothing per page (a byte array of them would cost one each)
+        self.busy: set[int] = set()
         self.cond = threading.Condition()
         self.invalidations = 0
 
+    def slot(self, page: int) -> int:
+        """Where ``page``'s state is kept in this slice; a page of another slice,
+        or outside the object, is a routing bug and stops loudly."""
+        if not 0 <= page < self.npages or page % self.stride != self.offset:
+            raise DSMInternalError("Directory.slot", f"page {page} is not in this directory's slice "
+                                   f"(pages {self.offset} + k*{self.stride} below {self.npages})")
+        return page // self.stride
+
     def request(self, page: int, node: int, want: int, have_version: int) -> Grant:
         """Serve a fault of ``node`` on ``page`` for ``want`` (READ or WRITE)."""
-        if not 0 <= page < self.npages:
-            raise DSMInternalError("Directory.request", f"page {page} outside [0, {self.npages})")
-        self._acquire(page)
+        i = self.slot(page)
+        self._acquire(i)
         try:
             if want == WRITE:
-                return self._locked_write(page, node, have_version)
-            return self._locked_read(page, node)
+                return self._locked_write(page, i, node, have_version)
+            return self._locked_read(page, i, node)
         finally:
-            self._release(page)
+            self._release(i)
 
-    def _acquire(self, page: int) -> None:
+    def _acquire(self, i: int) -> None:
         with self.cond:
-            while self.busy[page]:
+            while i in self.busy:
                 wait(self.cond)
-            self.busy[page] = 1
+            self.busy.add(i)
 
-    def _release(self, page: int) -> None:
+    def _release(self, i: int) -> None:
         with self.cond:
-            self.busy[page] = 0
+            self.busy.discard(i)
             self.cond.notify_all()
 
-    def _locked_read(self, page: int, node: int) -> Grant:
-        """Read grant: a copy from the owner, requester joins the copyset."""
-        owner, version = int(self.owner[page]), int(self.version[page])
+    def _locked_read(self, page: int, i: int, node: int) -> Grant:
+        """Read grant: a copy from the owner, requester joins the copyset (slot ``i``)."""
+        owner, version = int(self.owner[i]), int(self.version[i])
         if owner < 0:  # first touch anywhere: the requester becomes the owner
-            self.owner[page] = node
-            self.version[page] = version + 1
+            self.owner[i] = node
+            self.version[i] = version + 1
             return Grant(version + 1, READ, self._first_touch(page), owner=True)
         if owner == node:
             raise DSMInternalError("Directory._locked_read", f"owner {node} of page {page} asks for a copy")
         data = self.fcm.on(owner).send_copy(page, version)
-        self.copyset[page] |= np.uint64(1 << node)
+        self.copyset[i] = int(self.copyset[i]) | 1 << node
         return Grant(version, READ, data)
 
-    def _locked_write(self, page: int, node: int, have_version: int) -> Grant:
+    def _locked_write(self, page: int, i: int, node: int, have_version: int) -> Grant:
         """Write grant: invalidate readers, move ownership (and data if needed).
         A requester holding the current copy (``have_version``) gets no data:
         an upgrade moves ownership only."""
-        owner, version = int(self.owner[page]), int(self.version[page])
+        owner, version = int(self.owner[i]), int(self.version[i])
         new = version + 1
         dirty, data = False, None
         if owner >= 0 and owner != node:
-            data, dirty = self._locked_take(page, node, owner, version, new, have_version != version)
+            data, dirty = self._locked_take(page, int(self.copyset[i]), node, owner, version, new,
+                                            have_version != version)
         else:
-            self._locked_invalidate(page, node, owner, new)
+            self._locked_invalidate(page, int(self.copyset[i]), node, owner, new)
             if owner < 0:
                 data = self._first_touch(page)
             elif have_version != version:
                 raise DSMInternalError("Directory._locked_write", f"owner {node} of page {page} lost its copy")
-        self.owner[page] = node
-        self.copyset[page] = 0
-        self.version[page] = new
+        self.owner[i] = node
+        self.copyset[i] = 0
+        self.version[i] = new
         return Grant(new, WRITE, data, dirty, owner=True)
 
     def evict(self, page: int, node: int, version: int, data: bytes, dirty: bool):
         """The owner ``node`` gives ``page`` (at ``version``) back to the backing
         store; readers keep their copies.  RELEASED, or None if ownership
         moved meanwhile."""
-        self._acquire(page)
+        i = self.slot(page)
+        self._acquire(i)
         try:
-            if self.owner[page] != node or self.version[page] != version:
+            if self.owner[i] != node or self.version[i] != version:
                 return None
             self.store.spill(page, data, dirty)
-            self.owner[page] = -1
+            self.owner[i] = -1
             return RELEASED
         finally:
-            self._release(page)
+            self._release(i)
 
-    def _locked_invalidate(self, page: int, node: int, owner: int, new_version: int) -> None:
-        """Invalidate every reader but the requester and the owner, in parallel."""
-        mask = int(self.copyset[page]) & ~(1 << node)
+    def _locked_invalidate(self, page: int, copyset: int, node: int, owner: int, new_version: int) -> None:
+        """Invalidate every reader of ``copyset`` but the requester and the owner, in parallel."""
+        mask = copyset & ~(1 << node)
         if owner >= 0:
             mask &= ~(1 << owner)
         if not mask:
@@ -166,7 +184,7 @@ class Directory:
         self.fcm.on_each(readers, tolerate_lost=True).invalidate(page, new_version)
         self.invalidations += len(readers)
 
-    def _locked_take(self, page: int, node: int, owner: int, version: int, new: int, need: bool):
+    def _locked_take(self, page: int, copyset: int, node: int, owner: int, version: int, new: int, need: bool):
         """The owner's hand-over and the readers' invalidations in one fan-out:
         (bytes or None, dirty) from the owner once every reader has dropped its copy.
 
@@ -175,7 +193,7 @@ class Directory:
         one after the other; they are independent of each other (each node
         revokes its own copy), so running them at once only removes a round
         trip from the latency: 2 instead of 3 between manager and nodes."""
-        mask = int(self.copyset[page]) & ~(1 << node) & ~(1 << owner)
+        mask = copyset & ~(1 << node) & ~(1 << owner)
         readers = bits(mask)
         # a lost reader's copy died with it (LOST); a lost owner took the page with it
         out = self.fcm.on_each(readers + [owner], tolerate_lost=True).relinquish(
@@ -193,7 +211,8 @@ class Directory:
 
     def holders(self, page: int) -> tuple[int, list[int]]:
         """(owner, readers) of a page, for invariant checks and inspection."""
-        return int(self.owner[page]), bits(int(self.copyset[page]))
+        i = self.slot(page)
+        return int(self.owner[i]), bits(int(self.copyset[i]))
 
 
 # ---- as clustered objects: the PageDirectory, and the FCM variant that uses it ---------------
@@ -203,18 +222,19 @@ class PageDirectoryRep(ClusteredRep, PageDirectory):
 
     KEYED = frozenset({"request", "evict"})
 
-    def __init__(self, fcm: int, spec: FCMSpec) -> None:
+    def __init__(self, fcm: int, spec: FCMSpec, stride: int, offset: int) -> None:
         self.debug, self.protocol = spec.debug, spec.protocol
         self.fcm = self._cos.ref(fcm, FCM)
         self.store = cor_client(self._cos, spec)
-        self.dir = Directory(spec.npages, self.fcm, self.store, protocol=spec.protocol)
+        self.dir = Directory(spec.npages, self.fcm, self.store, protocol=spec.protocol,
+                             nnodes=self._cos.nnodes, stride=stride, offset=offset)
 
     def request(self, page: int, node: int, want: int, have_version: int) -> Grant:
         grant = self.dir.request(page, node, want, have_version)
         if self.debug:
             owner, _ = self.dir.holders(page)
             access = gather_access(self.fcm, self._cos.nnodes, page)
-            check_page(page, access, owner, int(self.dir.copyset[page]), self.protocol)
+            check_page(page, access, owner, int(self.dir.copyset[self.dir.slot(page)]), self.protocol)
         return grant
 
     def evict(self, page: int, node: int, version: int, data: bytes, dirty: bool):
@@ -224,20 +244,29 @@ class PageDirectoryRep(ClusteredRep, PageDirectory):
         return DirectoryStatistics(self.dir.invalidations, self.store.zero_fills)
 
     def owners(self) -> bytes:
-        return self.dir.owner.tobytes()
+        """The owner of each page of this slice, in slot order, as int16 bytes
+        (a fixed wire format, whatever the dtype kept here)."""
+        return self.dir.owner.astype(np.int16).tobytes()
 
 
 class PageDirectoryRoot(ClusteredRoot):
-    """Root of a PageDirectory; every rep starts from the FCM's oid and spec."""
+    """Root of a PageDirectory; every rep starts from the FCM's oid and spec.
+
+    ``partitioned`` (the fixed manager, the object's policy "partitioned"):
+    node n's rep keeps only its slice, pages n, n + N, ... (the COS routes
+    page p to node p mod N), in arrays of about npages / N slots; otherwise
+    (centralized, "singleton") the one rep keeps every page."""
 
     Rep = PageDirectoryRep
     POLICIES = ("singleton", "partitioned")
 
-    def __init__(self, fcm: int, spec: FCMSpec) -> None:
-        self.fcm, self.spec = fcm, spec
+    def __init__(self, fcm: int, spec: FCMSpec, partitioned: bool = False) -> None:
+        self.fcm, self.spec, self.partitioned = fcm, spec, partitioned
 
     def rep_args(self, node: int) -> list:
-        return [self.fcm, self.spec]
+        if self.partitioned:
+            return [self.fcm, self.spec, self._cos.nnodes, node]
+        return [self.fcm, self.spec, 1, 0]
 
 
 class DirectoryFCMRep(FCMRep):

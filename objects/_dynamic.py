@@ -55,7 +55,7 @@ import attrs
 
 from tornado_dsm.kernel import DSMInternalError, NodeLost, Payload
 
-from ._copyset import bits
+from ._copyset import bits, copyset_dtype, node_dtype
 from ._fcm import (
     KEPT, NIL, READ, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
     cor_client, gather_access, wait,
@@ -92,8 +92,8 @@ class DynamicManager(CoherenceManager):
         n = pages.npages
         self.owner = pages.owned  # one ownership array, shared with the FCM pages
         self.owner[:] = self.node == self.home
-        self.prob_owner = np.full(n, self.home, dtype=np.int16)
-        self.copyset = np.zeros(n, dtype=np.uint64)
+        self.prob_owner = np.full(n, self.home, dtype=node_dtype(self.nnodes))
+        self.copyset = np.zeros(n, dtype=copyset_dtype(self.nnodes))
         self.serving = np.zeros(n, dtype=np.uint8)
         # The local fast path reads single pages: memoryviews index faster than numpy.
         self._owner, self._serving = memoryview(self.owner), memoryview(self.serving)
@@ -213,7 +213,7 @@ class DynamicManager(CoherenceManager):
         if requester == self.node:
             raise DSMInternalError("DynamicManager._locked_share", f"owner {self.node} of page {page} asks for a copy")
         data = self.pages.locked_copy_for_reader(page)
-        self.copyset[page] |= np.uint64(1 << requester)
+        self._copyset[page] |= 1 << requester
         return Grant(int(self.pages.version[page]), READ, data, owner=False)
 
     def _locked_prefetch(self, page: int, requester: int, grant: Grant):
@@ -222,14 +222,14 @@ class DynamicManager(CoherenceManager):
         do not (IVY's read service for each, in the same lock section).  Returns
         the grant alone, or a Payload of the extra pages' bytes, one after the
         other, with [grant, owner, [[page, version], ...]]."""
-        pages, bit, extras, chunks = self.pages, np.uint64(1 << requester), [], []
+        pages, bit, extras, chunks = self.pages, 1 << requester, [], []
         for q in range(page + 1, min(page + 1 + pages.prefetch, pages.npages)):
             if not self._owner[q] or self._serving[q] or pages.requesting[q] or self._access[q] == NIL:
                 break
-            if int(self._copyset[q]) & (1 << requester):
+            if self._copyset[q] & bit:
                 continue   # it holds this one already (or dropped it: it will ask)
             chunks.append(pages.locked_copy_for_reader(q))
-            self.copyset[q] |= bit
+            self._copyset[q] |= bit
             extras.append([q, int(pages.version[q])])
         if not extras:
             return grant

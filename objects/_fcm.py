@@ -10,6 +10,7 @@ Per-page state is a handful of numpy arrays (never a Python object per page):
     requesting uint8                a local thread (or an eviction) is changing the page
     dirty      uint8                written here since the last write-back
     owned      uint8                this node owns the page (IVY ownership)
+    prefetched uint8                a prefetched copy not yet touched (only with prefetch > 0)
 
 Versions are how a grant and an invalidation that cross in the network are
 ordered without holding locks across nodes.  The manager (a PageDirectory
@@ -153,9 +154,9 @@ class FCMPages:
         self.owned = np.zeros(npages, dtype=np.uint8)
         # prefetch: read copies that came with another page's grant, not yet
         # touched here (left unmapped, so the first access is an in-core fault
-        # that counts the hit)
+        # that counts the hit); a region without prefetch keeps no such byte
         self.prefetch = check_prefetch(prefetch)
-        self.prefetched = np.zeros(npages, dtype=np.uint8)
+        self.prefetched = np.zeros(npages if self.prefetch else 0, dtype=np.uint8)
         self.prefetch_installed = self.prefetch_hits = self.prefetch_discarded = 0
         self.cond = threading.Condition()
         self.stale_grants = 0
@@ -192,7 +193,7 @@ class FCMPages:
                 while self._requesting[page]:
                     wait(self.cond)
                 if self._access[page] >= want:
-                    if self._prefetched[page]:
+                    if self.prefetch and self._prefetched[page]:
                         self._prefetched[page] = 0
                         self.prefetch_hits += 1
                     self._locked_map(page)
@@ -272,7 +273,8 @@ class FCMPages:
 
     def _locked_set(self, page: int, access: int, version: int, owned: bool, dirty: bool) -> None:
         """Record what was granted and map the page with it."""
-        self._prefetched[page] = 0
+        if self.prefetch:
+            self._prefetched[page] = 0
         self._access[page] = access
         self._version[page] = version
         self._owned[page] = owned

@@ -64,7 +64,7 @@ def _directory_owners(vm, a, live: list, nnodes: int) -> np.ndarray:
     for node, raw in zip(nodes, directory.on_each(nodes, tolerate_lost=True).owners()):
         if raw is not LOST:
             table = np.frombuffer(raw, dtype=np.int16)
-            owners[slices[node]] = table[slices[node]]
+            owners[slices[node]] = table   # slot k of a slice: its k-th page
     return owners
 
 

@@ -120,7 +120,8 @@ class VirtualMemory:
         directory = 0
         if cfg.manager != "dynamic":
             policy = "singleton" if cfg.manager == "centralized" else "partitioned"
-            directory = int(cos.create(PageDirectoryRoot, fcm, spec, policy=policy, name=f"dir:{name}"))
+            directory = int(cos.create(PageDirectoryRoot, fcm, spec, policy == "partitioned",
+                                       policy=policy, name=f"dir:{name}"))
             cos.call_root(fcm, cos.node, "set_directory", [directory])
         start = cfg.base + first * PAGE
         region = int(cos.create(RegionRoot, start, npages, prot, fcm, policy=self.policies["region"],

@@ -13,6 +13,10 @@ threads fault in parallel?  On each fault backend.
   Reported: faults per second of each, and 2 threads against 1 (2.0 would
   be perfect scaling; a lock taken for writing by every fault keeps it
   near 1).
+* Per-page metadata: bytes of per-page state each node keeps for an array
+  of 2^14 pages on 3 nodes, per manager (tracemalloc on the nodes, the HAT
+  byte included; tornado_dsm/_metadata.py).  Target: <= 16 bytes per page
+  per node.
 """
 
 from __future__ import annotations
@@ -53,7 +57,21 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     for backend in chosen_backends(args.backend):
         results += _interleaved(backend, sizes)
         results += _parallel(backend, args.thread_pages, args.rounds)
-    return results
+    return results + _metadata_rows()
+
+
+def _metadata_rows(nnodes: int = 3, npages: int = 1 << 14) -> list[BenchResult]:
+    """Per-page metadata of each manager: the worst node (median_us column) and the mean."""
+    from tornado_dsm import _metadata
+
+    rows = []
+    for manager in ("dynamic", "fixed", "centralized"):
+        fig = _metadata.measure(manager, nnodes, npages)
+        by_node = ", ".join(f"{b:g}" for b in fig.per_node)
+        rows.append(BenchResult(name=f"per-page metadata, {manager} manager, {nnodes} nodes, bytes/page/node",
+                                median_us=fig.worst, p90_us=float(np.mean(fig.per_node)), samples=npages,
+                                note=f"worst node, then mean; by node {by_node}; target <= 16"))
+    return rows
 
 
 def _interleaved(backend: str, sizes: list) -> list[BenchResult]:
