@@ -6,7 +6,8 @@ Per-page state is a handful of numpy arrays (never a Python object per page):
 
     access     NIL / READ / WRITE   what this node may do with its copy
     version    uint32               the version of the copy installed here
-    inval      uint32               highest version an invalidation announced here
+    inval      uint32               highest version an invalidation announced here (only
+                                    pages with a request out, unless the region prefetches)
     requesting uint8                a local thread (or an eviction) is changing the page
     dirty      uint8                written here since the last write-back
     owned      uint8                this node owns the page (IVY ownership)
@@ -21,6 +22,12 @@ are closed here:
 * A read copy of version v is still travelling to us when the write grant
   v+1 elsewhere invalidates us: the invalidation raises ``inval`` to v+1,
   and installing a copy older than ``inval`` is refused; the fault retries.
+  A copy only ever arrives as the reply to a request, so ``inval`` is kept
+  only for pages with a request out (``requesting``), a dict of a few
+  entries, and forgotten when the request ends: an invalidation before the
+  request is sent is ordered before its grant by the manager anyway.  A
+  region that prefetches keeps it for every page in an array, since
+  prefetched copies arrive for pages this node never asked for.
 * We were granted ownership (version v) but have not installed it yet when
   the manager already asks us, as owner, for a copy: owner-side handlers wait
   until ``version >= v`` (a request for a page in transition waits for it).
@@ -59,6 +66,14 @@ from ._interfaces import COR, FCM
 from ._records import FCMStatistics, Grant
 
 NIL, READ, WRITE = PROT_NONE, PROT_READ, PROT_WRITE
+
+
+class RequestInvalidations(dict):
+    """{page: highest version an invalidation announced} for the pages with a
+    request out; a page without an entry reads 0 (no invalidation to respect)."""
+
+    def __missing__(self, page: int) -> int:
+        return 0
 PROTOCOLS = ("ivy", "migrate")                    # the one list of protocols
 MANAGERS = ("centralized", "fixed", "dynamic")   # the one list of IVY managers
 
@@ -148,7 +163,6 @@ class FCMPages:
         self.migrate = migrate
         self.access = np.zeros(npages, dtype=np.uint8)
         self.version = np.zeros(npages, dtype=np.uint32)
-        self.inval = np.zeros(npages, dtype=np.uint32)
         self.requesting = np.zeros(npages, dtype=np.uint8)
         self.dirty = np.zeros(npages, dtype=np.uint8)
         self.owned = np.zeros(npages, dtype=np.uint8)
@@ -157,6 +171,11 @@ class FCMPages:
         # that counts the hit); a region without prefetch keeps no such byte
         self.prefetch = check_prefetch(prefetch)
         self.prefetched = np.zeros(npages if self.prefetch else 0, dtype=np.uint8)
+        # invalidation versions (see the essay): for every page when the region
+        # prefetches (a prefetched copy may be overtaken on a page never asked
+        # for), else only for the pages with a request out, since a grant is only
+        # ever the reply to one: at most an entry per requesting thread
+        self.inval = np.zeros(npages, dtype=np.uint32) if self.prefetch else RequestInvalidations()
         self.prefetch_installed = self.prefetch_hits = self.prefetch_discarded = 0
         self.cond = threading.Condition()
         self.stale_grants = 0
@@ -164,7 +183,8 @@ class FCMPages:
         # about 3x faster than numpy scalars (the arrays stay the storage).
         self._access, self._requesting = memoryview(self.access), memoryview(self.requesting)
         self._version, self._owned, self._dirty = memoryview(self.version), memoryview(self.owned), memoryview(self.dirty)
-        self._inval, self._prefetched = memoryview(self.inval), memoryview(self.prefetched)
+        self._prefetched = memoryview(self.prefetched)
+        self._inval = memoryview(self.inval) if self.prefetch else self.inval
         self._hat_prot = memoryview(memory.hat.prot)
         self._map_page = memory.hat.map_page_unchecked
         self.frames = frames  # the node's DSM frame account (None: no capacity limit)
@@ -214,7 +234,7 @@ class FCMPages:
                     try:  # the HAT may fail to map (the map limit): the waiters still wake
                         installed = grant is not None and self._locked_try_install(page, grant)
                     finally:
-                        self.cond.notify_all()
+                        self._locked_end_request(page)
             if installed:
                 return FIRST_TOUCH if grant.data is not None and not len(grant.data) else COHERENCE
         if self.manager.checking:
@@ -319,7 +339,7 @@ class FCMPages:
             self._locked_wait_version(page, expect_version)
             self.access[page] = NIL
             self._locked_map(page)
-            self.inval[page] = max(int(self.inval[page]), new_version)
+            self._locked_note_invalidation(page, new_version)
             data = self.memory.frame(self.vpage + page).tobytes() if need_data else None
             dirty = bool(self.dirty[page])
             self.dirty[page] = self.owned[page] = 0
@@ -333,12 +353,24 @@ class FCMPages:
 
     def locked_invalidate(self, page: int, new_version: int) -> None:
         """``invalidate`` with cond held (a manager updating its own state in the same section)."""
-        if self._inval[page] < new_version:
-            self._inval[page] = new_version
+        self._locked_note_invalidation(page, new_version)
         if self._version[page] < new_version and self._access[page] != NIL:
             self._access[page] = NIL
             self._locked_map(page)
             self._locked_free_frame(page)
+
+    def _locked_note_invalidation(self, page: int, new_version: int) -> None:
+        """Remember that a write of ``new_version`` took our copy away, where a
+        grant still in flight could need the stale-grant rule (cond held)."""
+        if (self.prefetch or self._requesting[page]) and self._inval[page] < new_version:
+            self._inval[page] = new_version
+
+    def _locked_end_request(self, page: int) -> None:
+        """A request (a fault's, or an eviction's) of ``page`` is over: its
+        invalidation record goes, and the threads waiting for the page wake."""
+        if not self.prefetch:
+            self.inval.pop(page, None)
+        self.cond.notify_all()
 
     def _locked_wait_version(self, page: int, expect_version: int) -> None:
         while self.version[page] < expect_version:
@@ -391,7 +423,7 @@ class FCMPages:
                 self._locked_free_frame(page)
             else:
                 self.access[page] = before  # refused: the page stays as it was (the next access maps it)
-        self.cond.notify_all()
+        self._locked_end_request(page)
 
     # -- in-core fault support and inspection ----------------------------------
 

@@ -22,7 +22,7 @@ from tornado_dsm.objects._cor import AnonymousCOR, CORClient
 from tornado_dsm.objects._directory import Directory, DirectoryClient
 from tornado_dsm.objects._frames import FrameAccount
 from tornado_dsm.objects._dynamic import DynamicManager
-from tornado_dsm.objects._fcm import WRITE, FCMPages
+from tornado_dsm.objects._fcm import WRITE, FCMPages, Grant
 from tornado_dsm.objects._invariants import check_page
 
 from helpers import fresh_base
@@ -190,12 +190,20 @@ class TestMessages:
             h.check()
 
 
-def install(fcm, page, grant) -> bool:
-    """A grant arriving now at ``fcm`` (as the requester's thread installs it)."""
+def begin_request(fcm, page) -> None:
+    """Mark ``page`` requested at ``fcm``, as a faulting thread does before it asks the manager."""
     with fcm.cond:
-        installed = fcm._locked_try_install(page, grant)
-        fcm.cond.notify_all()
-    return installed
+        fcm.requesting[page] = 1
+
+
+def install(fcm, page, grant) -> bool:
+    """A grant arriving now at ``fcm`` (as the requester's thread ends its request and installs it)."""
+    with fcm.cond:
+        fcm.requesting[page] = 0
+        try:
+            return fcm._locked_try_install(page, grant)
+        finally:
+            fcm._locked_end_request(page)
 
 
 class TestCrossingMessages:
@@ -203,12 +211,25 @@ class TestCrossingMessages:
         """A read copy older than an invalidation that reached the node first is not installed."""
         with Harness(backend=backend) as h:
             h.arrays[0][0] = 3                                  # node 0 owns page 0
+            begin_request(h.fcms[2], 0)
             grant = h.directory.request(0, 2, READ, -1)         # node 2's copy, still "in flight"
             h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
             assert not install(h.fcms[2], 0, grant)
             assert h.fcms[2].stale_grants == 1 and h.fcms[2].access[0] == 0
             assert h.arrays[2][0] == 4                          # the retry sees the new value
             h.check()
+
+    def test_invalidations_are_remembered_only_while_requested(self, backend):
+        """Without prefetch, an invalidation is recorded only for a page with a request out, and forgotten when it ends."""
+        with Harness(backend=backend) as h:
+            for p in (0, 1):
+                h.arrays[0][p * (PAGE // 8)] = 1                # node 0 owns pages 0 and 1
+                assert h.arrays[2][p * (PAGE // 8)] == 1        # node 2 reads both
+            begin_request(h.fcms[2], 1)
+            h.arrays[1][0] = h.arrays[1][PAGE // 8] = 2         # node 1 writes both: node 2 is invalidated
+            assert dict(h.fcms[2].inval) == {1: 2}              # only the requested page, at version 2
+            install(h.fcms[2], 1, Grant(1, READ, bytes(PAGE)))  # the stale copy its request brought
+            assert h.fcms[2].stale_grants == 1 and dict(h.fcms[2].inval) == {}
 
     def test_owner_answers_only_after_installing(self, backend):
         """A copy requested from a node whose ownership grant is not installed yet waits for it."""

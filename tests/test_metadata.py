@@ -59,21 +59,21 @@ class TestDirectorySlot:
 @pytest.mark.multinode
 @pytest.mark.timeout(120)
 class TestMeasure:
-    @pytest.mark.parametrize("manager", ["dynamic", "fixed"])
+    @pytest.mark.parametrize("manager", ["dynamic", "fixed", "centralized"])
     @pytest.mark.parametrize("nnodes", [2, 3])
     def test_at_most_16_bytes_per_page_per_node(self, manager, nnodes):
-        """Under the dynamic and fixed managers every node keeps at most 16 bytes per page (HAT byte included)."""
+        """Under every manager every node keeps at most 16 bytes per page (HAT byte included)."""
         fig = _metadata.measure(manager, nnodes, PAGES)
         assert len(fig.per_node) == nnodes
         assert fig.worst <= 16, fig
 
     def test_the_centralized_table_is_on_the_manager_only(self):
-        """Under the centralized manager the other nodes keep 13 bytes per page; the manager adds its 6-byte table."""
+        """Under the centralized manager the other nodes keep 9 bytes per page; the manager adds its 6-byte table."""
         fig = _metadata.measure("centralized", 3, PAGES)
-        assert fig.per_node[1:] == (13.0, 13.0), fig
-        assert fig.per_node[0] == 19.0, fig
+        assert fig.per_node == (15.0, 9.0, 9.0), fig
 
-    def test_prefetch_costs_one_byte(self):
-        """A region with prefetch keeps one more byte per page (its untouched-copy flag)."""
+    def test_prefetch_keeps_invalidations_of_every_page(self):
+        """A region with prefetch keeps 5 more bytes per page: every page's invalidation version and its prefetched flag."""
+        plain = _metadata.measure("dynamic", 2, PAGES)
         fig = _metadata.measure("dynamic", 2, PAGES, prefetch=2)
-        assert fig.per_node == (17.0, 17.0), fig
+        assert np.subtract(fig.per_node, plain.per_node).tolist() == [5.0, 5.0], (plain, fig)
