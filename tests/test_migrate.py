@@ -161,6 +161,15 @@ class TestMigrateErrors:
                 c.migrate(oid, 1)
             assert c.run(sp.bump, oid, threads=1) == [0, 0]
 
+    def test_directory_cannot_migrate(self):
+        """The centralized PageDirectory (a singleton without MIGRATE) is refused; the array still works."""
+        with new_cluster(2, manager="centralized") as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="PageDirectoryRoot cannot migrate|cannot migrate"):
+                c.migrate(a, 1, part="directory")
+            a[0] = 4
+            assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]
+
     def test_lost_node(self):
         """A lost node as the new home is refused, naming it and the live nodes accepted."""
         with new_cluster(3) as c:

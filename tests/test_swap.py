@@ -230,3 +230,16 @@ class TestSwapOptIn:
                 c.set_policy(a, "partitioned", part="directory")
             a[0] = 4
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]
+
+
+class TestBenchSwap:
+    def test_rows_for_swaps_and_migrations(self):
+        """bench swap reports a swap and a migration row for the Region and the Process per size."""
+        import argparse
+
+        from tornado_dsm import _bench_swap
+
+        rows = _bench_swap.measure(argparse.Namespace(nodes="2", seconds=0.3))
+        assert [r.name for r in rows] == ["swap region, 2 nodes", "swap process, 2 nodes",
+                                          "migrate region, 2 nodes", "migrate process, 2 nodes"]
+        assert "during migrations" in rows[2].note and all(r.samples > 0 for r in rows)

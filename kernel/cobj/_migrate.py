@@ -106,23 +106,32 @@ def migrate_home(cos, oid: int, new_home: int, timeout: float) -> dict:
 
 
 def start(cos, oid: int, new_home: int):
-    """Check ``oid`` can move from this node to ``new_home``; mark the migration started."""
+    """Check ``oid`` can move from this node to ``new_home``; mark the migration started
+    (as a swap, so no swap, migration or destroy runs beside it)."""
     check_target(cos, oid, new_home)
-    with cos._lock:
-        record = cos._roots.get(oid)
-    if record is not None and not record.destroyed:
-        name = f"{record.info['name']} ({oid:#x})"
-        if str(record.policy) != "singleton":
-            raise ValueError(f"migrate: {name} has policy {record.policy}; only a singleton "
-                             "migrates (accepted: policy singleton; set_policy it first)")
-        if new_home == cos.node:
-            raise ValueError(f"migrate: {name} is already homed on node {new_home}; accepted: "
-                             f"another live node of 0..{cos.nnodes - 1}")
-        if not type(record.root).MIGRATE:
-            raise ValueError(f"{record.info['cls']} cannot migrate (its Root does not set "
-                             "MIGRATE = True: its root's state has no migrate_export / migrate_import)")
     record, _policy = _swap.start(cos, oid, None)
+    try:
+        _check_movable(cos, record, new_home)
+    except BaseException:
+        done, record.swap_done = record.swap_done, None
+        done.set()
+        raise
     return record
+
+
+def _check_movable(cos, record, new_home: int) -> None:
+    """ValueError unless the object is a singleton that can migrate, homed elsewhere than ``new_home``."""
+    name = f"{record.info['name']} ({record.root.oid:#x})"
+    if str(record.policy) != "singleton":
+        raise ValueError(f"migrate: {name} has policy {record.policy}; only a singleton "
+                         "migrates (accepted: policy singleton; set_policy it first)")
+    if new_home == cos.node:
+        raise ValueError(f"migrate: {name} is already homed on node {new_home}; accepted: "
+                         f"another live node of 0..{cos.nnodes - 1}")
+    cls = type(record.root)
+    if not (cls.MIGRATE and cls.SWAP):  # the rep's state moves as in a swap, the root's besides
+        raise ValueError(f"{record.info['cls']} cannot migrate (its Root does not set MIGRATE = True "
+                         "and SWAP = True: its state has no migrate_export / migrate_import)")
 
 
 def locked_package(record, states: list) -> dict:
