@@ -99,6 +99,7 @@ class _RootRecord:
         self.destroyed = False
         self.generation = 0          # bumped by every committed swap (_swap)
         self.swap_done: threading.Event | None = None  # while a swap or migration runs
+        self.arriving = False  # imported by a migration to this home, not yet settled
         self.history: list[dict] = []  # every swap and migration: time, from, to, figures
 
 

@@ -156,12 +156,11 @@ def import_root(cos, oid: int, package: dict) -> None:
         root.swap_import(package["reps"])
     record = cos.RootRecord(root, info, parse_policy(package["policy"], cos.nnodes))
     record.generation, record.history = package["generation"], list(package["history"])
-    record.swap_done = threading.Event()
+    record.swap_done, record.arriving = threading.Event(), True
     with cos._lock:
         if oid in cos._roots:
             raise DSMInternalError("migrate_import", f"node {cos.node} already holds the root of {oid:#x}")
-        cos._roots[oid] = record
-        cos._moved.pop(oid, None)  # it comes back to a node it once left
+        cos._roots[oid] = record  # a forwarding address it left here stays until settle
 
 
 def commit(cos, oid: int, generation: int, new_home: int) -> list:
@@ -177,9 +176,12 @@ def settle(cos, oid: int, entry: dict) -> None:
     destroys that waited for it go on."""
     with cos._lock:
         record = cos._roots.get(oid)
-    if record is None or record.swap_done is None:
+    if record is None or not record.arriving:
         raise DSMInternalError("migrate_settle", f"node {cos.node} has no migration of {oid:#x} to settle")
     record.history.append(entry)
+    with cos._lock:
+        cos._moved.pop(oid, None)  # it came back to a node it once left
+    record.arriving = False
     done, record.swap_done = record.swap_done, None
     done.set()
 
@@ -188,8 +190,9 @@ def discard(cos, oid: int) -> None:
     """On the would-be new home of a failed migration: forget the imported root, if any."""
     with cos._lock:
         record = cos._roots.get(oid)
-        if record is not None and record.swap_done is not None:  # imported, never settled
+        if record is not None and record.arriving:  # imported, never settled
             del cos._roots[oid]
+            record.swap_done.set()
 
 
 def _discard_quietly(cos, oid: int, new_home: int) -> None:
