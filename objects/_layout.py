@@ -142,3 +142,21 @@ class AddressSpace:
     def quarantined_pages(self) -> int:
         """Pages of freed runs not yet given back for reuse."""
         return sum(self._quarantine.values())
+
+    def to_wire(self) -> list:
+        """The whole layout as msgpack-able rows (for a migration of the Process root)."""
+        return [self.npages, [list(r) for r in self._free], [list(r) for r in self._used.items()],
+                [list(r) for r in self._quarantine.items()], [list(t) for t in self._tombs],
+                self.reclaimed]
+
+    @classmethod
+    def of(cls, rows: list) -> "AddressSpace":
+        """The layout ``to_wire`` described (the same runs, in the same order)."""
+        npages, free, used, quarantine, tombs, reclaimed = rows
+        space = cls(npages)
+        space._free = [tuple(r) for r in free]
+        space._used = {first: count for first, count in used}
+        space._quarantine = OrderedDict((first, count) for first, count in quarantine)
+        space._tombs = [tuple(t) for t in tombs]
+        space.reclaimed = reclaimed
+        return space

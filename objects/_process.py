@@ -232,6 +232,7 @@ class ProcessRoot(ClusteredRoot):
     Rep = ProcessRep
     POLICIES = ("singleton", "per_node")
     SWAP = True  # the root holds the region list; reps are caches built from rep_args
+    MIGRATE = True  # the root's state is the layout, the region list and the detached runs
 
     def __init__(self, base: int, npages: int) -> None:
         self.base = base
@@ -241,6 +242,17 @@ class ProcessRoot(ClusteredRoot):
 
     def rep_args(self, node: int) -> list:
         return [self.regions.to_wire()]
+
+    def migrate_export(self) -> list:
+        """The root's whole state, for a move to another home (kernel/cobj/_migrate.py)."""
+        return [self.base, self.space.to_wire(), self.regions.to_wire(),
+                [[first, n, name] for first, (n, name) in self.detached.items()]]
+
+    def migrate_import(self, state: list) -> None:
+        """Become the root ``migrate_export`` described (on the new home)."""
+        self.base, space, regions, detached = state
+        self.space, self.regions = AddressSpace.of(space), RegionList.of(regions)
+        self.detached = {first: (n, name) for first, n, name in detached}
 
     def allocate(self, npages: int) -> int:
         """Reserve ``npages`` pages of the window; returns the first page."""
@@ -332,6 +344,7 @@ class RegionRoot(ClusteredRoot):
     Rep = RegionRep
     POLICIES = ("singleton", "per_node", "group")
     SWAP = True  # the reps' fault counts move through swap_export / swap_import
+    MIGRATE = True  # the root's state is its arguments and the counts it carries
 
     def __init__(self, start: int, npages: int, prot: str, fcm_oid: int) -> None:
         if prot not in (READ_ONLY, READ_WRITE):
@@ -342,6 +355,14 @@ class RegionRoot(ClusteredRoot):
     def rep_args(self, node: int) -> list:
         carried, self.carried = self.carried, [0, 0, 0]  # to the first new rep only: counted once
         return self.args + [carried]
+
+    def migrate_export(self) -> list:
+        """The root's state, for a move to another home (kernel/cobj/_migrate.py)."""
+        return [self.args, self.carried]
+
+    def migrate_import(self, state: list) -> None:
+        """Become the root ``migrate_export`` described (on the new home)."""
+        self.args, self.carried = list(state[0]), list(state[1])
 
     def swap_import(self, states: list) -> None:
         """Sum the retired reps' fault counts; the first rep built after the swap carries them."""

@@ -49,3 +49,16 @@ def sync_shapes(draw, max_nodes: int = 3, max_threads: int = 2):
     1..max_threads (n in 1..max_nodes), so the parties need not be a power of two."""
     n = draw(st.integers(min_value=1, max_value=max_nodes))
     return draw(st.lists(st.integers(min_value=1, max_value=max_threads), min_size=n, max_size=n))
+
+# ---- hot swap and migration (test_migrate) ---------------------------------------
+
+@st.composite
+def home_moves(draw, nnodes: int):
+    """A short sequence of (op, argument, calling node): ("migrate", new home) or
+    ("swap", policy) on a Tally (singleton | per_node), refused ones included
+    (a migration to the object's own home or of a replicated object)."""
+    move = st.tuples(st.just("migrate"), st.integers(min_value=0, max_value=nnodes - 1))
+    swap = st.tuples(st.just("swap"), st.sampled_from(["singleton", "per_node"]))
+    op = st.one_of(move, swap)
+    caller = st.integers(min_value=0, max_value=nnodes - 1)
+    return draw(st.lists(st.tuples(op, caller).map(lambda t: (*t[0], t[1])), min_size=1, max_size=5))

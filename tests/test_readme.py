@@ -58,3 +58,14 @@ class TestSwapExample:
         first, history = r.stdout.splitlines()
         assert first.startswith("per_node -> singleton ") and first.endswith(" call(s) waited")
         assert history == "['singleton', 'per_node']"
+
+
+class TestMigrateExample:
+    @pytest.mark.multinode
+    @pytest.mark.timeout(120)
+    def test_runs_and_prints_what_it_says(self, tmp_path):
+        """The migrate example runs as a script: the Region moves from node 0 to 2, no write is lost."""
+        r = run_example("#### Moving an object to another node", tmp_path, timeout=110)
+        first, second = r.stdout.splitlines()
+        assert first.startswith("0 -> 2 ") and first.endswith(" call(s) waited")
+        assert second == "4096 [('migrate', 2)]"

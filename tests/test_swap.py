@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -10,6 +12,7 @@ import pytest
 
 import clusterprogs as progs
 import failprogs
+import swapprogs as sp
 import tornado_dsm as td
 from helpers import new_cluster
 from tornado_dsm.kernel import current_cos
@@ -17,40 +20,8 @@ from tornado_dsm.objects import Region
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(240)]
 
-PAGES = 8
-
-
-def expected_words(a: np.ndarray, counts: list) -> bool:
-    """Every node's word of every page holds the last value churn_pages wrote there."""
-    for node, n in enumerate(counts):
-        for p in range(PAGES):
-            last = max((k for k in range(p, n, PAGES)), default=0)
-            if n > p and int(a[p * 512 + node]) != last:
-                return False
-    return True
-
-
-def churn_while(c, a, stop, swaps) -> list:
-    """Run churn_pages on every node while ``swaps()`` runs on node 0; the writes made."""
-    out = []
-    runner = threading.Thread(target=lambda: out.append(c.run(progs.churn_pages, a, stop, threads=1)))
-    runner.start()
-    try:
-        _await_writers(c, a)
-        swaps()
-    finally:
-        stop[0] = 1
-        runner.join(120)
-    return out[0]
-
-
-def _await_writers(c, a, within: float = 60.0) -> None:
-    """Return once every node has written (its word of page 1 holds 1 or more), so the
-    swaps that follow run while all nodes fault, not before they start."""
-    deadline = time.monotonic() + within
-    while not all(a[512 + n] > 0 for n in range(c.nnodes)):
-        assert time.monotonic() < deadline, "the writers did not start"
-        time.sleep(0.001)
+PAGES = sp.PAGES
+expected_words, churn_while = sp.expected_words, sp.churn_while
 
 
 class TestSetPolicy:
@@ -181,6 +152,75 @@ class TestSwapWithLostNode:
             assert policy == "per_node" and c.swap_history(a) == []
 
 
+class TestSwapWithNodeLostInDrain:
+    def test_node_lost_during_the_drain(self):
+        """A node killed while the swap waits for a call in flight fails it with SwapFailed naming
+        the node; the object keeps its old policy, its count, and works on the survivors."""
+        with new_cluster(3) as c:
+            oid = current_cos().create(sp.Tally, policy="singleton").oid
+            c.run(sp.bump, oid, threads=1)
+            held = sp.start_hold(oid)
+            out: list = []
+            swapper = threading.Thread(target=lambda: out.append(_attempt(c.set_policy, oid, "per_node")))
+            swapper.start()
+            try:
+                sp.await_mediators(c, oid, [0, 1, 2])
+                os.kill(c.run(failprogs.pid, on=[2], threads=1)[0], signal.SIGKILL)
+                _await_lost(c, 2)
+            finally:
+                sp.release_hold(held)
+                swapper.join(120)
+            assert isinstance(out[0], td.SwapFailed), out
+            assert "node 2" in str(out[0]) and "keeps policy singleton" in str(out[0])
+            assert c.run(sp.bump, oid, on=[0, 1], threads=1) == [0, 0]
+            view = c.inspect()[oid]
+            assert (view.policy, view.rep_nodes) == ("singleton", (0,)) and c.swap_history(oid) == []
+            assert sp.total(c, oid) == 5
+
+
+def _attempt(fn, *args):
+    """fn's result, or the exception it raised."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 -- checked by the caller
+        return exc
+
+
+def _await_lost(c, node: int, within: float = 30) -> None:
+    """Poll until node 0 has noticed the loss of ``node``."""
+    deadline = time.monotonic() + within
+    while node not in c.lost_nodes():
+        assert time.monotonic() < deadline, f"node {node} was not noticed lost"
+        time.sleep(0.02)
+
+
+class TestSwapCountsEachCallOnce:
+    def test_redirected_call_is_one_ppc(self):
+        """A call that waited in a mediator and went on through the new stub is one remote PPC."""
+        with new_cluster(3) as c:
+            oid = current_cos().create(sp.Tally, policy="per_node").oid
+            c.run(sp.bump, oid, on=[1], threads=1)
+            held = sp.start_hold(oid)
+            swapper = threading.Thread(target=lambda: c.set_policy(oid, "singleton"))
+            swapper.start()
+            try:
+                sp.await_mediators(c, oid, [0, 1, 2])
+                caller = threading.Thread(target=lambda: c.run(sp.bump, oid, 3, on=[1], threads=1))
+                caller.start()
+                while not c.run(sp.waiting, oid, on=[1], threads=1)[0]:
+                    time.sleep(0.005)
+            finally:
+                sp.release_hold(held)
+                swapper.join(120)
+                caller.join(120)
+            assert c.swap_history(oid)[-1]["waited"] >= 1
+            calls = {kind: sum(x.calls for s in c.ppc_statistics() for x in s.counters
+                               if (x.oid, x.method, x.kind) == (oid, "bump", kind))
+                     for kind in ("local", "remote")}
+            assert calls == {"local": 1, "remote": 3}
+            assert sp.total(c, oid) == 4
+
+
 class TestSwapOptIn:
     def test_directory_swap_is_refused(self):
         """An object whose Root does not set SWAP (the PageDirectory) is refused with a ValueError."""
@@ -190,3 +230,16 @@ class TestSwapOptIn:
                 c.set_policy(a, "partitioned", part="directory")
             a[0] = 4
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]
+
+
+class TestBenchSwap:
+    def test_rows_for_swaps_and_migrations(self):
+        """bench swap reports a swap and a migration row for the Region and the Process per size."""
+        import argparse
+
+        from tornado_dsm import _bench_swap
+
+        rows = _bench_swap.measure(argparse.Namespace(nodes="2", seconds=0.3))
+        assert [r.name for r in rows] == ["swap region, 2 nodes", "swap process, 2 nodes",
+                                          "migrate region, 2 nodes", "migrate process, 2 nodes"]
+        assert "during migrations" in rows[2].note and all(r.samples > 0 for r in rows)

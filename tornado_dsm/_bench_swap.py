@@ -4,10 +4,13 @@ For each cluster size: every node writes its word of every page of an array
 in turn (write sharing: each write is a coherence fault through Process,
 Region and FCM) for ``--seconds``, first with no swap, then while node 0
 swaps the array's Region between ``per_node`` and ``singleton`` (and the
-Process between ``per_node`` and ``singleton``) back to back.  Reported:
-the time of one swap (median, p90), the calls that waited in a mediator
-and how long in all, and the writes per second during the swaps against
-before them.
+Process between ``per_node`` and ``singleton``) back to back.  Then both
+become singletons and the same two phases run with migrations instead of
+swaps: node 0 moves the Region's and the Process's home round the nodes
+(0 -> 1 -> ... -> 0) back to back.  Reported: the time of one swap and of
+one migration (median, p90), the calls that waited in a mediator and how
+long in all, and the writes per second during the swaps (migrations)
+against before them (the singleton phase is the baseline of migrations).
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import time
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
+from tornado_dsm._swap_api import object_of
 
-HELP = "hot-swap time against the number of nodes, calls that waited, fault throughput during vs before"
+HELP = ("hot-swap and migration time against the number of nodes, calls that waited, "
+        "fault throughput during vs before")
 PAGES = 16
 
 
@@ -56,23 +61,36 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
 
 
 def _one_size(nodes: int, seconds: float) -> list[BenchResult]:
-    """The two phases on a cluster of ``nodes``."""
+    """The four phases on a cluster of ``nodes`` (see the module docstring)."""
     import tornado_dsm as td
 
     with td.Cluster(nodes=nodes) as c:
         a = c.zeros((PAGES * 512,), np.int64)
         before = _phase(c, a, seconds, lambda: None)
-        records: list = []
-        during = _phase(c, a, seconds, lambda: records.extend(_swaps(c, a)))
+        swaps: list = []
+        during = _phase(c, a, seconds, lambda: swaps.extend(_swaps(c, a)))
+        c.set_policy(a, "singleton")
+        c.set_policy("process", "singleton")
+        still = _phase(c, a, seconds, lambda: None)
+        moves: list = []
+        homes = {kind: c.inspect()[object_of(c, t, "region", "bench")].home
+                 for kind, t in (("region", a), ("process", "process"))}
+        moving = _phase(c, a, seconds, lambda: moves.extend(_migrations(c, a, homes)))
+    return _rows("swap", nodes, swaps, before, during) + _rows("migrate", nodes, moves, still, moving)
+
+
+def _rows(what: str, nodes: int, records: list, before: float, during: float) -> list[BenchResult]:
+    """The Region's and the Process's rows of one kind of operation (swap or migrate)."""
     region = [r for r in records if r["kind"] == "region"]
     process = [r for r in records if r["kind"] == "process"]
     waited = sum(r["waited"] for r in records)
     wait_ms = sum(r["wait_seconds"] for r in records) * 1e3
-    note = (f"{waited} call(s) waited, {wait_ms:.1f} ms in all; writes/s before {before:.0f}, "
-            f"during swaps {during:.0f} ({during / before:.2f}x)")
+    baseline, plural = ("before", "swaps") if what == "swap" else ("before (singletons)", "migrations")
+    note = (f"{waited} call(s) waited, {wait_ms:.1f} ms in all; writes/s {baseline} {before:.0f}, "
+            f"during {plural} {during:.0f} ({during / before:.2f}x)")
     return [
-        summarize(f"swap region, {nodes} nodes", [r["seconds"] * 1e9 for r in region], note=note),
-        summarize(f"swap process, {nodes} nodes", [r["seconds"] * 1e9 for r in process]),
+        summarize(f"{what} region, {nodes} nodes", [r["seconds"] * 1e9 for r in region], note=note),
+        summarize(f"{what} process, {nodes} nodes", [r["seconds"] * 1e9 for r in process]),
     ]
 
 
@@ -99,4 +117,15 @@ def _swaps(c, a) -> list:
     for kind, target in (("region", a), ("process", "process")):
         for policy in ("singleton", "per_node"):
             records.append(dict(c.set_policy(target, policy), kind=kind))
+    return records
+
+
+def _migrations(c, a, homes: dict) -> list:
+    """One round of migrations: the Region's home, then the Process's, one node on
+    (``homes``: each one's home now, updated)."""
+    records = []
+    for kind, target in (("region", a), ("process", "process")):
+        record = c.migrate(target, (homes[kind] + 1) % c.nnodes)
+        homes[kind] = record["to_home"]
+        records.append(dict(record, kind=kind))
     return records

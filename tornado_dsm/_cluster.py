@@ -345,8 +345,19 @@ class Cluster:
         oid = _swap_api.object_of(self, target, part)
         return current_cos().set_policy(oid, policy, timeout)
 
+    def migrate(self, target, node: int, *, part: str = "region", timeout: float = 60.0) -> dict:
+        """Move a singleton clustered object (root and rep) to home ``node`` while faults run.
+
+        ``target`` as for ``set_policy``.  References stay valid on every node.
+        Returns the migration's record (as ``set_policy``'s, ``reason`` "migrate",
+        with ``from_home``/``to_home``).  ValueError for an object that is not a
+        singleton, or a node out of range, lost or already its home; SwapFailed if
+        a node was lost on the way (the object stays usable at its old home)."""
+        self._check_open()
+        return _swap_api.migrate(self, target, node, part, timeout)
+
     def swap_history(self, target, *, part: str = "region") -> list:
-        """The swaps of ``target`` (as ``set_policy`` names it) so far, oldest first."""
+        """The swaps and migrations of ``target`` (as ``set_policy`` names it) so far, oldest first."""
         self._check_open()
         return current_cos().swap_history(_swap_api.object_of(self, target, part))
 

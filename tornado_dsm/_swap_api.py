@@ -1,18 +1,22 @@
-"""What ``Cluster.set_policy`` and ``Cluster.swap_history`` swap: an array's objects or the Process."""
+"""What ``Cluster.set_policy``, ``Cluster.migrate`` and ``Cluster.swap_history`` act on:
+an array's objects, the Process, or any clustered object."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from tornado_dsm.kernel import current_cos
+
 PARTS = ("region", "directory")
 
 
-def object_of(cluster, target, part: str) -> int:
+def object_of(cluster, target, part: str, verb: str = "set_policy") -> int:
     """The oid ``target`` names: ``"process"``, an array's Region or PageDirectory
-    (``part``), or a clustered-object reference / oid given as it is."""
+    (``part``), or a clustered-object reference / oid given as it is.  ``verb``
+    names the caller in the errors."""
     if isinstance(target, str):
         if target != "process":
-            raise ValueError(f"set_policy: the only object named by a string is 'process', not {target!r}")
+            raise ValueError(f"{verb}: the only object named by a string is 'process', not {target!r}")
         return int(cluster.vm.process)
     if isinstance(target, np.ndarray):
         a, _kind = cluster._arrays.allocation(target)
@@ -24,5 +28,10 @@ def object_of(cluster, target, part: str) -> int:
                              "no directory; create the cluster with manager='centralized' or 'fixed')")
         return oids[part]
     if isinstance(target, bool) or not (isinstance(target, int) or hasattr(target, "oid")):
-        raise TypeError(f"set_policy takes a shared array, 'process' or an object reference, not {target!r}")
+        raise TypeError(f"{verb} takes a shared array, 'process' or an object reference, not {target!r}")
     return int(target)
+
+
+def migrate(cluster, target, node, part: str, timeout: float) -> dict:
+    """``Cluster.migrate``: move the singleton ``target`` names to home ``node``."""
+    return current_cos().migrate(object_of(cluster, target, part, "migrate"), node, timeout)

@@ -2,9 +2,12 @@
 
 Design essay
 ------------
-Object references are integers: ``oid = serial << HOME_BITS | home``.  The
-home node holds the object's root in its partition of the miss-handler
-table (``_roots``); serial 0 is reserved for system ids (0: the transport's
+Object references are integers: ``oid = serial << HOME_BITS | home``, the
+home the object was created on.  The home node holds the object's root in
+its partition of the miss-handler table (``_roots``).  A migration (_migrate)
+moves the root: every node's *home map* (``_homes``) then names the new home,
+and ``home_of_object`` reads the map before the oid's bits, so the oid's
+encoded home is only the first answer.  Serial 0 is reserved for system ids (0: the transport's
 node service, ``COS_OID`` = 1: the COS service below).  Each node has a
 translation table ``oid -> entry`` (see _table).  A call looks the oid
 up; a missing entry is a miss, handled by the global miss handler
@@ -47,7 +50,10 @@ from another node or come from the root to its reps belong to a call chain
 already inside the object and pass.  Messages: ``swap [oid, policy,
 timeout]`` to the home runs the protocol; ``swap_interpose``,
 ``swap_drain``, ``swap_export``, ``swap_commit``, ``swap_abort`` are its
-steps on every node (see _swap's essay).
+steps on every node (see _swap's essay).  ``migrate [oid, node, timeout]``
+moves a singleton to another home with the same protocol (see _migrate's
+essay, which also says why the home maps are updated at the commit rather
+than the old home forwarding).
 
 Nodes get their COS through ``start_nodes`` of this package: it passes
 ``attach`` as the net layer's start-up hook, so every node has its COS
@@ -69,7 +75,7 @@ from ._policy import (
 from ._table import DRAIN_TIMEOUT, DestroyedEntry, ObjectDestroyed, PartitionedEntry, RepEntry, StubEntry
 from ._inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
 from ._ref import ObjectRef, check_implements, ref_class
-from . import _swap
+from . import _migrate, _swap
 from ._swap import MediatorEntry, SwapFailed
 
 HOME_BITS = 8
@@ -92,8 +98,9 @@ class _RootRecord:
         self.stubs: set[int] = set()
         self.destroyed = False
         self.generation = 0          # bumped by every committed swap (_swap)
-        self.swap_done: threading.Event | None = None  # set while a swap runs: misses wait on it
-        self.history: list[dict] = []  # every swap: time, from, to, figures
+        self.swap_done: threading.Event | None = None  # while a swap or migration runs
+        self.arriving = False  # imported by a migration to this home, not yet settled
+        self.history: list[dict] = []  # every swap and migration: time, from, to, figures
 
 
 class ClusteredObjectSystem:
@@ -111,10 +118,18 @@ class ClusteredObjectSystem:
         self._serial = itertools.count(1)
         self._doomed: dict[int, object] = {}
         self._root_calls: dict[int, list] = {}  # oid -> [local, remote] counters of root forwards
+        self._homes: dict[int, int] = {}  # oid -> home, for every object that ever migrated
+        self._moved: dict[int, int] = {}  # oid -> where its root went, on the homes it left
         self._system_ops = {
-            "miss": self._root_miss, "create": self._create_home,
-            "destroy": self._destroy_home, "reset": self._reset, "free": self._free,
-            "table": self._table_rows, "swap": self._swap_home,
+            "miss": self._homed("miss", self._root_miss), "create": self._create_home,
+            "destroy": self._homed("destroy", self._destroy_home), "reset": self._reset, "free": self._free,
+            "table": self._table_rows,
+            "swap": self._homed("swap", lambda oid, p, t: _swap.swap_home(self, oid, p, t)),
+            "migrate": self._homed("migrate", lambda oid, n, t: _migrate.migrate_home(self, oid, n, t)),
+            "migrate_import": lambda oid, package: _migrate.import_root(self, oid, package),
+            "migrate_commit": lambda oid, gen, home: _migrate.commit(self, oid, gen, home),
+            "migrate_settle": lambda oid, entry: _migrate.settle(self, oid, entry),
+            "migrate_discard": lambda oid: _migrate.discard(self, oid),
             "swap_interpose": lambda oid: _swap.interpose(self, oid),
             "swap_drain": lambda oid, timeout: _swap.drain(self, oid, timeout),
             "swap_export": lambda oid: _swap.export(self, oid),
@@ -123,6 +138,10 @@ class ClusteredObjectSystem:
             "history": self.swap_history,
         }
         self._swap_generation: dict[int, int] = {}  # oid -> the last swap committed here
+
+    COS_OID = COS_OID
+    RootRecord = _RootRecord  # for _migrate, which builds a record on the new home
+
 
     # ---- calls ---------------------------------------------------------------------
 
@@ -235,7 +254,7 @@ class ClusteredObjectSystem:
                 event.wait()  # the first thread's miss installs (or fails: then retry ours)
                 continue
             try:
-                entry = self._install(oid, self._remote(home_of(oid), "miss", [oid, self.node]))
+                entry = self._install(oid, self._remote(self.home_of_object(oid), "miss", [oid, self.node]))
                 if entry is not None:
                     return entry
             finally:
@@ -292,9 +311,28 @@ class ClusteredObjectSystem:
         return entry
 
     @staticmethod
-    def home_of_object(oid: int) -> int:
-        """The home node of ``oid`` (where its root is)."""
-        return home_of(oid)
+    def check_class(cls, policy) -> None:
+        """TypeError / ValueError unless ``cls`` is a root class supporting ``policy``."""
+        _check_class(cls, policy)
+
+    def home_of_object(self, oid: int) -> int:
+        """The home node of ``oid`` (where its root is): this node's home map, updated
+        by every migration's commit, else the home the oid was created on."""
+        return self._homes.get(oid, oid & (MAX_HOMES - 1))
+
+    def _homed(self, op: str, fn):
+        """COS operation ``op`` on an object's root: ``fn(oid, *args)`` here, or, if the
+        root has moved away from this node, forwarded to its new home (a request sent
+        before its sender learnt of the move, or by code reading the oid's home bits)."""
+        def run(oid, *args):
+            try:
+                if oid not in self._moved or oid in self._roots:
+                    return fn(oid, *args)
+            except ObjectDestroyed:
+                if oid not in self._moved:  # not moved while it ran: it is gone
+                    raise
+            return self._remote(self._moved[oid], op, [oid, *args])
+        return run
 
     def _unknown(self, oid: int) -> ObjectDestroyed:
         """The error for an oid with no live root here (destroyed, or never created)."""
@@ -309,6 +347,7 @@ class ClusteredObjectSystem:
         if lockdebug.enabled:
             lockdebug.check_call(f"root of {oid:#x}.{method}")
         counters = self._root_calls.get(oid) or self._root_calls.setdefault(oid, [itertools.count(), itertools.count()])
+        home = self._homes.get(oid, home)  # the caller may name the home the oid was created on
         if home != self.node:
             next(counters[1])
             return self.runtime.call(home, oid, "root." + method, list(args))
@@ -323,6 +362,8 @@ class ClusteredObjectSystem:
         """Run a root method on home (the root exists until every node's calls drained)."""
         with self._lock:
             record = self._roots.get(oid)
+        if record is None and oid in self._moved:  # a forward that raced a migration: one more hop
+            return self.runtime.call(self._moved[oid], oid, "root." + method, list(args))
         if record is None:
             raise self._unknown(oid)
         root = record.root
@@ -382,16 +423,18 @@ class ClusteredObjectSystem:
         """
         if lockdebug.enabled:
             lockdebug.check_call(f"destroy of {oid:#x}")
-        home = home_of(oid)
+        home = self.home_of_object(oid)
         self._remote(home, "destroy", [oid, timeout], timeout=None if home == self.node else 2 * timeout + 30)
 
     def _destroy_home(self, oid: int, timeout: float = DRAIN_TIMEOUT) -> None:
         """The destroy protocol, run on the object's home.  A lost node counts as drained
         and freed: its calls and reps died with it (calls it made that are being served
         elsewhere are counted, and drained, on the serving node's entry)."""
-        while True:  # let a running swap finish first: its mediators hold callers
+        while True:  # let a running swap or migration finish first: its mediators hold callers
             with self._lock:
-                record = self._roots.get(oid)
+                record, moved = self._roots.get(oid), self._moved.get(oid)
+                if record is None and moved is not None:
+                    break
                 if record is None or record.destroyed:
                     raise self._unknown(oid)
                 done = record.swap_done
@@ -399,6 +442,8 @@ class ClusteredObjectSystem:
                     record.destroyed = True
                     break
             done.wait()
+        if record is None:  # it migrated while this destroy waited: its new home destroys it
+            return self._remote(moved, "destroy", [oid, timeout], timeout=2 * timeout + 30)
         self._all_nodes("reset", [oid, record.info["name"], timeout], timeout=timeout + 30)
         self._all_nodes("free", [oid])
         try:
@@ -425,7 +470,7 @@ class ClusteredObjectSystem:
         if old is not None and getattr(old, "freed", None) is not None:
             _free_rep(old.freed)
 
-    # ---- hot swap (_swap) ----------------------------------------------------------------
+    # ---- hot swap (_swap) and migration (_migrate) ------------------------------------------
 
     def set_policy(self, oid: int, policy: str, timeout: float = _swap.SWAP_TIMEOUT) -> dict:
         """Switch object ``oid`` to ``policy`` while calls run; return the swap's record
@@ -434,69 +479,32 @@ class ClusteredObjectSystem:
         lost or a drain did not finish (the object then keeps its old policy)."""
         if lockdebug.enabled:
             lockdebug.check_call(f"set_policy of {oid:#x}")
-        home = home_of(oid)
+        home = self.home_of_object(oid)
         return self._remote(home, "swap", [oid, policy, timeout],
                             timeout=None if home == self.node else 4 * timeout + 30)
 
-    def _swap_home(self, oid: int, policy_text: str, timeout: float) -> dict:
-        """The swap protocol, run on the object's home (see _swap's essay)."""
-        record, new = self._start_swap(oid, policy_text)
-        old, t0 = str(record.policy), perf_counter()
-        try:
-            try:
-                states = self._swap_steps(oid, timeout)
-            except BaseException as exc:
-                self._all_nodes("swap_abort", [oid])
-                raise _swap_error(record, old, policy_text, exc) from exc
-            with record.root.lock:  # the new reps start from the imported state
-                record.root.swap_import([s for s in states if s is not LOST and s is not None])
-                record.root._reps.clear()
-                record.stubs.clear()
-                record.policy, record.info["policy"] = new, str(new)
-                record.generation += 1
-            waits = self._all_nodes("swap_commit", [oid, record.generation])
-        finally:
-            done, record.swap_done = record.swap_done, None
-            done.set()
-        waits = [w for w in waits if w is not LOST]
-        entry = {"time": time.time(), "from": old, "to": str(new), "seconds": perf_counter() - t0,
-                 "waited": sum(w[0] for w in waits), "wait_seconds": sum(w[1] for w in waits),
-                 "reason": "set_policy"}
-        record.history.append(entry)
-        return entry
-
-    def _start_swap(self, oid: int, policy_text: str):
-        """Check a swap of ``oid`` to ``policy_text`` can start; mark it started."""
-        new = parse_policy(policy_text, self.nnodes)
-        with self._lock:
-            record = self._roots.get(oid)
-            if record is None or record.destroyed:
-                raise self._unknown(oid)
-            _check_class(type(record.root), new)
-            if not type(record.root).SWAP:
-                raise ValueError(f"{record.info['cls']} cannot be hot-swapped (its Root does not set "
-                                 "SWAP = True: its reps' state has no swap_export / swap_import)")
-            if record.swap_done is not None:
-                raise SwapFailed(f"{record.info['name']} ({oid:#x}) is already being swapped")
-            record.swap_done = threading.Event()
-        return record, new
-
-    def _swap_steps(self, oid: int, timeout: float) -> list:
-        """Interpose, drain, export on every node; NodeLost or SwapFailed on the way."""
-        rt = self.runtime
-        for method, args in (("swap_interpose", [oid]), ("swap_drain", [oid, timeout])):
-            rt.fan_out(range(self.nnodes), COS_OID, method, args,
-                       local=lambda m=method, a=args: self._system_ops[m](*a), timeout=timeout + 30)
-        return rt.fan_out(range(self.nnodes), COS_OID, "swap_export", [oid],
-                          local=lambda: self._system_ops["swap_export"](oid), timeout=timeout + 30)
+    def migrate(self, oid: int, new_home: int, timeout: float = _swap.SWAP_TIMEOUT) -> dict:
+        """Move singleton object ``oid`` (root and rep) to node ``new_home`` while calls
+        run; references stay valid everywhere.  Returns the migration's history record
+        (as set_policy's, with ``from_home``/``to_home``).  ValueError for an object that
+        is not a singleton or cannot migrate, or a node that is out of range, lost or
+        already its home; SwapFailed if a node was lost on the way (it stays where it was)."""
+        if lockdebug.enabled:
+            lockdebug.check_call(f"migrate of {oid:#x}")
+        _migrate.check_target(self, oid, new_home)
+        home = self.home_of_object(oid)
+        return self._remote(home, "migrate", [oid, new_home, timeout],
+                            timeout=None if home == self.node else 4 * timeout + 30)
 
     def swap_history(self, oid: int) -> list:
-        """The swaps of ``oid`` so far (asked of its home), oldest first."""
-        home = home_of(oid)
+        """The swaps and migrations of ``oid`` so far (asked of its home), oldest first."""
+        home = self.home_of_object(oid)
         if home != self.node:
             return self.runtime.call(home, COS_OID, "history", [oid])
         with self._lock:
             record = self._roots.get(oid)
+        if record is None and oid in self._moved:  # a request that raced the move: forward it
+            return self._remote(self._moved[oid], "history", [oid])
         return [] if record is None else list(record.history)
 
     # ---- inspection ---------------------------------------------------------------------
@@ -543,12 +551,6 @@ def _check_class(cls, policy) -> None:
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
         )
     check_implements(cls.Rep)
-
-
-def _swap_error(record, old: str, new: str, exc: BaseException) -> SwapFailed:
-    """The error of a swap that was undone: what failed, and that the old policy stays."""
-    return SwapFailed(f"swap of {record.info['name']} ({record.root.oid:#x}) from {old} to {new} failed "
-                      f"and was undone (the object keeps policy {old}): {type(exc).__name__}: {exc}")
 
 
 def _free_rep(rep) -> None:

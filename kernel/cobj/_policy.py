@@ -135,6 +135,7 @@ class ClusteredRoot:
     Rep: type = ClusteredRep
     POLICIES: tuple[str, ...] = ("singleton", "per_node", "partitioned", "group")
     SWAP = False  # True: the object's state survives a hot swap (swap_export / swap_import)
+    MIGRATE = False  # True: the root's own state can move to another home (migrate_export / _import)
 
     def rep_args(self, node: int) -> list:
         """Arguments of ``Rep.__init__`` for a new rep on ``node`` (called with ``lock`` held)."""
@@ -167,6 +168,17 @@ class ClusteredRoot:
     def swap_import(self, states: list) -> None:
         """Take the old reps' ``swap_export`` states (the non-None ones) at a hot swap,
         with ``lock`` held; the new reps start from ``rep_args`` after it."""
+
+    def migrate_export(self):
+        """The root's own state (msgpack-able) for a migration to another home, taken
+        with ``lock`` held once every call has drained; objects with ``MIGRATE`` define it."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not define migrate_export")
+
+    def migrate_import(self, state) -> None:
+        """Become the root ``migrate_export`` described, on the new home: called instead
+        of ``__init__`` (the COS attributes are set), before ``swap_import`` of the reps'
+        states; objects with ``MIGRATE`` define it."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not define migrate_import")
 
     def cleanup(self) -> None:
         """Release the root's resources; called last, after every rep was freed."""

@@ -41,8 +41,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from time import perf_counter
 
-from ..net import peek_count as peek
+from ..net import LOST, peek_count as peek
+from ._policy import parse_policy
 
 SWAP_TIMEOUT = 60.0  # seconds a node may take to drain its old calls
 
@@ -214,3 +216,74 @@ def _mediator(cos, oid: int) -> MediatorEntry:
     if not isinstance(entry, MediatorEntry):
         raise SwapFailed(f"node {cos.node} has no swap of {oid:#x} in progress")
     return entry
+
+
+# ---- the protocol, run on the object's home (ClusteredObjectSystem.set_policy) ---------------
+
+def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
+    """The swap protocol on the object's home (see the essay); the swap's history record."""
+    record, new = start(cos, oid, policy_text)
+    old, t0 = str(record.policy), perf_counter()
+    try:
+        try:
+            states = steps(cos, oid, timeout)
+        except BaseException as exc:
+            cos._all_nodes("swap_abort", [oid])
+            raise _swap_error(record, old, policy_text, exc) from exc
+        with record.root.lock:  # the new reps start from the imported state
+            record.root.swap_import([s for s in states if s is not LOST and s is not None])
+            record.root._reps.clear()
+            record.stubs.clear()
+            record.policy, record.info["policy"] = new, str(new)
+            record.generation += 1
+        waits = cos._all_nodes("swap_commit", [oid, record.generation])
+    finally:
+        done, record.swap_done = record.swap_done, None
+        done.set()
+    entry = history_entry(old, str(new), cos.node, cos.node, t0, waits, "set_policy")
+    record.history.append(entry)
+    return entry
+
+
+def start(cos, oid: int, policy_text: str | None):
+    """Check a swap of ``oid`` to ``policy_text`` (None: a migration, which keeps the
+    policy) can start on this home; mark it started.  (record, new policy)."""
+    with cos._lock:
+        record = cos._roots.get(oid)
+        if record is None or record.destroyed:
+            raise cos._unknown(oid)
+        new = record.policy if policy_text is None else parse_policy(policy_text, cos.nnodes)
+        cos.check_class(type(record.root), new)
+        if policy_text is not None and not type(record.root).SWAP:  # a migration checks its own
+            raise ValueError(f"{record.info['cls']} cannot be hot-swapped (its Root does not set "
+                             "SWAP = True: its reps' state has no swap_export / swap_import)")
+        if record.swap_done is not None:
+            raise SwapFailed(f"{record.info['name']} ({oid:#x}) is already being swapped")
+        record.swap_done = threading.Event()
+    return record, new
+
+
+def steps(cos, oid: int, timeout: float) -> list:
+    """Interpose, drain, export on every node (the old reps' states by node);
+    NodeLost or SwapFailed on the way."""
+    rt = cos.runtime
+    for method, args in (("swap_interpose", [oid]), ("swap_drain", [oid, timeout]),
+                         ("swap_export", [oid])):
+        out = rt.fan_out(range(cos.nnodes), cos.COS_OID, method, args,
+                         local=lambda m=method, a=args: cos._system_ops[m](*a), timeout=timeout + 30)
+    return out
+
+
+def history_entry(old: str, new: str, from_home: int, to_home: int, t0: float, waits: list,
+                  reason: str) -> dict:
+    """One record of an object's swap history, from the commit's per-node [waited, seconds]."""
+    waits = [w for w in waits if w is not LOST]
+    return {"time": time.time(), "from": old, "to": new, "seconds": perf_counter() - t0,
+            "waited": sum(w[0] for w in waits), "wait_seconds": sum(w[1] for w in waits),
+            "reason": reason, "from_home": from_home, "to_home": to_home}
+
+
+def _swap_error(record, old: str, new: str, exc: BaseException) -> SwapFailed:
+    """The error of a swap that was undone: what failed, and that the old policy stays."""
+    return SwapFailed(f"swap of {record.info['name']} ({record.root.oid:#x}) from {old} to {new} failed "
+                      f"and was undone (the object keeps policy {old}): {type(exc).__name__}: {exc}")
