@@ -5,8 +5,8 @@ from __future__ import annotations
 from tornado_dsm.kernel import PAGE, parse_policy
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
-PROCESS_POLICIES = ("per_node", "singleton")
-REGION_POLICIES = ("per_node", "singleton", "group:k")
+PROCESS_POLICIES = ("per_node", "singleton", "adaptive[:key=value,...]")
+REGION_POLICIES = ("per_node", "singleton", "group:k", "adaptive[:key=value,...]")
 DEFAULT_POLICIES = {"process": "per_node", "region": "per_node"}
 OLD_NAMES = {"replicated": "per_node"}   # one name per policy everywhere; the old one still read
 
@@ -30,7 +30,10 @@ def check_policies(policies, nodes: int) -> dict:
     if unknown:
         raise ValueError(f"unknown object in policies: {sorted(unknown)}; accepted: process, region")
     process = OLD_NAMES.get(policies["process"], policies["process"])
-    _one_of("process policy", process, PROCESS_POLICIES)
+    if is_adaptive(process):
+        parse_policy(process, nodes)   # its parameters, checked by the COS's own parser
+    else:
+        _one_of("process policy", process, PROCESS_POLICIES)
     region = policies["region"]
     check_region_policy(region, nodes)
     return {"process": process, "region": region}
@@ -38,10 +41,16 @@ def check_policies(policies, nodes: int) -> dict:
 
 def check_region_policy(text, nodes: int) -> None:
     """Refuse a Region policy other than per_node, singleton or group:k (1 <= k <= nodes);
-    the group size is parsed by the COS's own ``parse_policy``."""
-    if text not in ("per_node", "singleton") and not (isinstance(text, str) and text.startswith("group:")):
+    the group size and adaptive's parameters are parsed by the COS's own ``parse_policy``."""
+    if text not in ("per_node", "singleton") and not is_adaptive(text) \
+            and not (isinstance(text, str) and text.startswith("group:")):
         _one_of("region policy", text, REGION_POLICIES)   # raises, naming the accepted ones
     parse_policy(text, nodes)   # group:k: k from 1 to nodes
+
+
+def is_adaptive(text) -> bool:
+    """Whether ``text`` names the adaptive policy (kernel/cobj/_adaptive.py), with or without parameters."""
+    return isinstance(text, str) and (text == "adaptive" or text.startswith("adaptive:"))
 
 
 def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, memory_per_node,

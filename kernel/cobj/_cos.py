@@ -75,7 +75,7 @@ from ._policy import (
 from ._table import DRAIN_TIMEOUT, DestroyedEntry, ObjectDestroyed, PartitionedEntry, RepEntry, StubEntry
 from ._inspect import EntryView, ReplicationView, entry_row, entry_view, merge_views, root_row
 from ._ref import ObjectRef, check_implements, ref_class
-from . import _migrate, _swap
+from . import _adaptive, _migrate, _swap
 from ._swap import MediatorEntry, SwapFailed
 
 HOME_BITS = 8
@@ -101,6 +101,7 @@ class _RootRecord:
         self.swap_done: threading.Event | None = None  # while a swap or migration runs
         self.arriving = False  # imported by a migration to this home, not yet settled
         self.history: list[dict] = []  # every swap and migration: time, from, to, figures
+        self.adaptive = None  # the _adaptive.Monitor switching its policy, if it has one
 
 
 class ClusteredObjectSystem:
@@ -124,7 +125,7 @@ class ClusteredObjectSystem:
             "miss": self._homed("miss", self._root_miss), "create": self._create_home,
             "destroy": self._homed("destroy", self._destroy_home), "reset": self._reset, "free": self._free,
             "table": self._table_rows,
-            "swap": self._homed("swap", lambda oid, p, t: _swap.swap_home(self, oid, p, t)),
+            "swap": self._homed("swap", lambda oid, p, t: _adaptive.swap_home(self, oid, p, t)),
             "migrate": self._homed("migrate", lambda oid, n, t: _migrate.migrate_home(self, oid, n, t)),
             "migrate_import": lambda oid, package: _migrate.import_root(self, oid, package),
             "migrate_commit": lambda oid, gen, home: _migrate.commit(self, oid, gen, home),
@@ -138,6 +139,7 @@ class ClusteredObjectSystem:
             "history": self.swap_history,
         }
         self._swap_generation: dict[int, int] = {}  # oid -> the last swap committed here
+        _adaptive.install(self)  # the monitors of this node's adaptive objects
 
     COS_OID = COS_OID
     RootRecord = _RootRecord  # for _migrate, which builds a record on the new home
@@ -225,12 +227,14 @@ class ClusteredObjectSystem:
         cls = load_class(path)
         policy = parse_policy(policy_text, self.nnodes)
         _check_class(cls, policy)
+        policy, monitor = _adaptive.initial(policy)  # adaptive: the policy it starts under
         oid = next(self._serial) << HOME_BITS | self.node
         name = name or f"{cls.__name__}-{oid:#x}"
         info = {"name": name, "cls": cls.__qualname__, "path": path, "policy": str(policy), "home": self.node}
         root = instantiate(cls, self, oid, self.node, name, self.node, "root", args)
         with self._lock:
-            self._roots[oid] = _RootRecord(root, info, policy)
+            record = self._roots[oid] = _RootRecord(root, info, policy)
+        _adaptive.watch(self, oid, record, monitor)
         return oid
 
     # ---- misses ----------------------------------------------------------------------
@@ -521,7 +525,7 @@ class ClusteredObjectSystem:
         return {
             "node": self.node,
             "entries": rows,
-            "roots": [root_row(r.root, r.info, r.stubs) for r in roots],
+            "roots": [root_row(r.root, r.info, r.stubs, r.history, _adaptive.status(r)) for r in roots],
         }
 
     def table(self) -> tuple[EntryView, ...]:
@@ -546,10 +550,11 @@ def _check_class(cls, policy) -> None:
         raise TypeError(f"{cls!r} is not a ClusteredRoot subclass")
     if not (isinstance(cls.Rep, type) and issubclass(cls.Rep, ClusteredRep)):
         raise TypeError(f"{cls.__qualname__}.Rep must be a ClusteredRep subclass, not {cls.Rep!r}")
-    if policy.kind not in cls.POLICIES:
+    kinds = _adaptive.TARGETS if policy.kind == "adaptive" else (policy.kind,)
+    if any(kind not in cls.POLICIES for kind in kinds) or policy.kind == "adaptive" and not cls.SWAP:
         raise ValueError(
             f"{cls.__qualname__} does not support policy {str(policy)!r}; accepted: {', '.join(cls.POLICIES)}"
-        )
+            + (" (adaptive needs singleton, per_node and SWAP = True)" if policy.kind == "adaptive" else ""))
     check_implements(cls.Rep)
 
 

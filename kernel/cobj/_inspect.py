@@ -14,6 +14,8 @@ them by oid.  Counting conventions (each PPC counted once, by its caller):
 
 from __future__ import annotations
 
+import time
+
 import attrs
 
 
@@ -32,6 +34,8 @@ class ObjectView:
     calls_remote: int
     served: int
     misses: int
+    history: tuple = ()          # its swaps and migrations (dicts: time, from, to, reason, figures)
+    adaptive: dict | None = None  # adaptive objects: the monitor's policy, last figures, last error
 
 
 @attrs.frozen
@@ -94,7 +98,23 @@ class ReplicationView:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        for v in self.objects:
+            lines += history_lines(v.name, v.history)
         return "\n".join(lines)
+
+
+def history_lines(name: str, history) -> list[str]:
+    """The swap history of object ``name`` as text lines (none if it never changed)."""
+    if not history:
+        return []
+    lines = [f"swap history of {name}:"]
+    for h in history:
+        when = time.strftime("%H:%M:%S", time.localtime(h["time"])) + f"{h['time'] % 1:.3f}"[1:]
+        moved = f" home {h['from_home']} -> {h['to_home']}" if h.get("from_home") != h.get("to_home") else ""
+        figures = ", ".join(f"{k} {v:g}" for k, v in h.get("figures", {}).items())
+        lines.append(f"  {when}  {h['from']} -> {h['to']}{moved}  ({h['reason']}, {h['seconds'] * 1e3:.1f} ms, "
+                     f"{h['waited']} call(s) waited)" + (f"  {figures}" if figures else ""))
+    return lines
 
 
 def _nodes(nodes) -> str:
@@ -108,10 +128,12 @@ def entry_row(entry, root_calls) -> list:
     return [entry.oid, entry.kind, local + root_calls[0], served, remote + root_calls[1], entry.misses]
 
 
-def root_row(root, info: dict, stubs) -> list:
-    """The home's row for one root: [oid, name, cls, policy, home, reps, stubs]."""
-    return [root.oid, info["name"], info["cls"], info["policy"], info["home"],
-            sorted(root.rep_nodes()), sorted(stubs)]
+def root_row(root, info: dict, stubs, history=(), adaptive=None) -> list:
+    """The home's row for one root: [oid, name, cls, policy, home, reps, stubs, history,
+    adaptive]; an adaptive object's policy reads ``adaptive(<policy in force>)``."""
+    policy = f"adaptive({info['policy']})" if adaptive else info["policy"]
+    return [root.oid, info["name"], info["cls"], policy, info["home"],
+            sorted(root.rep_nodes()), sorted(stubs), list(history), adaptive]
 
 
 def merge_views(nnodes: int, tables: list, lost: tuple = ()) -> ReplicationView:
@@ -126,8 +148,8 @@ def merge_views(nnodes: int, tables: list, lost: tuple = ()) -> ReplicationView:
             t[3] += misses
     views = []
     for table in tables:
-        for oid, name, cls, policy, home, reps, stubs in table["roots"]:
+        for oid, name, cls, policy, home, reps, stubs, history, adaptive in table["roots"]:
             local, remote, served, misses = totals.get(oid, (0, 0, 0, 0))
             views.append(ObjectView(oid, name, cls, policy, home, tuple(reps), tuple(stubs),
-                                    local, remote, served, misses))
+                                    local, remote, served, misses, tuple(history), adaptive))
     return ReplicationView(nnodes, tuple(sorted(views, key=lambda v: v.oid)), tuple(lost))

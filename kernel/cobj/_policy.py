@@ -26,6 +26,7 @@ the root's to broadcast (``broadcast``) to the reps it knows.
 
 from __future__ import annotations
 
+import itertools
 import zlib
 
 import attrs
@@ -34,17 +35,22 @@ from ..machine import DSMInternalError
 from ..net import LOST
 from ._lock import ObjectLock
 
-POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k")
+POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k", "adaptive[:key=value,...]")
 
 
 @attrs.frozen
 class Policy:
-    """A parsed replication policy: ``kind`` in singleton/per_node/partitioned/group, ``k`` for group."""
+    """A parsed replication policy: ``kind`` in singleton/per_node/partitioned/group/adaptive,
+    ``k`` for group, ``params`` (the (key, value) pairs given) for adaptive."""
 
     kind: str
     k: int = 0
+    params: tuple = ()
 
     def __str__(self) -> str:
+        if self.kind == "adaptive" and self.params:
+            return "adaptive:" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in self.params)
         return f"group:{self.k}" if self.kind == "group" else self.kind
 
     def decide(self, node: int, home: int, nnodes: int) -> tuple[str, int]:
@@ -65,11 +71,15 @@ def group_leader(node: int, home: int, k: int) -> int:
 
 
 def parse_policy(text: str, nnodes: int) -> Policy:
-    """Parse ``singleton``, ``per_node``, ``partitioned`` or ``group:k`` (1 <= k <= nnodes)."""
+    """Parse ``singleton``, ``per_node``, ``partitioned``, ``group:k`` (1 <= k <= nnodes)
+    or ``adaptive[:key=value,...]`` (the keys: _adaptive.DEFAULTS)."""
     if not isinstance(text, str):
         raise TypeError(f"policy must be a string, one of {POLICY_NAMES}, not {text!r}")
     if text in ("singleton", "per_node", "partitioned"):
         return Policy(text)
+    if text == "adaptive" or text.startswith("adaptive:"):
+        from ._adaptive import parse_params  # not at the top: _adaptive imports _swap, which imports us
+        return Policy("adaptive", params=parse_params(text))
     if text.startswith("group:"):
         digits = text[len("group:"):]
         if not digits.isdigit() or not 1 <= int(digits) <= nnodes:
@@ -151,6 +161,12 @@ class ClusteredRoot:
             return self.locked_rep_nodes()
 
     def broadcast(self, method: str, *args, nodes=None) -> dict[int, object]:
+        """An update every rep of ``nodes`` must see: ``gather``, counted (the adaptive
+        monitor's measure of what keeping the reps consistent costs)."""
+        next(self._broadcasts)
+        return self.gather(method, *args, nodes=nodes)
+
+    def gather(self, method: str, *args, nodes=None) -> dict[int, object]:
         """Call ``method(*args)`` on the reps of ``nodes`` (default: every rep) in parallel.
 
         Returns {node: result}.  Must be called without ``lock`` held.  A rep
@@ -162,8 +178,6 @@ class ClusteredRoot:
         nodes = self.rep_nodes() if nodes is None else tuple(nodes)
         results = self._cos.call_reps(self.oid, nodes, method, args, tolerate_lost=True)
         return {n: r for n, r in zip(nodes, results) if r is not LOST}
-
-    gather = broadcast  # the same mechanism, read for its results
 
     def swap_import(self, states: list) -> None:
         """Take the old reps' ``swap_export`` states (the non-None ones) at a hot swap,
@@ -192,6 +206,7 @@ def bind(obj, cos, oid: int, home: int, name: str, node: int, kind: str) -> None
         obj.node, obj.alive = node, True
     else:
         obj._reps = set()
+        obj._broadcasts = itertools.count()  # broadcast() calls: updates sent to the reps
 
 
 def instantiate(cls, cos, oid: int, home: int, name: str, node: int, kind: str, args):

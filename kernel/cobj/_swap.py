@@ -220,8 +220,10 @@ def _mediator(cos, oid: int) -> MediatorEntry:
 
 # ---- the protocol, run on the object's home (ClusteredObjectSystem.set_policy) ---------------
 
-def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
-    """The swap protocol on the object's home (see the essay); the swap's history record."""
+def swap_home(cos, oid: int, policy_text: str, timeout: float, reason: str = "set_policy",
+              figures: dict | None = None) -> dict:
+    """The swap protocol on the object's home (see the essay); the swap's history record,
+    with ``reason`` and, if given, the ``figures`` that caused it (_adaptive)."""
     record, new = start(cos, oid, policy_text)
     old, t0 = str(record.policy), perf_counter()
     try:
@@ -240,7 +242,9 @@ def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
     finally:
         done, record.swap_done = record.swap_done, None
         done.set()
-    entry = history_entry(old, str(new), cos.node, cos.node, t0, waits, "set_policy")
+    entry = history_entry(old, str(new), cos.node, cos.node, t0, waits, reason)
+    if figures is not None:
+        entry["figures"] = dict(figures)
     record.history.append(entry)
     return entry
 

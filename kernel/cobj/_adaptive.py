@@ -1,0 +1,310 @@
+"""Usage-driven replication: the ``adaptive`` policy and its monitor.
+
+Design essay
+------------
+Tornado's case for clustered objects is that "usage pattern determines the
+level of replication": a Region that every node faults through wants a rep
+per node, while a Process whose region list changes at every attach wants
+one copy, since each change must reach every rep before ``attach`` returns.
+An object created (or ``set_policy``-ed) with policy ``adaptive`` runs under
+``singleton`` or ``per_node`` (``start`` says which first), and a *monitor*
+on its home switches it between the two through the hot swap (_swap); each
+switch goes into the object's swap history with reason ``adaptive`` and the
+figures that caused it.
+
+What the monitor reads is the object's own PPC counts, the ones the COS keeps
+per object for inspection (the per-method statistics of kernel/net/_stats
+hold the same calls, but a snapshot of them merges every thread's counters of
+every object: measured here, ticking it for two objects ten times a second
+took a fifth of a node's time, against a few counter reads), gathered from
+every node once per window of ``period`` seconds: calls on the node's rep
+(local PPCs), calls through its stub (remote PPCs), the root's remote calls
+(a rep's forwards to its root elsewhere; on the home, the broadcasts to other
+nodes' reps), and the misses of its entries; and, on the home, the root's
+``broadcast`` calls (updates every rep must see, counted by ClusteredRoot).
+Over the window:
+
+    demand           calls/s that nodes other than the home made on the object
+    remote           those of them that were remote PPCs (what it pays now)
+    updates          root broadcasts/s
+    fanout           remote rep calls per broadcast (per_node: measured;
+                     singleton: nnodes - 1, the reps there would be)
+    cost_singleton   = demand: under singleton each of those calls is a remote PPC
+    cost_replicated  per_node: forwards + broadcast PPCs, measured; singleton:
+                     updates x nnodes (one forward, nnodes - 1 broadcast PPCs)
+
+Both costs are remote PPCs per second, the unit a call pays on this machine
+(tens of µs against well under one for a local call).  The rule:
+
+    singleton -> per_node   demand >= up and cost_singleton > ratio x cost_replicated
+    per_node  -> singleton  demand < down, or cost_replicated > ratio x cost_singleton
+
+with hysteresis three ways: ``down < up`` and ``ratio >= 1`` leave a band in
+which neither rule fires, and no switch happens within ``dwell`` seconds of
+the last one.  A swap costs a drain and a miss
+per node, so an object whose figures sit near one threshold must not flap.
+The window after a swap is dropped: its drain and misses say nothing of the
+new policy.
+
+Why a daemon thread on the home (one per node, ticking every monitor whose
+object it is home of) and not a check driven by calls: once replicated, the
+object's calls are local on every node and never reach the home, so a check
+there would never see the demand fall; and the figures come by a PPC to every
+node, which must not run inside a caller's call (the fault path).  The
+thread runs the swap itself, so a monitor never overlaps its own swap.  It
+ends when the node's runtime stops.  A failure (a node lost, a swap undone)
+is kept in ``last_error``; the object stays usable under its old policy
+(_swap) and the monitor tries again after ``dwell``.
+
+Not covered: an adaptive object that migrates (cluster.migrate) leaves its
+monitor behind and keeps its policy at the new home; group:k and partitioned
+are never chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+from ..net import LOST, peek_count as peek
+from . import _swap
+from ._policy import parse_policy
+
+ADAPTIVE = "adaptive"
+TARGETS = ("singleton", "per_node")
+DEFAULTS = {"up": 200.0, "down": 20.0, "ratio": 2.0, "dwell": 0.5, "period": 0.1, "start": "singleton"}
+FIGURES_TIMEOUT = 10.0  # seconds a node may take to report its counters
+
+
+# ---- parameters ----------------------------------------------------------------------------
+
+def _usage(text: str) -> str:
+    return (f"in policy {text!r}: expected 'adaptive' or 'adaptive:KEY=VALUE,...' with KEY one of "
+            f"{', '.join(DEFAULTS)} (start: {' or '.join(TARGETS)}; the others numbers >= 0)")
+
+
+def parse_params(text: str) -> tuple:
+    """The (key, value) pairs ``adaptive[:key=value,...]`` gives, sorted; ValueError
+    naming the bad one and what is accepted."""
+    if text == ADAPTIVE:
+        return ()
+    given: dict = {}
+    for item in text[len(ADAPTIVE) + 1:].split(","):
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or key not in DEFAULTS:
+            raise ValueError(f"bad parameter {item!r} {_usage(text)}")
+        if key in given:
+            raise ValueError(f"parameter {key!r} given twice {_usage(text)}")
+        given[key] = _value(text, key, raw)
+    check_params(text, dict(DEFAULTS, **given))
+    return tuple(sorted(given.items()))
+
+
+def _value(text: str, key: str, raw: str):
+    """One parameter's value: a policy name for ``start``, else a finite number >= 0."""
+    if key == "start":
+        if raw not in TARGETS:
+            raise ValueError(f"start={raw!r} {_usage(text)}")
+        return raw
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not a number {_usage(text)}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{key}={raw!r} {_usage(text)}")
+    return value
+
+
+def check_params(text: str, p: dict) -> None:
+    """Refuse parameters without hysteresis (down >= up, ratio < 1) or a zero period."""
+    if p["period"] <= 0:
+        raise ValueError(f"period={p['period']:g} must be above 0 seconds {_usage(text)}")
+    if p["down"] >= p["up"]:
+        raise ValueError(f"down={p['down']:g} must be below up={p['up']:g} (the band between them "
+                         f"is the hysteresis) {_usage(text)}")
+    if p["ratio"] < 1:
+        raise ValueError(f"ratio={p['ratio']:g} must be at least 1 {_usage(text)}")
+
+
+# ---- the monitor of one object ---------------------------------------------------------------
+
+class Monitor:
+    """The adaptive policy of one object, on its home: parameters, last sample, last switch."""
+
+    def __init__(self, policy) -> None:
+        self.params = dict(DEFAULTS, **dict(policy.params))
+        self.text = str(policy)
+        self.switched = -math.inf  # no switch yet: the first may come at once (dwell is between switches)
+        self.due = time.monotonic() + self.params["period"]
+        self.sample = None   # (monotonic time, per-node rows, root broadcasts)
+        self.figures: dict = {}  # the last window's
+        self.last_error = ""
+        self.stopped = False
+
+    def window(self, now: float, rows: list, broadcasts: int, home: int, policy: str) -> dict | None:
+        """The figures of the window since the last sample (None for the first sample)."""
+        prev, self.sample = self.sample, (now, rows, broadcasts)
+        if prev is None or now <= prev[0]:
+            return None
+        dt, nnodes = now - prev[0], len(rows)
+        # a count below the last one is a new entry (a swap not ours): it counts from 0
+        delta = [[a - b if a >= b else a for a, b in zip(r, p)] if LOST not in (r, p) else [0, 0, 0, 0]
+                 for r, p in zip(rows, prev[1])]
+        others = [d for n, d in enumerate(delta) if n != home]
+        demand = sum(d[0] + d[1] for d in others) / dt
+        forwards = sum(d[2] for d in others) / dt
+        updates, sent = (broadcasts - prev[2]) / dt, delta[home][2] / dt
+        if policy == "per_node":
+            fanout, replicated = (sent / updates if updates else nnodes - 1), forwards + sent
+        else:
+            fanout, replicated = nnodes - 1, updates * nnodes
+        f = {"period": dt, "demand": demand, "remote": sum(d[1] for d in others) / dt,
+             "updates": updates, "forwards": forwards, "fanout": fanout, "cost_singleton": demand,
+             "cost_replicated": replicated, "misses": sum(r[3] for r in rows if r is not LOST)}
+        return {k: float(f"{v:.4g}") for k, v in f.items()}
+
+    def choose(self, policy: str, f: dict) -> str | None:
+        """The policy the rule asks for under figures ``f`` (None: stay)."""
+        p = self.params
+        if policy == "singleton":
+            if f["demand"] >= p["up"] and f["cost_singleton"] > p["ratio"] * f["cost_replicated"]:
+                return "per_node"
+        elif policy == "per_node":
+            if f["demand"] < p["down"] or f["cost_replicated"] > p["ratio"] * f["cost_singleton"]:
+                return "singleton"
+        return None
+
+    def tick(self, cos, oid: int, now: float) -> dict | None:
+        """One window: sample every node; swap if the rule says so and dwell has passed.
+        The switch's history record, or None."""
+        record = cos._roots.get(oid)
+        if record is None or record.destroyed or getattr(record, "adaptive", None) is not self:
+            self.stopped = True  # destroyed, moved, or set_policy made it fixed
+            return None
+        rows = cos._all_nodes("adaptive_figures", [oid], timeout=FIGURES_TIMEOUT)
+        policy = str(record.policy)
+        f = self.window(now, rows, peek(record.root._broadcasts), cos.node, policy)
+        if f is None:
+            return None
+        self.figures = f
+        target = self.choose(policy, f)
+        if target is None or now - self.switched < self.params["dwell"]:
+            return None
+        try:
+            return _swap.swap_home(cos, oid, target, _swap.SWAP_TIMEOUT, reason=ADAPTIVE, figures=f)
+        finally:
+            self.switched, self.sample = time.monotonic(), None
+
+
+def node_figures(cos, oid: int) -> list:
+    """This node's PPC counts for ``oid`` (the ``adaptive_figures`` COS operation):
+    [calls on its rep, calls through its stub, the root's remote calls (a rep's
+    forwards to a root elsewhere; on the home, broadcasts to other nodes), misses]."""
+    entry = cos._table.get(oid)
+    counts = getattr(entry, "counts", None)
+    local, _served, remote = counts() if counts else (0, 0, 0)
+    root = cos._root_calls.get(oid)
+    return [local, remote, peek(root[1]) if root else 0, getattr(entry, "misses", 0)]
+
+
+# ---- the ticker: one daemon thread per node for the monitors it is home of ---------------
+
+class Ticker:
+    """Ticks every monitor of this node's adaptive objects when its window is due."""
+
+    def __init__(self, cos) -> None:
+        self.cos = cos
+        self.monitors: dict[int, Monitor] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, oid: int, monitor: Monitor) -> None:
+        """Watch ``oid`` with ``monitor`` (replacing a previous one); start the thread once."""
+        with self.lock:
+            self.monitors[oid] = monitor
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, daemon=True,
+                                               name=f"adaptive monitor of node {self.cos.node}")
+                self.thread.start()
+
+    def run(self) -> None:
+        """Until the runtime stops: tick the monitors that are due, then sleep to the next."""
+        rt = self.cos.runtime
+        while not rt.stopping:
+            with self.lock:
+                due = list(self.monitors.items())
+            for oid, monitor in due:
+                self.tick(oid, monitor)
+            with self.lock:
+                wake = min((m.due for m in self.monitors.values()), default=time.monotonic() + 0.1)
+            rt.stopped.wait(min(max(wake - time.monotonic(), 0.001), 0.1))
+
+    def tick(self, oid: int, monitor: Monitor) -> None:
+        """Tick ``monitor`` if due; forget it once stopped.  Never raises: a failure is
+        kept in ``last_error`` and waits out a dwell (the object keeps its policy)."""
+        now = time.monotonic()
+        if not monitor.stopped and now >= monitor.due:
+            monitor.due = now + monitor.params["period"]
+            try:
+                monitor.tick(self.cos, oid, now)
+            except Exception as exc:  # noqa: BLE001 -- a monitor must never kill the thread
+                monitor.last_error = f"{type(exc).__name__}: {exc}"
+                monitor.switched, monitor.sample = time.monotonic(), None
+                monitor.stopped = self.cos.runtime.stopping or "destroyed" in str(exc)
+        if monitor.stopped:
+            with self.lock:
+                if self.monitors.get(oid) is monitor:
+                    del self.monitors[oid]
+
+
+# ---- the COS's hooks ------------------------------------------------------------------------
+
+def install(cos) -> None:
+    """Give ``cos`` its ticker and the ``adaptive_figures`` operation."""
+    cos.ticker = Ticker(cos)
+    cos._system_ops["adaptive_figures"] = lambda oid: node_figures(cos, oid)
+
+
+def initial(policy):
+    """(the policy an object created with ``policy`` starts under, its Monitor or None)."""
+    if policy.kind != ADAPTIVE:
+        return policy, None
+    monitor = Monitor(policy)
+    return parse_policy(monitor.params["start"], 1), monitor
+
+
+def watch(cos, oid: int, record, monitor) -> None:
+    """Start ``monitor`` on the new object ``oid`` (nothing if None)."""
+    if monitor is not None:
+        record.adaptive = monitor
+        cos.ticker.add(oid, monitor)
+
+
+def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
+    """The COS's ``swap`` operation on the home: a fixed policy is a hot swap (and ends
+    the object's monitor); ``adaptive`` starts a monitor (after a swap to its ``start``
+    if the object is under neither singleton nor per_node)."""
+    policy = parse_policy(policy_text, cos.nnodes)
+    with cos._lock:
+        record = cos._roots.get(oid)
+    if record is None or record.destroyed:
+        raise cos._unknown(oid)
+    cos.check_class(type(record.root), policy)
+    if policy.kind != ADAPTIVE:
+        record.adaptive = None
+        return _swap.swap_home(cos, oid, policy_text, timeout)
+    monitor = Monitor(policy)
+    if str(record.policy) not in TARGETS:
+        _swap.swap_home(cos, oid, monitor.params["start"], timeout)
+    watch(cos, oid, record, monitor)
+    return {"time": time.time(), "from": str(record.policy), "to": str(record.policy), "seconds": 0.0,
+            "waited": 0, "wait_seconds": 0.0, "reason": "set_policy", "adaptive": monitor.text}
+
+
+def status(record) -> dict | None:
+    """The monitor of ``record`` for inspection: its policy text, last figures and error."""
+    m = getattr(record, "adaptive", None)
+    if m is None:
+        return None
+    return {"policy": m.text, "figures": dict(m.figures), "last_error": m.last_error}
