@@ -70,7 +70,7 @@ class TestErrors:
         ("[cluster]\nnodes = 0\n", "cluster.nodes", "from 1 to 64"),
         ("[cluster]\nnodes = \"two\"\n", "cluster.nodes", "wrong type str"),
         ("[cluster]\nmanager = \"central\"\n", "cluster.manager", "'centralized', 'fixed', 'dynamic'"),
-        ("[policies]\nregion = \"everywhere\"\n", "policies.region", "'per_node', 'singleton' or 'group:k'"),
+        ("[policies]\nregion = \"everywhere\"\n", "policies.region", "'per_node', 'singleton', 'group:k'"),
         ("[policies]\nregion = \"group:5\"\n", "policies.region", "k from 1 to cluster.nodes"),
         ("[policies]\nprocess = \"everywhere\"\n", "policies.process", "'per_node', 'singleton'"),
         ("[workload]\nkind = \"lu\"\n", "workload.kind", "'jacobi'"),

@@ -101,7 +101,7 @@ class AllocationCounter:
     """A stand-in RunContext that counts the pages a driver allocates and runs nothing."""
 
     def __init__(self, s) -> None:
-        self.s, self.pages = s, 0
+        self.s, self.pages, self.sync = s, 0, {}
         self.cluster = types.SimpleNamespace(run=lambda *a, **k: [], drop_mappings=lambda *a, **k: [],
                                              barrier=self.barrier, lock=self.lock)
 
@@ -112,6 +112,16 @@ class AllocationCounter:
         return np.zeros(pages * 4096 // np.dtype(dtype).itemsize, dtype)
 
     def step(self, *args, **kwargs) -> list:
+        return []
+
+    def reserve(self, pages: int) -> int:
+        self.pages += pages
+        return 0
+
+    def oids(self, a) -> dict:
+        return {"region": 0, "fcm": 0, "process": 0}
+
+    def history(self, target) -> list:
         return []
 
     def barrier(self, parties: int, kind: str = "tree", padding: str = "page"):

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import _report_sync
+from . import _report_phases, _report_sync
+from tornado_dsm.kernel.cobj._inspect import history_lines
+
 from ._scenario_run import RunResult, backends_label
 
 SCHEMA_VERSION = 1
@@ -58,6 +60,9 @@ def to_json(scenario, runs: list[RunResult]) -> dict:
             if _report_sync.is_sync(r):
                 entry["sync"] = _report_sync.figures(r)
         doc["winners"] = _report_sync.winners(sync)
+    for entry, r in zip(doc["runs"], runs):
+        if _report_phases.is_phases(r):   # the phases kind: its phases, timeline and policies
+            entry["phases"] = r.sync
     return doc
 
 
@@ -139,11 +144,21 @@ COLUMNS = ("nodes", "faults", "in-core", "coher.", "faults/s", "µs/access", "no
 def render_table(scenario, runs: list[RunResult]) -> str:
     """One row per combination: what was varied, then the figures (the lock and
     barrier kinds: their own columns and the winner of each, see _report_sync)."""
+    phases = [r for r in runs if _report_phases.is_phases(r)]
+    if phases:   # the phases kind: the usual table, then a table per phase (_report_phases)
+        rest = [r for r in runs if not _report_phases.is_phases(r)]
+        tables = [render_table(scenario, rest)] if rest else []
+        return "\n".join(tables + [_fault_table(scenario, phases), _report_phases.render(phases)])
     sync = [r for r in runs if _report_sync.is_sync(r)]
     if sync:
         rest = [r for r in runs if not _report_sync.is_sync(r)]
         tables = [render_table(scenario, rest)] if rest else []
         return "\n".join(tables + [_report_sync.render_table(scenario, sync)])
+    return _fault_table(scenario, runs)
+
+
+def _fault_table(scenario, runs: list[RunResult]) -> str:
+    """One row per run of the fault figures (every kind but lock and barrier)."""
     varied = [k for k, _ in _vary_keys(runs)]
     head = [k.rpartition(".")[2] for k in varied if k != "cluster.nodes"] + list(COLUMNS)
     rows = [head] + [_table_row(r, n, varied) for r, n in zip(runs, normalized_costs(runs))]
@@ -368,11 +383,13 @@ def check_plot(scenario, path, metrics=(), normalize: bool = False) -> tuple:
 
 def plot(scenario, runs: list[RunResult], path, metrics=(), normalize: bool = False):
     """Draw ``metrics`` (names, see resolve_metrics; default: the scenario's) of ``runs``
-    to ``path`` in the format of its extension (.png, .svg, .pdf); the Figure."""
+    to ``path`` in the format of its extension (.png, .svg, .pdf); the Figure.  The
+    phases kind, without --metric, draws throughput and policies over time instead."""
     import matplotlib
 
     fmt = image_format(path)
-    fig = figure(scenario, runs, metrics, normalize)
+    timeline = runs and all(_report_phases.is_phases(r) for r in runs) and not metric_names(metrics)
+    fig = _report_phases.figure(scenario, runs) if timeline else figure(scenario, runs, metrics, normalize)
     info = f"tornado-dsm, matplotlib {matplotlib.__version__}"
     meta = {"png": {"Software": info}, "svg": {"Creator": info, "Date": None},
             "pdf": {"Creator": info, "CreationDate": None}}[fmt]
@@ -547,6 +564,8 @@ def render_inspect(runs: list[RunResult]) -> str:
             out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:
                 out.append("  ".join("-" * w for w in widths))
+        for o in r.objects:
+            out += history_lines(o.name, o.history)
         out.append("")
     return "\n".join(out).rstrip()
 

@@ -21,14 +21,14 @@ import attrs
 from tornado_dsm.kernel import PAGE
 from tornado_dsm.objects import MANAGERS, MAX_NODES, MAX_PREFETCH, PROTOCOLS
 
-from ._config import check_region_policy
+from ._config import check_policies, check_region_policy
 from ._barriers import KINDS as BARRIER_KINDS
 from ._locks import KINDS as LOCK_KINDS
 from ._syncspace import PADDINGS
 from ._workloads import WORDS, footprint_formula, footprint_keys, memory_bytes, window_pages
 
 KINDS = ("infault", "shared-read", "producer-consumer", "false-sharing", "ping-pong", "jacobi", "matmul",
-         "lock", "barrier")
+         "lock", "barrier", "phases")
 
 
 class ScenarioError(ValueError):
@@ -83,11 +83,14 @@ KEYS: dict[str, Key] = {
     "cluster.backend": _choice("default", ("default", "auto", "uffd", "mprotect"),
                                "Fault backend of every node: mprotect, uffd (userfaultfd: no map-count limit), "
                                "auto (uffd where allowed); default: $TORNADO_DSM_BACKEND, else auto."),
-    "policies.process": _choice("per_node", ("per_node", "singleton"),
-                                "Process object: a rep per node, or one rep on node 0 (remote lookups); "
-                                "'replicated' is read as its old name for per_node."),
-    "policies.region": Key(str, "per_node", "'per_node', 'singleton' or 'group:k' (k from 1 to nodes)",
-                           doc="Region objects: a rep per node, one on node 0, or one per group of k nodes."),
+    "policies.process": Key(str, "per_node", "'per_node', 'singleton' or 'adaptive[:key=value,...]'",
+                            doc="Process object: a rep per node, or one rep on node 0 (remote lookups), or "
+                            "switched between the two by usage (README: adaptive); 'replicated' is read "
+                            "as its old name for per_node."),
+    "policies.region": Key(str, "per_node", "'per_node', 'singleton', 'group:k' (k from 1 to nodes) or "
+                           "'adaptive[:key=value,...]'",
+                           doc="Region objects: a rep per node, one on node 0, one per group of k nodes, "
+                           "or switched between singleton and per_node by usage."),
     "region.pages": _int(16, 1, 1 << 20, "Pages of each region (what a page means depends on the kind)."),
     "region.backing": _choice("anonymous", ("anonymous", "file"),
                               "Zero-filled memory, or a real file read on first touch."),
@@ -126,8 +129,11 @@ KEYS: dict[str, Key] = {
                                 "barrier on a page of its own, 'word' packs them 8 bytes apart (false "
                                 "sharing).", kinds=("lock", "barrier")),
     "workload.seconds": Key((float, int), 0.3, "a number from 0.01 to 60", low=0.01, high=60.0,
-                            kinds=("lock",), doc="lock: seconds of each contended pass (every thread "
-                            "acquires until then)."),
+                            kinds=("lock", "phases"), doc="lock: seconds of each contended pass (every "
+                            "thread acquires until then); phases: seconds of each phase."),
+    "workload.phases": Key(str, "read,churn", "a comma-separated list of 'read' and 'churn'",
+                           kinds=("phases",), doc="phases: the phases in order (read: every node faults "
+                           "in-core through the Region; churn: attach/detach on the Process)."),
 }
 SECTIONS = ("cluster", "policies", "region", "workload")
 
@@ -408,10 +414,17 @@ def _check_cross(source: str, v: dict) -> None:
     region = v["policies.region"]
     try:
         check_region_policy(region, v["cluster.nodes"])
-    except ValueError:
+    except ValueError as exc:
         raise ScenarioError(source, "policies.region", region,
                             f"expected {KEYS['policies.region'].accepted}; "
-                            f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']})") from None
+                            f"group:k needs k from 1 to cluster.nodes ({v['cluster.nodes']}); {exc}") from None
+    try:
+        check_policies({"process": v["policies.process"]}, v["cluster.nodes"])
+    except ValueError as exc:
+        raise ScenarioError(source, "policies.process", v["policies.process"],
+                            f"expected {KEYS['policies.process'].accepted}; {exc}") from None
+    if v["workload.kind"] == "phases":
+        _check_phases(source, v["workload.phases"])
     threads = v["cluster.nodes"] * v["cluster.threads_per_node"]
     if v["workload.kind"] == "false-sharing" and v["region.pages"] * WORDS < threads:
         raise ScenarioError(source, "region.pages", v["region.pages"],
@@ -427,6 +440,15 @@ def _check_cross(source: str, v: dict) -> None:
                             f"0 with cluster.manager = {v['cluster.manager']!r}; prefetch needs 'dynamic'")
     if v["region.backing"] == "anonymous" and v["region.path"]:
         raise ScenarioError(source, "region.path", v["region.path"], "only with region.backing = 'file'")
+
+
+# Refuse a workload.phases that names no phase or an unknown one.
+def _check_phases(source: str, text: str) -> None:
+    from ._workloads_phases import parse_phases
+    try:
+        parse_phases(text)
+    except ValueError as exc:
+        raise ScenarioError(source, "workload.phases", text, str(exc)) from None
 
 
 # Refuse a memory limit below one page (a node could hold no frame at all).

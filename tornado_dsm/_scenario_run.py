@@ -53,6 +53,7 @@ class ObjectRow:
     calls_local: int
     calls_remote: int
     misses: int
+    history: tuple = ()  # its swaps (hot swaps, adaptive switches) and migrations in the run
 
 
 @attrs.frozen
@@ -164,6 +165,21 @@ class RunContext:
             if f.seek(0, os.SEEK_END) < pages * PAGE:
                 f.truncate(pages * PAGE)
         return self.cluster.map_file(path, (words,), dtype, "r+", prefetch=prefetch)
+
+    def reserve(self, pages: int) -> int:
+        """The address of ``pages`` window pages that no object backs (the phases
+        workload attaches and detaches regions there); held until the run ends."""
+        first = int(self.cluster.vm.process.allocate(pages))
+        return self.cluster.config.base + first * PAGE
+
+    def oids(self, a: np.ndarray) -> dict:
+        """The oids behind shared array ``a``: its "region" and "fcm", and the "process"."""
+        alloc = self.cluster._arrays.allocation(a)[0]
+        return {"region": alloc.region, "fcm": alloc.fcm, "process": int(self.cluster.vm.process)}
+
+    def history(self, target) -> list:
+        """The swap history of ``target`` (an array's Region, or "process"): Cluster.swap_history."""
+        return self.cluster.swap_history(target)
 
     def step(self, fn, *args, on="all", threads: int | None = None, measured: bool = True,
              label: str = "") -> list:
@@ -330,7 +346,7 @@ def _result(ctx: RunContext, s: Scenario, override: dict, cluster, t0: float) ->
     ppc = tuple(PPCRow(node, names.get(oid, "cos" if oid == 1 else f"{oid:#x}"), method, kind, calls, nbytes)
                 for (node, oid, method, kind), (calls, nbytes) in sorted(ctx.ppc.items()))
     objects = tuple(ObjectRow(o.name, o.cls, o.policy, o.home, o.rep_nodes, o.stub_nodes,
-                              o.calls_local, o.calls_remote, o.misses) for o in view.objects)
+                              o.calls_local, o.calls_remote, o.misses, o.history) for o in view.objects)
     return RunResult(s.name, dict(override), dict(s.values), tuple(sorted(ctx.threads.values(),
                      key=lambda t: (t.node, t.thread))), tuple(ctx.node_stats), tuple(ctx.busy),
                      ctx.wall, sum(n.zero_fills for n in ctx.node_stats), ppc, objects, time.perf_counter() - t0,

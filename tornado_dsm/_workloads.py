@@ -364,12 +364,17 @@ def drive_matmul(ctx, s) -> None:
         raise AssertionError("matmul: the shared product differs from numpy's")
 
 
+def drive_phases(ctx, s) -> None:
+    """The phases workload (_workloads_phases, imported here: it builds on this module)."""
+    from ._workloads_phases import drive_phases as drive
+    drive(ctx, s)
+
 
 DRIVERS = {
     "infault": drive_infault, "shared-read": drive_shared_read,
     "producer-consumer": drive_producer_consumer, "false-sharing": drive_false_sharing,
     "ping-pong": drive_ping_pong, "jacobi": drive_jacobi, "matmul": drive_matmul,
-    "lock": drive_lock, "barrier": drive_barrier,
+    "lock": drive_lock, "barrier": drive_barrier, "phases": drive_phases,
 }
 
 
@@ -380,6 +385,8 @@ def steps_of(s) -> int:
         return 1
     if kind == "lock":   # warm-up, uncontended, passes, FIFO probes (with enough threads)
         return 2 + r + (r if _threads(s) >= _sync.PROBE_THREADS else 0)
+    if kind == "phases":   # the warm-up pass, then one step per phase
+        return 1 + len(s["workload.phases"].split(","))
     return {"infault": r + 1, "producer-consumer": 2 * r, "barrier": 1 + r}.get(kind, r)
 
 
@@ -409,6 +416,8 @@ FOOTPRINTS = {
              lambda s: 1 + _sync.lock_pages(s)),
     "barrier": ("the barrier's pages for cluster.nodes × cluster.threads_per_node parties",
                 lambda s: _sync.barrier_space_pages(s)),
+    "phases": ("region.pages + cluster.nodes × cluster.threads_per_node",
+               lambda s: s["region.pages"] + _threads(s)),
 }
 
 
