@@ -33,6 +33,7 @@ REDUCED = {
     # one kind on 2 nodes (tests/test_scenario_sync.py runs every kind)
     "locks": ["lock=mcs", "padding=page", "nodes=2", "seconds=0.05", "repeats=1", "ops=20"],
     "barriers": ["barrier=tree", "nodes=2", "ops=5", "repeats=1"],
+    "adaptive": ["nodes=2", "pages=8", "seconds=0.3"],
 }
 
 

@@ -191,10 +191,11 @@ class Monitor:
         target = self.choose(policy, f)
         if target is None or now - self.switched < self.params["dwell"]:
             return None
+        began = time.monotonic()
         try:
             return _swap.swap_home(cos, oid, target, _swap.SWAP_TIMEOUT, reason=ADAPTIVE, figures=f)
-        finally:
-            self.switched, self.sample = time.monotonic(), None
+        finally:  # dwell counts from the swap's end, on the clock ``now`` is read from
+            self.switched, self.sample = now + time.monotonic() - began, None
 
 
 def node_figures(cos, oid: int) -> list:
