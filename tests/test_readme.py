@@ -69,3 +69,13 @@ class TestMigrateExample:
         first, second = r.stdout.splitlines()
         assert first.startswith("0 -> 2 ") and first.endswith(" call(s) waited")
         assert second == "4096 [('migrate', 2)]"
+
+
+class TestAdaptiveExample:
+    @pytest.mark.multinode
+    @pytest.mark.timeout(120)
+    def test_runs_and_prints_what_it_says(self, tmp_path):
+        """The adaptive example runs as a script: the Region goes per_node under reads and back when idle."""
+        r = run_example("#### Usage-driven replication", tmp_path, timeout=110)
+        assert r.stdout.splitlines()[0] == ("[('singleton', 'per_node', 'adaptive'), "
+                                            "('per_node', 'singleton', 'adaptive')]")
