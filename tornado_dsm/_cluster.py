@@ -61,8 +61,9 @@ class Cluster:
 
     ``protocol``: "ivy" (multiple readers, single writer) or "migrate".
     ``manager``: "centralized", "fixed" or "dynamic" (IVY's three managers).
-    ``policies``: {"process": "per_node" | "singleton",
-    "region": "per_node" | "singleton" | "group:k"}.  ``memory_per_node``:
+    ``policies``: {"process": "per_node" | "singleton" | "adaptive[:key=value,...]",
+    "region": "per_node" | "singleton" | "group:k" | "adaptive[:key=value,...]"}
+    (adaptive: switched between singleton and per_node by usage, README).  ``memory_per_node``:
     bytes of frames a node may hold (None: no limit).  ``base``/``size``:
     the DSM window (same address on every node).  ``timeout``: seconds
     within which every call between nodes (and every `run`, unless it says

@@ -55,6 +55,8 @@ class Policy:
 
     def decide(self, node: int, home: int, nnodes: int) -> tuple[str, int]:
         """What ``node`` gets at a miss: ("rep", node) or ("stub", node the stub calls)."""
+        if self.kind == "adaptive":  # never in force: the root's record holds singleton or per_node
+            raise DSMInternalError("Policy.decide", "adaptive chooses between policies; it decides no miss")
         if self.kind == "singleton":
             return ("rep", node) if node == home else ("stub", home)
         if self.kind in ("per_node", "partitioned"):
