@@ -209,13 +209,17 @@ def _await(c, a, count: int, within: float = 10.0) -> list:
 
 @pytest.fixture(scope="module")
 def followed():
-    """A 3-node cluster whose adaptive Region went through a read phase, then a churn phase."""
+    """What a 3-node cluster's adaptive Region did through a read phase, then a churn phase:
+    (its oid, its history after the read, its whole history, the final inspect view).
+    Plain data only: a cached array would keep the closed cluster's window mapped."""
     with new_cluster(3, policies={"process": "per_node", "region": QUICK}) as c:
         a = c.zeros((16 * 512,), np.int64)
         _read(c, a, 1.2)
         after_read = list(c.swap_history(a))
         _churn(c, 1.2)
-        yield c, a, after_read, _await(c, a, 2), c.inspect()
+        result = c._arrays.allocation(a)[0].region, after_read, _await(c, a, 2), c.inspect()
+        del a
+    return result
 
 
 @pytest.mark.multinode
@@ -223,13 +227,13 @@ def followed():
 class TestFollowsUsage:
     def test_region_goes_replicated_under_reads_and_back_under_churn(self, followed):
         """Under reads from every node the Region becomes per_node; idle during churn, singleton again."""
-        _c, _a, after_read, history, _view = followed
+        _oid, after_read, history, _view = followed
         assert [h["to"] for h in after_read] == ["per_node"]
         assert [(h["from"], h["to"]) for h in history] == [("singleton", "per_node"), ("per_node", "singleton")]
 
     def test_history_records_each_switch_with_its_figures(self, followed):
         """Each switch has its time, from, to, reason 'adaptive' and the figures that caused it."""
-        _c, _a, _after, history, _view = followed
+        _oid, _after, history, _view = followed
         up, down = history
         assert all(h["reason"] == "adaptive" and h["time"] > 0 for h in history)
         assert up["figures"]["demand"] >= 50 and up["figures"]["cost_singleton"] > 2 * up["figures"]["cost_replicated"]
@@ -237,8 +241,7 @@ class TestFollowsUsage:
 
     def test_inspect_shows_histories(self, followed):
         """cluster.inspect() carries each object's history and prints it under the table."""
-        c, a, _after, history, view = followed
-        oid = c._arrays.allocation(a)[0].region
+        oid, _after, history, view = followed
         assert [h["to"] for h in view[oid].history] == [h["to"] for h in history]
         assert view[oid].policy == "adaptive(singleton)" and view[oid].adaptive["policy"] == QUICK_SHOWN
         assert f"swap history of {view[oid].name}:" in str(view) and "(adaptive," in str(view)
