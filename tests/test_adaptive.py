@@ -12,14 +12,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-import tornado_dsm as td
 from helpers import new_cluster
 from tornado_dsm import _report, _report_phases
 from tornado_dsm._config import check_policies
 from tornado_dsm._scenario_config import ScenarioError, from_dict, load
 from tornado_dsm._scenario_run import run_scenario
 from tornado_dsm._workloads_phases import churn_phase, read_phase
-from tornado_dsm.kernel import parse_policy
+from tornado_dsm.kernel import ObjectDestroyed, SwapFailed, parse_policy
 from tornado_dsm.kernel.cobj import _adaptive
 from tornado_dsm.kernel.cobj._inspect import history_lines
 
@@ -173,6 +172,34 @@ class TestTick:
         cos = FakeCOS(m, "singleton")
         cos.record.destroyed = True
         assert m.tick(cos, 7, 1.0) is None and m.stopped
+
+
+class TestTickerTick:
+    def _failing(self, monkeypatch, exc) -> _adaptive.Monitor:
+        """A due monitor whose swap raises ``exc``, ticked once by a Ticker; the monitor."""
+        m = _monitor("adaptive:dwell=0")
+        cos = FakeCOS(m, "singleton")
+        cos.runtime = types.SimpleNamespace(stopping=False)
+        def swap(*args, **kwargs):
+            raise exc
+        monkeypatch.setattr(_adaptive._swap, "swap_home", swap)
+        ticker = _adaptive.Ticker(cos)
+        ticker.monitors[7] = m
+        for calls in (0, 10_000):   # a baseline window, then a hot one: the rule asks for a swap
+            cos.rows = [[0, 0, 0, 1], [calls, 0, 0, 1], [calls, 0, 0, 1]]
+            m.due = 0.0
+            ticker.tick(7, m)
+        return m, ticker
+
+    def test_a_failed_swap_is_kept_and_the_monitor_goes_on(self, monkeypatch):
+        """A swap that fails leaves its error in last_error; the monitor keeps watching."""
+        m, ticker = self._failing(monkeypatch, SwapFailed("node 2 lost"))
+        assert "SwapFailed: node 2 lost" == m.last_error and not m.stopped and 7 in ticker.monitors
+
+    def test_a_destroyed_object_ends_the_monitor(self, monkeypatch):
+        """ObjectDestroyed during a tick stops the monitor and the ticker forgets it."""
+        m, ticker = self._failing(monkeypatch, ObjectDestroyed("gone"))
+        assert m.stopped and 7 not in ticker.monitors
 
 
 class TestHistoryLines:

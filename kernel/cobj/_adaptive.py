@@ -75,6 +75,7 @@ import time
 from ..net import LOST, peek_count as peek
 from . import _swap
 from ._policy import parse_policy
+from ._table import ObjectDestroyed
 
 ADAPTIVE = "adaptive"
 TARGETS = ("singleton", "per_node")
@@ -257,7 +258,7 @@ class Ticker:
             except Exception as exc:  # noqa: BLE001 -- a monitor must never kill the thread
                 monitor.last_error = f"{type(exc).__name__}: {exc}"
                 monitor.switched, monitor.sample = time.monotonic(), None
-                monitor.stopped = self.cos.runtime.stopping or "destroyed" in str(exc)
+                monitor.stopped = self.cos.runtime.stopping or isinstance(exc, ObjectDestroyed)
         if monitor.stopped:
             with self.lock:
                 if self.monitors.get(oid) is monitor:

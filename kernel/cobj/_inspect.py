@@ -100,6 +100,8 @@ class ReplicationView:
                 lines.append("  ".join("-" * w for w in widths))
         for v in self.objects:
             lines += history_lines(v.name, v.history)
+            if v.adaptive and v.adaptive["last_error"]:  # the object kept its policy (_adaptive)
+                lines.append(f"adaptive monitor of {v.name}: last error: {v.adaptive['last_error']}")
         return "\n".join(lines)
 
 
