@@ -236,15 +236,18 @@ def _await(c, a, count: int, within: float = 10.0) -> list:
 
 @pytest.fixture(scope="module")
 def followed():
-    """What a 3-node cluster's adaptive Region did through a read phase, then a churn phase:
-    (its oid, its history after the read, its whole history, the final inspect view).
+    """What a 3-node cluster's adaptive Region and Process did through a read phase, then a
+    churn phase: (the Region's oid, its history after the read, its whole history, the final
+    inspect view, the Process's history after the read, and after the churn).
     Plain data only: a cached array would keep the closed cluster's window mapped."""
-    with new_cluster(3, policies={"process": "per_node", "region": QUICK}) as c:
+    with new_cluster(3, policies={"process": QUICK, "region": QUICK}) as c:
         a = c.zeros((16 * 512,), np.int64)
         _read(c, a, 1.2)
-        after_read = list(c.swap_history(a))
+        after_read, process_read = list(c.swap_history(a)), list(c.swap_history("process"))
         _churn(c, 1.2)
-        result = c._arrays.allocation(a)[0].region, after_read, _await(c, a, 2), c.inspect()
+        process_churn = list(c.swap_history("process"))
+        result = (c._arrays.allocation(a)[0].region, after_read, _await(c, a, 2), c.inspect(),
+                  process_read, process_churn)
         del a
     return result
 
@@ -254,13 +257,22 @@ def followed():
 class TestFollowsUsage:
     def test_region_goes_replicated_under_reads_and_back_under_churn(self, followed):
         """Under reads from every node the Region becomes per_node; idle during churn, singleton again."""
-        _oid, after_read, history, _view = followed
+        _oid, after_read, history, _view, *_process = followed
         assert [h["to"] for h in after_read] == ["per_node"]
         assert [(h["from"], h["to"]) for h in history] == [("singleton", "per_node"), ("per_node", "singleton")]
 
+    def test_process_goes_replicated_under_reads_and_singleton_under_churn(self, followed):
+        """Lookups from every node replicate the Process; attach/detach churn, each change broadcast
+        to every rep, makes it a singleton again, on the figures of broadcasts per update."""
+        *_region, process_read, process_churn = followed
+        assert [h["to"] for h in process_read] == ["per_node"]
+        assert [h["to"] for h in process_churn] == ["per_node", "singleton"]
+        churn = process_churn[1]["figures"]
+        assert churn["updates"] > 0 and churn["cost_replicated"] > 2 * churn["cost_singleton"]
+
     def test_history_records_each_switch_with_its_figures(self, followed):
         """Each switch has its time, from, to, reason 'adaptive' and the figures that caused it."""
-        _oid, _after, history, _view = followed
+        _oid, _after, history, _view, *_process = followed
         up, down = history
         assert all(h["reason"] == "adaptive" and h["time"] > 0 for h in history)
         assert up["figures"]["demand"] >= 50 and up["figures"]["cost_singleton"] > 2 * up["figures"]["cost_replicated"]
@@ -268,7 +280,7 @@ class TestFollowsUsage:
 
     def test_inspect_shows_histories(self, followed):
         """cluster.inspect() carries each object's history and prints it under the table."""
-        oid, _after, history, view = followed
+        oid, _after, history, view, *_process = followed
         assert [h["to"] for h in view[oid].history] == [h["to"] for h in history]
         assert view[oid].policy == "adaptive(singleton)" and view[oid].adaptive["policy"] == QUICK_SHOWN
         assert f"swap history of {view[oid].name}:" in str(view) and "(adaptive," in str(view)
