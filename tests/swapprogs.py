@@ -59,6 +59,13 @@ class TallyRep(ClusteredRep, Counter):
         _release.wait(WAIT)
         return self.node
 
+    def chain(self, relay: int) -> int:
+        """Signal entry, wait for node 0's release, then call back into this object
+        through the Relay ``relay`` (a chain X -> Relay -> X): the node the call-back ran on."""
+        _entered.release()
+        _release.wait(WAIT)
+        return current_cos().call(relay, "relay", self.oid)
+
     def swap_export(self) -> int:
         return self.n
 
@@ -91,6 +98,35 @@ class Rooted(Tally):
     """A Tally that cannot migrate (its root sets no MIGRATE)."""
 
     MIGRATE = False
+
+
+class RelayRep(ClusteredRep):
+    """Calls back into another object from wherever its rep is."""
+
+    def relay(self, oid: int) -> int:
+        """``ping`` object ``oid`` from this node: the node the ping ran on."""
+        return current_cos().call(oid, "ping")
+
+
+class Relay(ClusteredRoot):
+    """Root of RelayRep (no state)."""
+
+    Rep = RelayRep
+    POLICIES = ("singleton", "per_node")
+
+    def rep_args(self, node: int) -> list:
+        return []
+
+
+def start_chain(oid: int, relay: int) -> tuple[threading.Thread, list]:
+    """On node 0: a thread whose ``chain`` call is inside ``oid`` once this returns (held
+    there until ``release_hold``), and the list its result goes to."""
+    _release.clear()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(current_cos().call(oid, "chain", relay)))
+    t.start()
+    assert _entered.acquire(timeout=WAIT), "the chain call did not enter the object"
+    return t, out
 
 
 def start_hold(oid: int) -> threading.Thread:

@@ -21,7 +21,13 @@ hot-swapping, built on the existence counts the tables already keep:
    it, so a request arriving during the swap belongs to a call chain that is
    already inside the object (a stub call in flight, a root broadcasting
    for an ``attach`` in flight): blocking it would deadlock the chain
-   against the drain.  Passing calls are counted on the old entry.
+   against the drain.  A call started on a node passes too when its call
+   chain is already inside the object: every call through a rep pushes the
+   oid on the thread's call-chain stack, every PPC carries that stack and the
+   serving thread runs the handler under it (``net.chain_stack``), so a
+   re-entrant call, or a chain A -> B -> A that comes back through another
+   object on any node, is recognised where it arrives.  Passing calls are
+   counted on the old entry.
 3. **drain** (every node): wait until no call holds a count on the old entry.
 4. **state transfer**: each old rep's ``swap_export()`` goes to the root's
    ``swap_import(states)``; the root forgets its reps and stubs, takes the
@@ -43,7 +49,7 @@ import threading
 import time
 from time import perf_counter
 
-from ..net import LOST, peek_count as peek
+from ..net import LOST, chain_stack, in_chain, peek_count as peek
 from ._policy import parse_policy
 
 SWAP_TIMEOUT = 60.0  # seconds a node may take to drain its old calls
@@ -81,7 +87,13 @@ class MediatorEntry:
 
     def invoke(self, method: str, args):
         """A call started by a thread of this node: wait for the swap to end, then
-        go through the table again (the new entry, or the old one after an abort)."""
+        go through the table again (the new entry, or the old one after an abort).
+        A call whose chain is already inside the object (a re-entrant call, or a
+        chain A -> B -> A that came back here through another object) passes to
+        the old rep instead: it holds a count somewhere, so waiting would deadlock
+        it against the drain."""
+        if self.oid in chain_stack():
+            return self.pass_call(method, args, served=False)
         self.wait()
         return self.cos.call(self.oid, method, *args)
 
@@ -95,7 +107,7 @@ class MediatorEntry:
         next(old._enter_served if served else old._enter_local)
         try:
             if self.rep is not None:
-                return (old._methods.get(method) or old.bind(self.rep, method))(*args)
+                return in_chain(self.oid, old._methods.get(method) or old.bind(self.rep, method), args)
             return self.cos.runtime.call(self.target, self.oid, method, list(args))
         finally:
             next(old._exit)
