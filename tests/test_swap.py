@@ -221,13 +221,45 @@ class TestSwapCountsEachCallOnce:
             assert sp.total(c, oid) == 4
 
 
-class TestSwapOptIn:
-    def test_directory_swap_is_refused(self):
-        """An object whose Root does not set SWAP (the PageDirectory) is refused with a ValueError."""
+class TestDirectorySwap:
+    @pytest.mark.parametrize("manager", ["centralized", "fixed"])
+    def test_swaps_back_and_forth_lose_no_write(self, manager):
+        """Swapping the PageDirectory centralized <-> fixed while 3 nodes write shared and
+        distinct pages loses no write, and every page keeps one owner."""
+        with new_cluster(3, manager=manager) as c:
+            a = c.zeros(((PAGES + 3) * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+            words = ("fixed", "centralized") if manager == "centralized" else ("centralized", "fixed")
+            records = []
+
+            def swaps():
+                for word in words * 3:
+                    time.sleep(0.05)  # faults run under each policy, not only during the swaps
+                    records.append(c.set_policy(a, word, part="directory"))
+
+            counts = sp.churn_mixed_while(c, a, stop, swaps)
+            assert sp.expected_words(a, counts) and sp.expected_private(a, counts)
+            assert [r["to"] for r in records] == [sp.POLICY_OF[w] for w in words * 3]
+            assert c.run(progs.sum_pages, a, on=[1, 2], threads=1) == [progs.sum_pages(a)] * 2
+            assert c.inspect()[c._arrays.allocation(a)[0].directory].policy == records[-1]["to"]
+
+    def test_dynamic_manager_has_no_directory(self):
+        """A directory swap of an array under the dynamic manager is a ValueError naming the managers."""
+        with new_cluster(2, manager="dynamic") as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="has no directory object.*centralized"):
+                c.set_policy(a, "fixed", part="directory")
+
+    def test_bad_words_are_refused(self):
+        """A manager name for the Region, a bad part or a policy the directory lacks is a clear ValueError."""
         with new_cluster(2, manager="centralized") as c:
             a = c.zeros((512,), np.int64)
-            with pytest.raises(ValueError, match="cannot be hot-swapped"):
-                c.set_policy(a, "partitioned", part="directory")
+            with pytest.raises(ValueError, match="names a directory manager.*part='directory'"):
+                c.set_policy(a, "fixed")
+            with pytest.raises(ValueError, match="part must be one of"):
+                c.set_policy(a, "fixed", part="fcm")
+            with pytest.raises(ValueError, match="accepted"):
+                c.set_policy(a, "per_node", part="directory")
             a[0] = 4
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]
 
