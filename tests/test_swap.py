@@ -233,13 +233,13 @@ class TestDirectorySwap:
             records = []
 
             def swaps():
-                for word in words * 3:
-                    time.sleep(0.05)  # faults run under each policy, not only during the swaps
+                for word in words * 6:
+                    time.sleep(0.02)  # faults run under each policy, not only during the swaps
                     records.append(c.set_policy(a, word, part="directory"))
 
             counts = sp.churn_mixed_while(c, a, stop, swaps)
             assert sp.expected_words(a, counts) and sp.expected_private(a, counts)
-            assert [r["to"] for r in records] == [sp.POLICY_OF[w] for w in words * 3]
+            assert [r["to"] for r in records] == [sp.POLICY_OF[w] for w in words * 6]
             assert c.run(progs.sum_pages, a, on=[1, 2], threads=1) == [progs.sum_pages(a)] * 2
             assert c.inspect()[c._arrays.allocation(a)[0].directory].policy == records[-1]["to"]
 
