@@ -23,7 +23,9 @@ The centralized scheme has one directory (on its home node); the fixed
 scheme has one per node, page p on node p mod N, each keeping only its
 slice (slot p // N, so a node pays for 1/N of the pages).  Both use these classes;
 the difference is only which node a requester's call goes to, which the
-PageDirectory object's policy (singleton or partitioned) decides.
+PageDirectory object's policy (singleton or partitioned) decides, and a hot
+swap of that policy moves the slices from one layout to the other
+(_dirswap.py).
 
 ``migrate`` (single reader / single writer) needs nothing here: its FCM pages
 ask for WRITE on every fault, so every request moves the page.  ``protocol``
