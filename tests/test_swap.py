@@ -201,6 +201,22 @@ class TestDirectorySwapWithLostNode:
             assert c.swap_history(a, part="directory") == []
 
 
+    def test_lost_pages_follow_the_swapped_layout(self):
+        """After a swap to the fixed manager, a lost node takes the pages it owned and the pages
+        of its slice (p mod 3 == 2) with it, as lost_arrays reports; the others still work."""
+        with new_cluster(3, manager="centralized") as c:
+            a = c.zeros((6 * 512,), np.int64)
+            c.run(progs.write_pages, a, 5, on=[1], threads=1)
+            c.set_policy(a, "fixed", part="directory")
+            c.run(progs.write_word, a, 0, 9, 0, on=[2], threads=1)
+            with pytest.raises(td.NodeLost):
+                c.run(failprogs.crash_outside_window, on=2)
+            _await_lost(c, 2)
+            name = c._arrays.allocation(a)[0].name
+            assert c.lost_arrays() == {name: 3}  # page 0 (owner 2), pages 2 and 5 (slice on 2)
+            assert c.run(progs.read_words, a, [512, 3 * 512, 4 * 512], on=[1], threads=1) == [[5, 5, 5]]
+
+
 class TestSwapWithNodeLostInDrain:
     def test_node_lost_during_the_drain(self):
         """A node killed while the swap waits for a call in flight fails it with SwapFailed naming
