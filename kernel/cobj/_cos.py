@@ -228,7 +228,7 @@ class ClusteredObjectSystem:
         oid = next(self._serial) << HOME_BITS | self.node
         name = name or f"{cls.__name__}-{oid:#x}"
         info = {"name": name, "cls": cls.__qualname__, "path": path, "policy": str(policy), "home": self.node}
-        root = instantiate(cls, self, oid, self.node, name, self.node, "root", args)
+        root = instantiate(cls, self, oid, self.node, name, self.node, "root", args, policy)
         with self._lock:
             self._roots[oid] = _RootRecord(root, info, policy)
         return oid

@@ -71,6 +71,7 @@ class MediatorEntry:
         self.released = threading.Event()
         self.lock = threading.Lock()  # adopt: one entry built per node
         self.waited = itertools.count()
+        self.drained = False  # every node drained: no old call chain is left anywhere
         self.wait_starts: list[float] = []  # when each waiting call began (list.append is atomic)
         if old is not None:
             old.swapping = True
@@ -98,7 +99,13 @@ class MediatorEntry:
         return self.cos.call(self.oid, method, *args)
 
     def serve(self, method: str, args):
-        """A call from another node: part of a chain already inside the object, so it passes."""
+        """A call from another node: part of a chain already inside the object, so it passes.
+        Once every node has drained (``drained``, set at export) no old chain is left: the
+        call was sent by a node that committed already, under the new policy, so it must
+        not reach the old rep (its state was exported): it waits for this node's commit."""
+        if self.drained:
+            self.wait()
+            return redirect(self, method, args, True)
         return self.pass_call(method, args, served=True)
 
     def pass_call(self, method: str, args, served: bool):
@@ -148,7 +155,8 @@ class MediatorEntry:
 
 
 def redirect(entry, method: str, args, served: bool):
-    """A call that took a count on an entry shut for a swap: go through the table again."""
+    """A call that took a count on an entry shut for a swap (or waited in its mediator):
+    go through the table again."""
     cos = entry.cos
     current = cos._table.get(entry.oid) or cos._miss(entry.oid)  # the mediator, or what follows it
     return current.serve(method, args) if served else current.invoke(method, args)
@@ -187,7 +195,9 @@ def drain(cos, oid: int, timeout: float) -> None:
 
 def export(cos, oid: int):
     """Step 4 on this node: the old rep's state (``swap_export()``), None for a stub or no entry."""
-    rep = _mediator(cos, oid).rep
+    mediator = _mediator(cos, oid)
+    mediator.drained = True  # export runs once every node has drained
+    rep = mediator.rep
     return None if rep is None else rep.swap_export()
 
 
@@ -243,6 +253,7 @@ def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
             cos._all_nodes("swap_abort", [oid])
             raise _swap_error(record, old, policy_text, exc) from exc
         with record.root.lock:  # the new reps start from the imported state
+            record.root.policy = new  # laid out for the new policy (a PageDirectory's slices)
             record.root.swap_import([s for s in states if s is not LOST and s is not None])
             record.root._reps.clear()
             record.stubs.clear()
