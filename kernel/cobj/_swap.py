@@ -92,8 +92,9 @@ class MediatorEntry:
         A call whose chain is already inside the object (a re-entrant call, or a
         chain A -> B -> A that came back here through another object) passes to
         the old rep instead: it holds a count somewhere, so waiting would deadlock
-        it against the drain."""
-        if self.oid in chain_stack():
+        it against the drain.  Once every node has drained (``drained``) such a
+        chain entered through a node that committed already: it waits, like ``serve``."""
+        if not self.drained and self.oid in chain_stack():
             return self.pass_call(method, args, served=False)
         self.wait()
         return self.cos.call(self.oid, method, *args)
