@@ -23,7 +23,9 @@ The centralized scheme has one directory (on its home node); the fixed
 scheme has one per node, page p on node p mod N, each keeping only its
 slice (slot p // N, so a node pays for 1/N of the pages).  Both use these classes;
 the difference is only which node a requester's call goes to, which the
-PageDirectory object's policy (singleton or partitioned) decides.
+PageDirectory object's policy (singleton or partitioned) decides, and a hot
+swap of that policy moves the slices from one layout to the other
+(_dirswap.py).
 
 ``migrate`` (single reader / single writer) needs nothing here: its FCM pages
 ask for WRITE on every fault, so every request moves the page.  ``protocol``
@@ -38,6 +40,7 @@ import numpy as np
 from tornado_dsm.kernel import LOST, ClusteredRep, ClusteredRoot, DSMInternalError, NodeLost
 
 from ._copyset import bits, copyset_dtype, node_dtype
+from ._dirswap import NOT_HELD, TAKEN, HeldSlices, export_slice, load_slice
 from ._fcm import (
     PROTOCOLS, READ, RELEASED, WRITE, ZERO_FILL, CoherenceManager, FCMRep, FCMRoot, FCMSpec, Grant,
     cor_client, gather_access, wait,
@@ -222,31 +225,63 @@ class PageDirectoryRep(ClusteredRep, PageDirectory):
 
     KEYED = frozenset({"request", "evict"})
 
-    def __init__(self, fcm: int, spec: FCMSpec, stride: int, offset: int) -> None:
+    def __init__(self, fcm: int, spec: FCMSpec, stride: int, offset: int, held: int = NOT_HELD) -> None:
         self.debug, self.protocol = spec.debug, spec.protocol
         self.fcm = self._cos.ref(fcm, FCM)
         self.store = cor_client(self._cos, spec)
         self.dir = Directory(spec.npages, self.fcm, self.store, protocol=spec.protocol,
                              nnodes=self._cos.nnodes, stride=stride, offset=offset)
+        self.held = held  # >= 0: the root holds this slice (a swap moved it) until the first call
+        self.carried = [0, 0]  # invalidations, zero fills of the reps a swap retired
+        self._taking = threading.Lock()
+
+    def _state(self) -> Directory:
+        """The slice, after taking it from the root if a swap left it there (_dirswap.py)."""
+        if self.held != NOT_HELD:
+            self._take()
+        return self.dir
+
+    def _take(self) -> None:
+        """Take the held slice from the root, once (the other threads wait for it)."""
+        with self._taking:
+            if self.held == NOT_HELD:
+                return
+            if self.held == TAKEN:
+                raise DSMInternalError("PageDirectoryRep", f"a second rep of directory slice "
+                                       f"{self.dir.offset} of {self.name} serves a call")
+            state = self.call_root("take_slice", self.held, self.dir.offset)
+            load_slice(self.dir, state)
+            self.carried = [a + b for a, b in zip(self.carried, state[3])]
+            self.held = NOT_HELD
 
     def request(self, page: int, node: int, want: int, have_version: int) -> Grant:
-        grant = self.dir.request(page, node, want, have_version)
+        d = self._state()
+        grant = d.request(page, node, want, have_version)
         if self.debug:
-            owner, _ = self.dir.holders(page)
+            owner, _ = d.holders(page)
             access = gather_access(self.fcm, self._cos.nnodes, page)
-            check_page(page, access, owner, int(self.dir.copyset[self.dir.slot(page)]), self.protocol)
+            check_page(page, access, owner, int(d.copyset[d.slot(page)]), self.protocol)
         return grant
 
     def evict(self, page: int, node: int, version: int, data: bytes, dirty: bool):
-        return self.dir.evict(page, node, version, data, dirty)
+        return self._state().evict(page, node, version, data, dirty)
 
     def statistics(self) -> DirectoryStatistics:
-        return DirectoryStatistics(self.dir.invalidations, self.store.zero_fills)
+        d = self._state()
+        return DirectoryStatistics(d.invalidations + self.carried[0], self.store.zero_fills + self.carried[1])
 
-    def owners(self) -> bytes:
-        """The owner of each page of this slice, in slot order, as int16 bytes
-        (a fixed wire format, whatever the dtype kept here)."""
-        return self.dir.owner.astype(np.int16).tobytes()
+    def owners(self) -> list:
+        """[stride, offset, the owner of each page of this slice in slot order as int16
+        bytes] (a fixed wire format, whatever the dtype kept here)."""
+        d = self._state()
+        return [d.stride, d.offset, d.owner.astype(np.int16).tobytes()]
+
+    def swap_export(self):
+        """This slice for the root at a hot swap or migration; None if the root still holds it."""
+        if self.held != NOT_HELD:
+            return None
+        counts = [self.dir.invalidations + self.carried[0], self.store.zero_fills + self.carried[1]]
+        return export_slice(self.dir, counts)
 
 
 class PageDirectoryRoot(ClusteredRoot):
@@ -255,18 +290,49 @@ class PageDirectoryRoot(ClusteredRoot):
     ``partitioned`` (the fixed manager, the object's policy "partitioned"):
     node n's rep keeps only its slice, pages n, n + N, ... (the COS routes
     page p to node p mod N), in arrays of about npages / N slots; otherwise
-    (centralized, "singleton") the one rep keeps every page."""
+    (centralized, "singleton") the one rep keeps every page.  A hot swap
+    between the two moves the slices through the root (_dirswap.py)."""
 
     Rep = PageDirectoryRep
     POLICIES = ("singleton", "partitioned")
+    SWAP = True  # the reps' slices move through swap_export / swap_import
+    MIGRATE = True  # the root's state is its arguments and the slices it holds
 
-    def __init__(self, fcm: int, spec: FCMSpec, partitioned: bool = False) -> None:
-        self.fcm, self.spec, self.partitioned = fcm, spec, partitioned
+    def __init__(self, fcm: int, spec: FCMSpec) -> None:
+        self.fcm, self.spec = fcm, spec
+        self.held = HeldSlices(spec.npages, self._cos.nnodes)
+
+    def _layout(self, node: int) -> tuple[int, int]:
+        """(stride, offset) of ``node``'s slice under the current policy."""
+        if self.policy.kind == "partitioned":
+            return self._cos.nnodes, node
+        return 1, 0
 
     def rep_args(self, node: int) -> list:
-        if self.partitioned:
-            return [self.fcm, self.spec, self._cos.nnodes, node]
-        return [self.fcm, self.spec, 1, 0]
+        stride, offset = self._layout(node)
+        return [self.fcm, self.spec, stride, offset, self.held.rep_generation(offset)]
+
+    def swap_import(self, states: list) -> None:
+        """Merge the old reps' slices into the layout of the (new) policy; held until taken."""
+        self.held.merge(states, self._layout(0)[0])
+
+    def take_slice(self, generation: int, offset: int) -> list:
+        """A new rep's first call takes its slice (see _dirswap.py)."""
+        with self.lock:
+            return self.held.take(generation, offset)
+
+    def slice_nodes(self) -> list:
+        """The nodes whose rep keeps a slice under the current policy (for loss accounting)."""
+        with self.lock:
+            return list(range(self._cos.nnodes)) if self.policy.kind == "partitioned" else [self.home]
+
+    def migrate_export(self) -> list:
+        return [self.fcm, self.spec, self.held.to_wire()]
+
+    def migrate_import(self, state: list) -> None:
+        self.fcm, self.spec, held = state
+        self.held = HeldSlices(self.spec.npages, self._cos.nnodes)
+        self.held.load_wire(held)
 
 
 class DirectoryFCMRep(FCMRep):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tornado_dsm.kernel import LOST
+from tornado_dsm.kernel import LOST, NodeLost, home_of
 
 from ._interfaces import FCM, PageDirectory
 
@@ -52,19 +52,20 @@ def _owned_by(vm, a, live: list) -> np.ndarray:
 
 
 def _directory_owners(vm, a, live: list, nnodes: int) -> np.ndarray:
-    """Each page's owner by its directory slice (_NO_SLICE where the slice is lost)."""
+    """Each page's owner by its directory slice (_NO_SLICE where the slice is lost).
+    The slices' nodes come from the directory's root: a hot swap or a migration
+    changes them (centralized: the home; fixed: every node)."""
     directory = vm.cos.ref(a.directory, PageDirectory)
-    if vm.config.manager == "centralized":
-        slices = {0: np.arange(a.npages)}
-    else:
-        pages = np.arange(a.npages)
-        slices = {n: pages[pages % nnodes == n] for n in live}
     owners = np.full(a.npages, _NO_SLICE, dtype=np.int64)
-    nodes = list(slices)
-    for node, raw in zip(nodes, directory.on_each(nodes, tolerate_lost=True).owners()):
+    try:
+        nodes = [n for n in vm.cos.call_root(a.directory, home_of(a.directory), "slice_nodes", [])
+                 if n in live]
+    except NodeLost:  # the centralized directory's home died with every page's state
+        return owners
+    for raw in directory.on_each(nodes, tolerate_lost=True).owners():
         if raw is not LOST:
-            table = np.frombuffer(raw, dtype=np.int16)
-            owners[slices[node]] = table   # slot k of a slice: its k-th page
+            stride, offset, table = raw
+            owners[offset::stride] = np.frombuffer(table, dtype=np.int16)  # slot k: its k-th page
     return owners
 
 

@@ -120,7 +120,7 @@ class VirtualMemory:
         directory = 0
         if cfg.manager != "dynamic":
             policy = "singleton" if cfg.manager == "centralized" else "partitioned"
-            directory = int(cos.create(PageDirectoryRoot, fcm, spec, policy == "partitioned",
+            directory = int(cos.create(PageDirectoryRoot, fcm, spec,
                                        policy=policy, name=f"dir:{name}"))
             cos.call_root(fcm, cos.node, "set_directory", [directory])
         start = cfg.base + first * PAGE

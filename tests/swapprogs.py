@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import clusterprogs as progs
+import tornado_dsm as td
 from tornado_dsm.kernel import ClusteredRep, ClusteredRoot, Interface, current_cos
 from tornado_dsm.kernel.cobj._swap import MediatorEntry
 
@@ -59,6 +60,13 @@ class TallyRep(ClusteredRep, Counter):
         _release.wait(WAIT)
         return self.node
 
+    def chain(self, relay: int) -> int:
+        """Signal entry, wait for node 0's release, then call back into this object
+        through the Relay ``relay`` (a chain X -> Relay -> X): the node the call-back ran on."""
+        _entered.release()
+        _release.wait(WAIT)
+        return current_cos().call(relay, "relay", self.oid)
+
     def swap_export(self) -> int:
         return self.n
 
@@ -91,6 +99,35 @@ class Rooted(Tally):
     """A Tally that cannot migrate (its root sets no MIGRATE)."""
 
     MIGRATE = False
+
+
+class RelayRep(ClusteredRep):
+    """Calls back into another object from wherever its rep is."""
+
+    def relay(self, oid: int) -> int:
+        """``ping`` object ``oid`` from this node: the node the ping ran on."""
+        return current_cos().call(oid, "ping")
+
+
+class Relay(ClusteredRoot):
+    """Root of RelayRep (no state)."""
+
+    Rep = RelayRep
+    POLICIES = ("singleton", "per_node")
+
+    def rep_args(self, node: int) -> list:
+        return []
+
+
+def start_chain(oid: int, relay: int) -> tuple[threading.Thread, list]:
+    """On node 0: a thread whose ``chain`` call is inside ``oid`` once this returns (held
+    there until ``release_hold``), and the list its result goes to."""
+    _release.clear()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(current_cos().call(oid, "chain", relay)))
+    t.start()
+    assert _entered.acquire(timeout=WAIT), "the chain call did not enter the object"
+    return t, out
 
 
 def start_hold(oid: int) -> threading.Thread:
@@ -204,3 +241,43 @@ def waiting(oid: int) -> bool:
     from tornado_dsm.kernel.net import peek_count
     entry = current_cos()._table.get(oid)
     return isinstance(entry, MediatorEntry) and peek_count(entry.waited) > 0
+
+
+def churn_mixed(a, stop):
+    """churn_pages on the first PAGES pages (shared: every node writes its word of each), and
+    this node's own page after them (distinct: word n % 512 gets n), read back at once."""
+    me, n = td.current_node(), 0
+    mine = (PAGES + me) * 512
+    while n % 64 or not stop[0]:
+        a[(n % PAGES) * 512 + me] = n
+        a[mine + n % 512] = n
+        assert a[mine + n % 512] == n, f"node {me} lost its write {n}"
+        n += 1
+    return n
+
+
+def expected_private(a: np.ndarray, counts: list) -> bool:
+    """Every node's own page (churn_mixed) holds the last value written to each word."""
+    for node, n in enumerate(counts):
+        words = a[(PAGES + node) * 512:(PAGES + node + 1) * 512]
+        for i in range(min(n, 512)):
+            if int(words[i]) != max(range(i, n, 512)):
+                return False
+    return True
+
+
+def churn_mixed_while(c, a, stop, work) -> list:
+    """Run churn_mixed on every node while ``work()`` runs on node 0; the writes made."""
+    out = []
+    runner = threading.Thread(target=lambda: out.append(c.run(churn_mixed, a, stop, threads=1)))
+    runner.start()
+    try:
+        await_writers(c, a)
+        work()
+    finally:
+        stop[0] = 1
+        runner.join(120)
+    return out[0]
+
+
+POLICY_OF = {"centralized": "singleton", "fixed": "partitioned"}  # a directory's policy by manager

@@ -73,6 +73,26 @@ class TestMigrateUnderFaults:
             view = c.inspect()[_oid(c, a)]
             assert view.home == 0 and view.policy == "singleton"
 
+    def test_directory_migrations_and_swaps_lose_no_write(self):
+        """The centralized PageDirectory moved between homes, swapped to fixed and back while
+        every node writes shared and distinct pages keeps every write and every owner."""
+        with new_cluster(3, manager="centralized") as c:
+            a = c.zeros(((sp.PAGES + 3) * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+
+            def moves():
+                for step in ((c.migrate, 2), (c.set_policy, "fixed"), (c.set_policy, "centralized"),
+                             (c.migrate, 1), (c.migrate, 0)):
+                    time.sleep(0.05)  # faults run at each home, not only during the moves
+                    step[0](a, step[1], part="directory")
+
+            counts = sp.churn_mixed_while(c, a, stop, moves)
+            assert sp.expected_words(a, counts) and sp.expected_private(a, counts)
+            history = [(h["to"], h["to_home"]) for h in c.swap_history(a, part="directory")]
+            assert history == [("singleton", 2), ("partitioned", 2), ("singleton", 2),
+                               ("singleton", 1), ("singleton", 0)]
+            assert c.run(progs.sum_pages, a, on=[1, 2], threads=1) == [progs.sum_pages(a)] * 2
+
     def test_new_arrays_after_the_process_moved(self):
         """After the Process moved, arrays are allocated, used on every node and freed as before."""
         with new_cluster(3, policies=SINGLETONS) as c:
@@ -161,11 +181,11 @@ class TestMigrateErrors:
                 c.migrate(oid, 1)
             assert c.run(sp.bump, oid, threads=1) == [0, 0]
 
-    def test_directory_cannot_migrate(self):
-        """The centralized PageDirectory (a singleton without MIGRATE) is refused; the array still works."""
-        with new_cluster(2, manager="centralized") as c:
+    def test_fixed_directory_cannot_migrate(self):
+        """The fixed manager's PageDirectory (partitioned) is refused, naming its policy; the array works."""
+        with new_cluster(2, manager="fixed") as c:
             a = c.zeros((512,), np.int64)
-            with pytest.raises(ValueError, match="PageDirectoryRoot cannot migrate|cannot migrate"):
+            with pytest.raises(ValueError, match="has policy partitioned; only a singleton migrates"):
                 c.migrate(a, 1, part="directory")
             a[0] = 4
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]

@@ -93,6 +93,36 @@ class TestSwapRacingDestroy:
             assert c.run(progs.sum_pages, b, on=[1], threads=1) == [3]
 
 
+    @pytest.mark.parametrize("manager", ["centralized", "fixed"])
+    def test_free_during_directory_swaps(self, manager):
+        """Freeing an array while its PageDirectory is being swapped back and forth leaves no
+        half-moved directory: the swaps end or see ObjectDestroyed, new arrays work."""
+        with new_cluster(3, manager=manager) as c:
+            a = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, a, 2, on=[1, 2], threads=1)
+            directory = c._arrays.allocation(a)[0].directory  # the array's name dies with free
+            errors = []
+
+            def swap():
+                try:
+                    for policy in ("partitioned", "singleton") * 5:
+                        c.set_policy(directory, policy)
+                except td.ObjectDestroyed:
+                    pass
+                except Exception as exc:  # noqa: BLE001 -- reported below
+                    errors.append(exc)
+
+            t = threading.Thread(target=swap)
+            t.start()
+            time.sleep(0.01)
+            c.free(a)
+            t.join(60)
+            assert not errors and not t.is_alive(), errors
+            b = c.zeros((4 * 512,), np.int64)
+            c.run(progs.write_pages, b, 3, on=[2], threads=1)
+            assert c.run(progs.sum_pages, b, on=[1], threads=1) == [3 * 4]
+
+
 def _region_faults(c) -> int:
     """Read + write faults the Region objects counted, over every rep."""
     total = 0
@@ -150,6 +180,41 @@ class TestSwapWithLostNode:
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [5 * 4]
             policy = next(o.policy for o in c.inspect().objects if o.name.startswith("region:"))
             assert policy == "per_node" and c.swap_history(a) == []
+
+
+class TestDirectorySwapWithLostNode:
+    @pytest.mark.parametrize("manager, to", [("centralized", "fixed"), ("fixed", "centralized")])
+    def test_lost_node_keeps_the_old_manager(self, manager, to):
+        """A directory swap with a node lost fails with SwapFailed; the directory keeps its old
+        policy and serves every page whose owner and slice are on the survivors."""
+        with new_cluster(3, manager=manager) as c:
+            a = c.zeros((6 * 512,), np.int64)
+            c.run(progs.write_pages, a, 5, on=[1], threads=1)
+            with pytest.raises(td.NodeLost):
+                c.run(failprogs.crash_outside_window, on=2)
+            old = sp.POLICY_OF[manager]
+            with pytest.raises(td.SwapFailed, match=f"keeps policy {old}.*NodeLost"):
+                c.set_policy(a, to, part="directory")
+            alive = [p for p in range(6) if manager == "centralized" or p % 3 != 2]
+            assert c.run(progs.read_words, a, [p * 512 for p in alive], on=[0], threads=1) == [[5] * len(alive)]
+            assert c.inspect()[c._arrays.allocation(a)[0].directory].policy == old
+            assert c.swap_history(a, part="directory") == []
+
+
+    def test_lost_pages_follow_the_swapped_layout(self):
+        """After a swap to the fixed manager, a lost node takes the pages it owned and the pages
+        of its slice (p mod 3 == 2) with it, as lost_arrays reports; the others still work."""
+        with new_cluster(3, manager="centralized") as c:
+            a = c.zeros((6 * 512,), np.int64)
+            c.run(progs.write_pages, a, 5, on=[1], threads=1)
+            c.set_policy(a, "fixed", part="directory")
+            c.run(progs.write_word, a, 0, 9, 0, on=[2], threads=1)
+            with pytest.raises(td.NodeLost):
+                c.run(failprogs.crash_outside_window, on=2)
+            _await_lost(c, 2)
+            name = c._arrays.allocation(a)[0].name
+            assert c.lost_arrays() == {name: 3}  # page 0 (owner 2), pages 2 and 5 (slice on 2)
+            assert c.run(progs.read_words, a, [512, 3 * 512, 4 * 512], on=[1], threads=1) == [[5, 5, 5]]
 
 
 class TestSwapWithNodeLostInDrain:
@@ -221,25 +286,59 @@ class TestSwapCountsEachCallOnce:
             assert sp.total(c, oid) == 4
 
 
-class TestSwapOptIn:
-    def test_directory_swap_is_refused(self):
-        """An object whose Root does not set SWAP (the PageDirectory) is refused with a ValueError."""
+class TestDirectorySwap:
+    @pytest.mark.parametrize("manager", ["centralized", "fixed"])
+    def test_swaps_back_and_forth_lose_no_write(self, manager):
+        """Swapping the PageDirectory centralized <-> fixed while 3 nodes write shared and
+        distinct pages loses no write, and every page keeps one owner."""
+        with new_cluster(3, manager=manager) as c:
+            a = c.zeros(((PAGES + 3) * 512,), np.int64)
+            stop = c.zeros((512,), np.int64)
+            words = ("fixed", "centralized") if manager == "centralized" else ("centralized", "fixed")
+            records = []
+
+            def swaps():
+                for word in words * 6:
+                    time.sleep(0.02)  # faults run under each policy, not only during the swaps
+                    records.append(c.set_policy(a, word, part="directory"))
+
+            counts = sp.churn_mixed_while(c, a, stop, swaps)
+            assert sp.expected_words(a, counts) and sp.expected_private(a, counts)
+            assert [r["to"] for r in records] == [sp.POLICY_OF[w] for w in words * 6]
+            assert c.run(progs.sum_pages, a, on=[1, 2], threads=1) == [progs.sum_pages(a)] * 2
+            assert c.inspect()[c._arrays.allocation(a)[0].directory].policy == records[-1]["to"]
+
+    def test_dynamic_manager_has_no_directory(self):
+        """A directory swap of an array under the dynamic manager is a ValueError naming the managers."""
+        with new_cluster(2, manager="dynamic") as c:
+            a = c.zeros((512,), np.int64)
+            with pytest.raises(ValueError, match="has no directory object.*centralized"):
+                c.set_policy(a, "fixed", part="directory")
+
+    def test_bad_words_are_refused(self):
+        """A manager name for the Region, a bad part or a policy the directory lacks is a clear ValueError."""
         with new_cluster(2, manager="centralized") as c:
             a = c.zeros((512,), np.int64)
-            with pytest.raises(ValueError, match="cannot be hot-swapped"):
-                c.set_policy(a, "partitioned", part="directory")
+            with pytest.raises(ValueError, match="names a directory manager.*part='directory'"):
+                c.set_policy(a, "fixed")
+            with pytest.raises(ValueError, match="part must be one of"):
+                c.set_policy(a, "fixed", part="fcm")
+            with pytest.raises(ValueError, match="accepted"):
+                c.set_policy(a, "per_node", part="directory")
             a[0] = 4
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [4]
 
 
 class TestBenchSwap:
     def test_rows_for_swaps_and_migrations(self):
-        """bench swap reports a swap and a migration row for the Region and the Process per size."""
+        """bench swap reports a swap and a migration row for the Region and the Process, and a
+        directory swap row, per size."""
         import argparse
 
         from tornado_dsm import _bench_swap
 
         rows = _bench_swap.measure(argparse.Namespace(nodes="2", seconds=0.3))
         assert [r.name for r in rows] == ["swap region, 2 nodes", "swap process, 2 nodes",
-                                          "migrate region, 2 nodes", "migrate process, 2 nodes"]
+                                          "migrate region, 2 nodes", "migrate process, 2 nodes",
+                                          "swap directory, 2 nodes"]
         assert "during migrations" in rows[2].note and all(r.samples > 0 for r in rows)

@@ -11,6 +11,9 @@ swaps: node 0 moves the Region's and the Process's home round the nodes
 one migration (median, p90), the calls that waited in a mediator and how
 long in all, and the writes per second during the swaps (migrations)
 against before them (the singleton phase is the baseline of migrations).
+Last, on a cluster of the centralized manager, the same two phases with node
+0 swapping the array's PageDirectory between the fixed and the centralized
+manager (``set_policy(a, "fixed", part="directory")``) back to back.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
         raise SystemExit(f"--seconds must be > 0 and every --nodes >= 2 (got {args.seconds}, {args.nodes})")
     results = []
     for n in sizes:
-        results += _one_size(n, args.seconds)
+        results += _one_size(n, args.seconds) + _directory_size(n, args.seconds)
     return results
 
 
@@ -77,6 +80,23 @@ def _one_size(nodes: int, seconds: float) -> list[BenchResult]:
                  for kind, t in (("region", a), ("process", "process"))}
         moving = _phase(c, a, seconds, lambda: moves.extend(_migrations(c, a, homes)))
     return _rows("swap", nodes, swaps, before, during) + _rows("migrate", nodes, moves, still, moving)
+
+
+def _directory_size(nodes: int, seconds: float) -> list[BenchResult]:
+    """Directory swaps (centralized <-> fixed) against no swap, on a centralized-manager cluster."""
+    import tornado_dsm as td
+
+    with td.Cluster(nodes=nodes, manager="centralized") as c:
+        a = c.zeros((PAGES * 512,), np.int64)
+        before = _phase(c, a, seconds, lambda: None)
+        swaps: list = []
+        during = _phase(c, a, seconds, lambda: swaps.extend(
+            c.set_policy(a, word, part="directory") for word in ("fixed", "centralized")))
+    waited = sum(r["waited"] for r in swaps)
+    wait_ms = sum(r["wait_seconds"] for r in swaps) * 1e3
+    note = (f"{waited} call(s) waited, {wait_ms:.1f} ms in all; writes/s before {before:.0f}, "
+            f"during swaps {during:.0f} ({during / before:.2f}x)")
+    return [summarize(f"swap directory, {nodes} nodes", [r["seconds"] * 1e9 for r in swaps], note=note)]
 
 
 def _rows(what: str, nodes: int, records: list, before: float, during: float) -> list[BenchResult]:

@@ -337,14 +337,15 @@ class Cluster:
         """Switch a live clustered object to ``policy`` while faults run (hot swap).
 
         ``target``: a shared array (its Region, or with ``part="directory"`` its
-        PageDirectory: ``singleton`` is IVY's centralized manager, ``partitioned``
-        the fixed one), ``"process"``, or an object reference.  Returns the swap's
+        PageDirectory: ``singleton`` or ``"centralized"`` is IVY's centralized manager,
+        ``partitioned`` or ``"fixed"`` the fixed one; an array of the dynamic manager
+        has none), ``"process"``, or an object reference.  Returns the swap's
         record (time, from, to, seconds, calls that waited, seconds waited).
         ValueError for a policy the object does not support; SwapFailed if a node
         was lost or calls did not drain in ``timeout`` s (the old policy stays)."""
         self._check_open()
         oid = _swap_api.object_of(self, target, part)
-        return current_cos().set_policy(oid, policy, timeout)
+        return current_cos().set_policy(oid, _swap_api.policy_of(part, policy), timeout)
 
     def migrate(self, target, node: int, *, part: str = "region", timeout: float = 60.0) -> dict:
         """Move a singleton clustered object (root and rep) to home ``node`` while faults run.

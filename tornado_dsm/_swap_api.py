@@ -32,6 +32,21 @@ def object_of(cluster, target, part: str, verb: str = "set_policy") -> int:
     return int(target)
 
 
+# IVY's names of the directory's two policies (set_policy with part="directory")
+MANAGER_POLICIES = {"centralized": "singleton", "fixed": "partitioned"}
+
+
+def policy_of(part: str, policy):
+    """The COS policy ``policy`` names: for a PageDirectory (``part="directory"``) IVY's
+    manager names "centralized" and "fixed" stand for singleton and partitioned."""
+    if part == "directory" and isinstance(policy, str):
+        return MANAGER_POLICIES.get(policy, policy)
+    if isinstance(policy, str) and policy in MANAGER_POLICIES:
+        raise ValueError(f"policy {policy!r} names a directory manager: use it with "
+                         f"part='directory' (an array's PageDirectory), not part={part!r}")
+    return policy
+
+
 def migrate(cluster, target, node, part: str, timeout: float) -> dict:
     """``Cluster.migrate``: move the singleton ``target`` names to home ``node``."""
     return current_cos().migrate(object_of(cluster, target, part, "migrate"), node, timeout)

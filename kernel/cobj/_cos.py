@@ -231,7 +231,7 @@ class ClusteredObjectSystem:
         oid = next(self._serial) << HOME_BITS | self.node
         name = name or f"{cls.__name__}-{oid:#x}"
         info = {"name": name, "cls": cls.__qualname__, "path": path, "policy": str(policy), "home": self.node}
-        root = instantiate(cls, self, oid, self.node, name, self.node, "root", args)
+        root = instantiate(cls, self, oid, self.node, name, self.node, "root", args, policy)
         with self._lock:
             record = self._roots[oid] = _RootRecord(root, info, policy)
         _adaptive.watch(self, oid, record, monitor)
@@ -274,10 +274,12 @@ class ClusteredObjectSystem:
             raise self._unknown(oid)
         # No wait for a running swap: an answer under the old policy is wrapped by the
         # swap's mediator, or (older generation) discarded by _install after the commit.
-        kind, target = record.policy.decide(node, self.node, self.nnodes)
-        info = dict(record.info, kind=kind, target=target, args=[], gen=record.generation)
+        # The decision and its generation are read under the root's lock, where a swap
+        # sets both, so an old policy's answer never carries the new generation.
         root = record.root
         with root.lock:  # registering the rep and taking its state are one step for broadcasts
+            kind, target = record.policy.decide(node, self.node, self.nnodes)
+            info = dict(record.info, kind=kind, target=target, args=[], gen=record.generation)
             if kind == "rep":
                 info["args"] = list(root.rep_args(node))
                 root._reps.add(node)

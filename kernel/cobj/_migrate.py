@@ -151,10 +151,11 @@ def import_root(cos, oid: int, package: dict) -> None:
     info = dict(package["info"], home=cos.node)
     root = cls.__new__(cls)
     bind(root, cos, oid, cos.node, info["name"], cos.node, "root")
+    root.policy = parse_policy(package["policy"], cos.nnodes)
     with root.lock:
         root.migrate_import(package["root"])
         root.swap_import(package["reps"])
-    record = cos.RootRecord(root, info, parse_policy(package["policy"], cos.nnodes))
+    record = cos.RootRecord(root, info, root.policy)
     record.generation, record.history = package["generation"], list(package["history"])
     record.swap_done, record.arriving = threading.Event(), True
     with cos._lock:

@@ -141,7 +141,9 @@ class ClusteredRoot:
 
     Subclasses set ``Rep`` (the ClusteredRep subclass) and ``POLICIES`` and
     may override ``rep_args`` and ``cleanup``.  The COS sets ``oid``,
-    ``home``, ``name``, ``policy`` and ``lock`` before ``__init__(*args)``.
+    ``home``, ``name``, ``policy`` (a Policy) and ``lock`` before ``__init__(*args)``;
+    a hot swap sets ``policy`` to the new one before ``swap_import``, so a root whose
+    reps' layout depends on it (``rep_args``) lays the imported state out for it.
     """
 
     Rep: type = ClusteredRep
@@ -211,10 +213,13 @@ def bind(obj, cos, oid: int, home: int, name: str, node: int, kind: str) -> None
         obj._broadcasts = itertools.count()  # broadcast() calls: updates sent to the reps
 
 
-def instantiate(cls, cos, oid: int, home: int, name: str, node: int, kind: str, args):
-    """Create a root or rep of ``cls``: bind the COS attributes, then run ``__init__(*args)``."""
+def instantiate(cls, cos, oid: int, home: int, name: str, node: int, kind: str, args, policy=None):
+    """Create a root or rep of ``cls``: bind the COS attributes (a root's ``policy`` too),
+    then run ``__init__(*args)``."""
     obj = cls.__new__(cls)
     bind(obj, cos, oid, home, name, node, kind)
+    if policy is not None:
+        obj.policy = policy
     obj.__init__(*args)
     return obj
 

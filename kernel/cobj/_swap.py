@@ -21,7 +21,13 @@ hot-swapping, built on the existence counts the tables already keep:
    it, so a request arriving during the swap belongs to a call chain that is
    already inside the object (a stub call in flight, a root broadcasting
    for an ``attach`` in flight): blocking it would deadlock the chain
-   against the drain.  Passing calls are counted on the old entry.
+   against the drain.  A call started on a node passes too when its call
+   chain is already inside the object: every call through a rep pushes the
+   oid on the thread's call-chain stack, every PPC carries that stack and the
+   serving thread runs the handler under it (``net.chain_stack``), so a
+   re-entrant call, or a chain A -> B -> A that comes back through another
+   object on any node, is recognised where it arrives.  Passing calls are
+   counted on the old entry.
 3. **drain** (every node): wait until no call holds a count on the old entry.
 4. **state transfer**: each old rep's ``swap_export()`` goes to the root's
    ``swap_import(states)``; the root forgets its reps and stubs, takes the
@@ -43,7 +49,7 @@ import threading
 import time
 from time import perf_counter
 
-from ..net import LOST, peek_count as peek
+from ..net import LOST, chain_stack, in_chain, peek_count as peek
 from ._policy import parse_policy
 
 SWAP_TIMEOUT = 60.0  # seconds a node may take to drain its old calls
@@ -65,6 +71,7 @@ class MediatorEntry:
         self.released = threading.Event()
         self.lock = threading.Lock()  # adopt: one entry built per node
         self.waited = itertools.count()
+        self.drained = False  # every node drained: no old call chain is left anywhere
         self.wait_starts: list[float] = []  # when each waiting call began (list.append is atomic)
         if old is not None:
             old.swapping = True
@@ -81,12 +88,25 @@ class MediatorEntry:
 
     def invoke(self, method: str, args):
         """A call started by a thread of this node: wait for the swap to end, then
-        go through the table again (the new entry, or the old one after an abort)."""
+        go through the table again (the new entry, or the old one after an abort).
+        A call whose chain is already inside the object (a re-entrant call, or a
+        chain A -> B -> A that came back here through another object) passes to
+        the old rep instead: it holds a count somewhere, so waiting would deadlock
+        it against the drain.  Once every node has drained (``drained``) such a
+        chain entered through a node that committed already: it waits, like ``serve``."""
+        if not self.drained and self.oid in chain_stack():
+            return self.pass_call(method, args, served=False)
         self.wait()
         return self.cos.call(self.oid, method, *args)
 
     def serve(self, method: str, args):
-        """A call from another node: part of a chain already inside the object, so it passes."""
+        """A call from another node: part of a chain already inside the object, so it passes.
+        Once every node has drained (``drained``, set at export) no old chain is left: the
+        call was sent by a node that committed already, under the new policy, so it must
+        not reach the old rep (its state was exported): it waits for this node's commit."""
+        if self.drained:
+            self.wait()
+            return redirect(self, method, args, True)
         return self.pass_call(method, args, served=True)
 
     def pass_call(self, method: str, args, served: bool):
@@ -95,7 +115,7 @@ class MediatorEntry:
         next(old._enter_served if served else old._enter_local)
         try:
             if self.rep is not None:
-                return (old._methods.get(method) or old.bind(self.rep, method))(*args)
+                return in_chain(self.oid, old._methods.get(method) or old.bind(self.rep, method), args)
             return self.cos.runtime.call(self.target, self.oid, method, list(args))
         finally:
             next(old._exit)
@@ -136,7 +156,8 @@ class MediatorEntry:
 
 
 def redirect(entry, method: str, args, served: bool):
-    """A call that took a count on an entry shut for a swap: go through the table again."""
+    """A call that took a count on an entry shut for a swap (or waited in its mediator):
+    go through the table again."""
     cos = entry.cos
     current = cos._table.get(entry.oid) or cos._miss(entry.oid)  # the mediator, or what follows it
     return current.serve(method, args) if served else current.invoke(method, args)
@@ -175,7 +196,9 @@ def drain(cos, oid: int, timeout: float) -> None:
 
 def export(cos, oid: int):
     """Step 4 on this node: the old rep's state (``swap_export()``), None for a stub or no entry."""
-    rep = _mediator(cos, oid).rep
+    mediator = _mediator(cos, oid)
+    mediator.drained = True  # export runs once every node has drained
+    rep = mediator.rep
     return None if rep is None else rep.swap_export()
 
 
@@ -233,6 +256,7 @@ def swap_home(cos, oid: int, policy_text: str, timeout: float, reason: str = "se
             cos._all_nodes("swap_abort", [oid])
             raise _swap_error(record, old, policy_text, exc) from exc
         with record.root.lock:  # the new reps start from the imported state
+            record.root.policy = new  # laid out for the new policy (a PageDirectory's slices)
             record.root.swap_import([s for s in states if s is not LOST and s is not None])
             record.root._reps.clear()
             record.stubs.clear()

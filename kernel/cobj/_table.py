@@ -41,7 +41,7 @@ import itertools
 import time
 from time import perf_counter_ns
 
-from ..net import peek_count as peek
+from ..net import chain_stack, in_chain, peek_count as peek
 from . import _lock as lockdebug
 from ._policy import ClusteredRep, load_class, public_methods
 from ._swap import redirect
@@ -178,7 +178,12 @@ class RepEntry(Entry):
             rep = self.rep
             if rep is None:
                 return self.gone(method, args, False)
-            return (self._methods.get(method) or self.bind(rep, method))(*args)
+            stack = chain_stack()  # the chain is inside this object while the call runs
+            stack.append(self.oid)  # (pushed once the call holds the rep: see net.in_chain)
+            try:
+                return (self._methods.get(method) or self.bind(rep, method))(*args)
+            finally:
+                stack.pop()
         finally:
             # counted like a remote PPC is: once, failed or not
             hist = self._hists.get(method) or self._hist(method)
@@ -196,7 +201,7 @@ class RepEntry(Entry):
             rep = self.rep
             if rep is None:
                 return self.gone(method, args, True)
-            return (self._methods.get(method) or self.bind(rep, method))(*args)
+            return in_chain(self.oid, self._methods.get(method) or self.bind(rep, method), args)
         finally:
             next(self._exit)
 

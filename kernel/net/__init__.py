@@ -11,7 +11,7 @@ own modules, never the clustered object system: the layer above gives each
 node its object system through the ``attach`` hook of ``start_nodes``.
 """
 
-from ._channel import before_blocking
+from ._channel import before_blocking, chain_stack, in_chain
 from ._mpi import MPIJob, launched_by_mpi, mpi_job, serve_mpi_ranks, start_mpi_nodes
 from ._ppc import LOST
 from ._runtime import NodeRuntime, NodeStartupError, current_runtime

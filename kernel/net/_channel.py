@@ -34,6 +34,13 @@ The executing worker and a promoter agree through one atomic ``dict.pop``
 (see ``ServeChannel``): whoever takes the entry first decides; a worker
 that finds it gone after its request lost the role and returns to the pool.
 
+Call chains: a request carries the oids of the clustered objects its call
+chain is inside (``chain_stack``, kept by the object tables on each call),
+and the serving thread takes that stack for the handler's run, so a chain
+A -> B -> A across nodes is recognisable on every node it reaches (a hot
+swap's mediator lets such a call pass instead of deadlocking the chain
+against the swap's drain).  An empty stack is not sent.
+
 Both ends fail the same way: a read error closes the connection and fails
 every pending call at once with ``NodeLost`` (callers register, then check
 ``closed``; failing sets ``closed``, then drains ``pending``: under the GIL
@@ -57,6 +64,31 @@ F_PAYLOAD = 1          # REPLY flag: the result is a Payload (value in body, byt
 MONITOR_TICK = 0.005   # seconds between the monitor's checks of inline requests
 
 _tls = threading.local()   # .serving: the channel this thread reads inline
+_chain = threading.local()  # .stack: see chain_stack (a plain local: a subclass's attributes cost 2x)
+
+
+def chain_stack() -> list:
+    """This thread's call-chain stack: the oids of the clustered objects its call
+    chain is inside, outermost first.  The object tables push and pop it around
+    every call through a rep; a request carries it; a serving thread starts each
+    handler with the caller's stack."""
+    try:
+        return _chain.stack
+    except AttributeError:
+        stack = _chain.stack = []
+        return stack
+
+
+def in_chain(oid: int, bound, args):
+    """Run ``bound(*args)`` with ``oid`` on this thread's call-chain stack: while it
+    runs, the chain is inside that object (the object tables call it once a call
+    holds its rep; a hot swap's mediator lets the chain's calls pass)."""
+    stack = chain_stack()
+    stack.append(oid)
+    try:
+        return bound(*args)
+    finally:
+        stack.pop()
 
 
 def before_blocking() -> None:
@@ -142,7 +174,8 @@ class CallChannel:
 
     def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
         """Register and send one request; the caller then waits with ``result``."""
-        body = pack([method, args])
+        stack = chain_stack()
+        body = pack([method, args, stack] if stack else [method, args])
         call = PendingCall(self, rid, oid, method)
         self.pending[rid] = call
         if self.closed:
@@ -292,11 +325,11 @@ class ServeChannel:
                 return
             self.seq += 1
             role[0] = self.seq
-            _tls.serving = self
+            _tls.serving, _chain.stack = self, request[-1]  # the handler runs in the caller's chain
             try:
-                serve(self.conn, *request)
+                serve(self.conn, *request[:-1])
             finally:
-                _tls.serving = None
+                _tls.serving, _chain.stack = None, []
             if role.pop(0, None) is None:
                 return   # promoted away while running: another worker reads now
 
@@ -312,13 +345,17 @@ class ServeChannel:
         self.core.pool.submit(self._run, ())
 
     def _read_request(self):
-        """(rid, oid, method, args, payload) of the next request; None once failed."""
+        """(rid, oid, method, args, payload, chain stack) of the next request; None once failed."""
         try:
             kind, _flags, rid, oid, body, payload = self.reader.next()
             if kind != REQUEST:
                 raise ValueError(f"frame kind {kind} on a serve channel")
-            method, args = unpackb(body)
-            return rid, oid, str(method), args, payload
+            method, args, *chain = unpackb(body)
+            stack = chain[0] if chain else []
+            if len(chain) > 1 or not isinstance(stack, list):
+                raise ValueError(f"request body of {2 + len(chain)} parts (accepted: method, args "
+                                 f"and an optional call-chain list)")
+            return rid, oid, str(method), args, payload, stack
         except (ConnectionError, OSError) as e:
             self.fail(str(e) or type(e).__name__)
         except Exception as e:
