@@ -337,6 +337,19 @@ class TestScenario:
         assert runs[2].sync["policies"]["region"]["switches"] and "swap history of region:" in \
             _report.render_inspect(runs[2:])
 
+    def test_verdict_against_the_fixed_ways(self):
+        """The target line says whether adaptive beat the worse fixed way in every phase, and by how much
+        its whole run exceeds the better fixed way's."""
+        def run(way, *rates):
+            return types.SimpleNamespace(values={"policies.process": way, "policies.region": way},
+                                         sync={"phases": [{"seconds": 1.0, "throughput": t} for t in rates]})
+        runs = [run("singleton", 10, 100), run("per_node", 100, 10), run("adaptive", 90, 90)]
+        line, = _report_phases.verdict(runs, _report_phases.whole_run_seconds(runs))
+        assert "every phase: yes" in line and "whole run 0.20x" in line and "(within 1.2x)" in line
+        runs[2] = run("adaptive", 9, 90)
+        line, = _report_phases.verdict(runs, _report_phases.whole_run_seconds(runs))
+        assert "every phase: no" in line and "whole run 1.11x" in line and "(within 1.2x)" in line
+
     def test_whole_run_seconds(self):
         """The whole run is each phase's seconds times the best throughput over the run's own."""
         runs = [types.SimpleNamespace(sync={"phases": [{"seconds": 1.0, "throughput": t1},
