@@ -145,15 +145,27 @@ def _alternate(monkeypatch, dwell: float, windows: int = 40) -> list:
     monkeypatch.setattr(_adaptive._swap, "swap_home", cos.swap)
     calls = 0
     for i in range(windows):
-        calls += 1000 if (i // 2) % 2 == 0 else 0   # two windows hot, two idle, ...
+        calls += 1000 if (i // 3) % 2 == 0 else 0   # three windows hot, three idle, ...
         cos.rows = [[0, 0, 0, 1], [calls, 0, 0, 1], [calls, 0, 0, 1]]
         m.tick(cos, 7, 100.0 + 0.1 * i)
     return cos.swaps
 
 
 class TestTick:
+    def test_one_stalled_window_switches_nothing(self, monkeypatch):
+        """A single idle window amid heavy use (a node descheduled) does not send a per_node object back."""
+        m = _monitor("adaptive:dwell=0,start=per_node")
+        cos = FakeCOS(m, "per_node")
+        monkeypatch.setattr(_adaptive._swap, "swap_home", cos.swap)
+        calls = 0
+        for i, more in enumerate((0, 1000, 1000, 0, 1000, 1000, 0, 1000)):
+            calls += more
+            cos.rows = [[0, 0, 0, 1], [calls, 0, 0, 1], [calls, 0, 0, 1]]
+            m.tick(cos, 7, 100.0 + 0.1 * i)
+        assert cos.swaps == []
+
     def test_hysteresis_prevents_flapping(self, monkeypatch):
-        """Use that flips every 0.2 s switches at most once per dwell (here: 4 s over 4 s of windows)."""
+        """Use that flips every 0.3 s switches at most once per dwell (here: 4 s over 4 s of windows)."""
         assert len(_alternate(monkeypatch, dwell=4.0)) == 1
 
     def test_without_dwell_it_follows_the_use(self, monkeypatch):
@@ -185,7 +197,7 @@ class TestTickerTick:
         monkeypatch.setattr(_adaptive._swap, "swap_home", swap)
         ticker = _adaptive.Ticker(cos)
         ticker.monitors[7] = m
-        for calls in (0, 10_000):   # a baseline window, then a hot one: the rule asks for a swap
+        for calls in (0, 10_000, 20_000):   # a baseline, then two hot windows: the rule asks for a swap
             cos.rows = [[0, 0, 0, 1], [calls, 0, 0, 1], [calls, 0, 0, 1]]
             m.due = 0.0
             ticker.tick(7, m)
@@ -294,8 +306,9 @@ class TestSetPolicy:
         with new_cluster(2, policies={"region": "per_node"}) as c:
             a = c.zeros((8 * 512,), np.int64)
             oid = c._arrays.allocation(a)[0].region
-            record = c.set_policy(a, QUICK)
-            assert record["adaptive"] == QUICK_SHOWN and c.inspect()[oid].policy == "adaptive(per_node)"
+            record = c.set_policy(a, "adaptive:up=1e9,down=0")  # thresholds nothing reaches: it stays
+            assert record["adaptive"] == "adaptive:down=0,up=1e+09"
+            assert c.inspect()[oid].policy == "adaptive(per_node)"
             c.set_policy(a, "per_node")
             view = c.inspect()[oid]
             assert view.policy == "per_node" and view.adaptive is None

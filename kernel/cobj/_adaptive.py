@@ -42,9 +42,11 @@ costed: a switch makes one per node, once, which ``dwell`` amortizes.  The rule:
     singleton -> per_node   demand >= up and cost_singleton > ratio x cost_replicated
     per_node  -> singleton  demand < down, or cost_replicated > ratio x cost_singleton
 
-with hysteresis three ways: ``down < up`` and ``ratio >= 1`` leave a band in
-which neither rule fires, and no switch happens within ``dwell`` seconds of
-the last one.  A swap costs a drain and a miss per node, so an object whose
+with hysteresis four ways: ``down < up`` and ``ratio >= 1`` leave a band in
+which neither rule fires, the rule must ask for the same switch in CONFIRM
+windows in a row (on a loaded 2-core machine a node can stall for a whole
+window, which then shows no demand at all), and no switch happens within
+``dwell`` seconds of the last one.  A swap costs a drain and a miss per node, so an object whose
 figures sit near one threshold must not flap.
 The window after a swap is dropped: its drain and misses say nothing of the
 new policy.
@@ -81,6 +83,7 @@ ADAPTIVE = "adaptive"
 TARGETS = ("singleton", "per_node")
 DEFAULTS = {"up": 200.0, "down": 20.0, "ratio": 2.0, "dwell": 0.5, "period": 0.1, "start": "singleton"}
 FIGURES_TIMEOUT = 10.0  # seconds a node may take to report its counters
+CONFIRM = 2  # windows in a row the rule must ask for a switch (one can be a scheduling stall)
 
 
 # ---- parameters ----------------------------------------------------------------------------
@@ -147,6 +150,7 @@ class Monitor:
         self.figures: dict = {}  # the last window's
         self.last_error = ""
         self.stopped = False
+        self.wanted, self.held = None, 0  # the policy the rule asked for, in how many windows in a row
 
     def window(self, now: float, rows: list, broadcasts: int, home: int, policy: str) -> dict | None:
         """The figures of the window since the last sample (None for the first sample)."""
@@ -195,13 +199,15 @@ class Monitor:
             return None
         self.figures = f
         target = self.choose(policy, f)
-        if target is None or now - self.switched < self.params["dwell"]:
+        held = self.held + 1 if target is not None and target == self.wanted else 1
+        self.wanted, self.held = target, held
+        if target is None or held < CONFIRM or now - self.switched < self.params["dwell"]:
             return None
         began = time.monotonic()
         try:
             return _swap.swap_home(cos, oid, target, _swap.SWAP_TIMEOUT, reason=ADAPTIVE, figures=f)
         finally:  # dwell counts from the swap's end, on the clock ``now`` is read from
-            self.switched, self.sample = now + time.monotonic() - began, None
+            self.switched, self.sample, self.wanted = now + time.monotonic() - began, None, None
 
 
 def node_figures(cos, oid: int) -> list:
