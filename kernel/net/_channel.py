@@ -48,7 +48,7 @@ import threading
 import time
 
 from ._transport import ERROR, HEADER_SIZE, REPLY, REQUEST, Connection, FrameReader
-from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack, unpackb
+from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack_parts, unpack_parts
 
 log = logging.getLogger("tornado_dsm.ppc")
 
@@ -142,7 +142,9 @@ class CallChannel:
 
     def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
         """Register and send one request; the caller then waits with ``result``."""
-        body = pack([method, args])
+        body, parts = pack_parts([method, args])
+        if payload is not None:
+            parts.append(payload)
         call = PendingCall(self, rid, oid, method)
         self.pending[rid] = call
         if self.closed:
@@ -150,7 +152,7 @@ class CallChannel:
             raise NodeLost(f"node {self.peer} is lost: {self.reason}")
         call.t0 = time.perf_counter()
         try:
-            call.sent = self.conn.send(REQUEST, rid, oid, body, payload)
+            call.sent = self.conn.send(REQUEST, rid, oid, body, parts)
         except OSError as e:
             self.pending.pop(rid, None)
             self.fail(f"send failed: {e}")
@@ -200,9 +202,9 @@ class CallChannel:
         """Read and deliver one reply; False once the channel has failed."""
         try:
             kind, flags, rid, oid, body, payload = self.reader.next()
-            value = unpackb(body)   # decode fully before popping the call
+            value, data = unpack_parts(body, payload)   # decode fully before popping the call
             if kind == REPLY:
-                result = Payload(payload, value) if flags & F_PAYLOAD else value
+                result = Payload(data, value) if flags & F_PAYLOAD else value
                 error = None
             elif kind == ERROR and isinstance(value, dict):
                 result, error = None, decode_error(value, self.peer)
@@ -317,8 +319,8 @@ class ServeChannel:
             kind, _flags, rid, oid, body, payload = self.reader.next()
             if kind != REQUEST:
                 raise ValueError(f"frame kind {kind} on a serve channel")
-            method, args = unpackb(body)
-            return rid, oid, str(method), args, payload
+            (method, args), data = unpack_parts(body, payload)
+            return rid, oid, str(method), args, data
         except (ConnectionError, OSError) as e:
             self.fail(str(e) or type(e).__name__)
         except Exception as e:

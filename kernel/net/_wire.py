@@ -12,6 +12,14 @@ are rebuilt as themselves from their ``__reduce__`` arguments, anything else
 becomes ``RemoteError`` carrying the type name and traceback.  Decoding
 never runs code and never imports a module on request.
 
+Out-of-band buffers: a record's bytes field of at least ``OOB_MIN`` bytes
+(a Grant's page) is not copied into the msgpack body.  ``pack_parts`` puts
+an ``OOB`` extension value (offset, length) in its place and returns the
+buffer itself beside the body, to travel raw in the frame's payload
+(gathered by ``sendmsg``, no encoding copy); ``unpack_parts`` rebuilds the
+field as a memoryview of the received payload (no decoding copy).  Buffers
+come first in the payload, a message's own raw data (``Payload``) after.
+
 The net layer's expected failures live here too: ``NodeLost`` and
 ``PPCTimeout``.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import struct
 import sys
 import threading
 import traceback
@@ -27,8 +36,11 @@ import traceback
 import attrs
 import msgpack
 
-_tls = threading.local()   # .pack: this thread's Packer
+_tls = threading.local()   # .pack, .nested: this thread's Packers; .oob, .rx: see pack_parts
 RECORD = 1                 # msgpack extension type code of a wire record
+OOB = 2                    # ... of a record's buffer travelling in the frame's payload
+OOB_MIN = 1024             # a record's bytes field this long or longer travels out of band
+_REF = struct.Struct("<II")   # an OOB value: (offset in the payload, length)
 _records: dict[str, type] = {}
 
 
@@ -51,13 +63,46 @@ def _default(obj):
     name = getattr(cls, "__wire_name__", None)
     if name is None:
         raise TypeError(f"cannot send a {cls.__qualname__} in a PPC (not msgpack-able, not a wire_record)")
-    # a fresh Packer: this thread's own is busy packing the message around the record
-    body = [name, [getattr(obj, f) for f in cls.__wire_fields__]]
-    return msgpack.ExtType(RECORD, msgpack.packb(body, use_bin_type=True, default=_default))
+    fields = [getattr(obj, f) for f in cls.__wire_fields__]
+    if getattr(_tls, "oob", None) is not None:
+        fields = [_out_of_band(v) for v in fields]
+    return msgpack.ExtType(RECORD, _pack_nested([name, fields]))
+
+
+def _out_of_band(value):
+    """``value``, or the OOB reference that replaces it once it joined this
+    thread's out-of-band buffers (a long bytes-like field; see pack_parts)."""
+    if type(value) not in (bytes, bytearray, memoryview):
+        return value
+    view = memoryview(value).cast("B") if type(value) is memoryview else value
+    if len(view) < OOB_MIN:
+        return value
+    oob = _tls.oob
+    oob.append(view)
+    at, _tls.oob_at = _tls.oob_at, _tls.oob_at + len(view)
+    return msgpack.ExtType(OOB, _REF.pack(at, len(view)))
+
+
+def _pack_nested(value) -> bytes:
+    """msgpack a record's body: this thread's second Packer (its first is busy
+    packing the message around the record), a fresh one for a record inside a record."""
+    if getattr(_tls, "nesting", False):
+        return msgpack.packb(value, use_bin_type=True, default=_default)
+    packer = getattr(_tls, "nested", None)
+    if packer is None:
+        packer = _tls.nested = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
+    _tls.nesting = True
+    try:
+        return packer(value)
+    finally:
+        _tls.nesting = False
 
 
 def _ext_hook(code: int, data: bytes):
-    """Rebuild a wire record; any other extension value is refused."""
+    """Rebuild a wire record, or an OOB buffer inside the payload being decoded
+    (see unpack_parts); any other extension value is refused."""
+    if code == OOB:
+        return _in_band(data)
     if code != RECORD:
         raise ValueError(f"unknown msgpack extension type {code} in a message")
     name, fields = unpackb(data)
@@ -65,6 +110,20 @@ def _ext_hook(code: int, data: bytes):
     if cls is None:
         raise ValueError(f"message holds a {name!r} record, not a registered wire_record")
     return cls(*fields)
+
+
+def _in_band(ref: bytes) -> memoryview:
+    """The slice of the received payload an OOB reference names (bounds checked)."""
+    rx = getattr(_tls, "rx", None)
+    if rx is None:
+        raise ValueError("message refers to an out-of-band buffer but carries no payload")
+    if len(ref) != _REF.size:
+        raise ValueError(f"bad out-of-band reference of {len(ref)} bytes")
+    at, n = _REF.unpack(ref)
+    if at + n > len(rx):
+        raise ValueError(f"out-of-band buffer [{at}, {at + n}) beyond the {len(rx)}-byte payload")
+    _tls.rx_end = max(_tls.rx_end, at + n)
+    return rx[at:at + n]
 
 
 # Decode a msgpack body (wire records rebuilt as their classes).
@@ -77,6 +136,35 @@ def pack(obj) -> bytes:
     if packer is None:
         packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
     return packer(obj)
+
+
+def pack_parts(obj) -> tuple[bytes, list]:
+    """msgpack ``obj`` with its records' long buffers out of band: (body, buffers).
+
+    The buffers travel first in the frame's payload, in order; the body
+    refers to them by offset (``unpack_parts`` undoes it)."""
+    _tls.oob, _tls.oob_at = [], 0
+    try:
+        return pack(obj), _tls.oob
+    finally:
+        _tls.oob = None
+
+
+def unpack_parts(body, payload) -> tuple:
+    """Decode a body packed by ``pack_parts`` whose frame brought ``payload``
+    (None: none): (value, the raw data after its buffers, None if none).
+    Buffers come back as memoryviews of ``payload``: no copy."""
+    if payload is None:
+        return unpackb(body), None
+    _tls.rx, _tls.rx_end = memoryview(payload), 0
+    try:
+        value = unpackb(body)
+        end = _tls.rx_end
+    finally:
+        _tls.rx = None
+    if end == 0:
+        return value, payload
+    return value, (memoryview(payload)[end:] if end < len(payload) else None)
 
 
 class PPCTimeout(TimeoutError):
