@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tornado_dsm.kernel import wire_record
-from tornado_dsm.kernel.net._wire import OOB, OOB_MIN, RECORD, pack, pack_parts, unpack_parts, unpackb
+from tornado_dsm.kernel.net._wire import OOB_MIN, RECORD, pack, pack_parts, unpack_parts, unpackb
 
 
 @wire_record
@@ -96,11 +96,13 @@ class TestOutOfBand:
         body, parts = pack_parts(Pair(os.urandom(2048)))
         with pytest.raises(ValueError, match="beyond the 100-byte payload"):
             unpack_parts(body, bytearray(100))
+        assert len(body) < 200 and bytes(unpack_parts(body, bytearray(b"".join(parts)))[0].data) == parts[0]
 
     def test_reference_without_payload_refused(self):
         """A body naming an OOB buffer in a frame without payload is refused."""
+        body, _parts = pack_parts(Pair(os.urandom(2048)))
         with pytest.raises(ValueError, match="carries no payload"):
-            unpackb(msgpack.packb(msgpack.ExtType(OOB, bytes(8))))
+            unpackb(body)
 
     def test_plain_pack_keeps_fields_inline(self):
         """Outside pack_parts (a body with no payload) a long field stays in the body."""

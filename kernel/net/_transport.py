@@ -304,8 +304,9 @@ class Connection:
             with self._send_lock:
                 self.sock.sendall(HEADER.pack(kind, flags, 0, rid, oid, blen, 0) + body)
             return HEADER_SIZE + blen
-        parts = [memoryview(p).cast("B") for p in (payload if type(payload) is list else (payload,))]
-        plen = sum(len(p) for p in parts)
+        parts = [p if type(p) is bytes else memoryview(p).cast("B")
+                 for p in (payload if type(payload) is list else (payload,))]
+        plen = sum(map(len, parts))
         if blen + plen > self.max_frame:
             raise ValueError(f"frame of {blen + plen} bytes exceeds max_frame={self.max_frame}")
         header = HEADER.pack(kind, flags, 0, rid, oid, blen, plen)
@@ -404,6 +405,10 @@ class FrameReader:
 
     def _payload(self, plen: int) -> bytearray:
         """Take ``plen`` payload bytes: what is buffered, then recv straight into it."""
+        start = self.start
+        if self.end - start >= plen:   # all buffered (a page reply): one slice copies it out
+            self.start = start + plen
+            return self.buf[start:start + plen]
         out = bytearray(plen)
         have = min(plen, self.end - self.start)
         out[:have] = self.view[self.start:self.start + have]

@@ -13,8 +13,8 @@ becomes ``RemoteError`` carrying the type name and traceback.  Decoding
 never runs code and never imports a module on request.
 
 Out-of-band buffers: a record's bytes field of at least ``OOB_MIN`` bytes
-(a Grant's page) is not copied into the msgpack body.  ``pack_parts`` puts
-an ``OOB`` extension value (offset, length) in its place and returns the
+(a Grant's page) is not copied into the msgpack body.  ``pack_parts`` names
+it in the record's body by (field, offset, length) instead and returns the
 buffer itself beside the body, to travel raw in the frame's payload
 (gathered by ``sendmsg``, no encoding copy); ``unpack_parts`` rebuilds the
 field as a memoryview of the received payload (no decoding copy).  Buffers
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import builtins
 import functools
-import struct
+import operator
 import sys
 import threading
 import traceback
@@ -36,11 +36,20 @@ import traceback
 import attrs
 import msgpack
 
-_tls = threading.local()   # .pack, .nested: this thread's Packers; .oob, .rx: see pack_parts
+
+
+class _ThreadState(threading.local):
+    """Per thread: its Packers (made at first use), and the out-of-band state of
+    the message it packs (``oob``, ``oob_at``) or decodes (``rx``, ``rx_end``)."""
+
+    pack = nested = oob = rx = None
+    nesting = False
+    oob_at = rx_end = 0
+
+
+_tls = _ThreadState()
 RECORD = 1                 # msgpack extension type code of a wire record
-OOB = 2                    # ... of a record's buffer travelling in the frame's payload
 OOB_MIN = 1024             # a record's bytes field this long or longer travels out of band
-_REF = struct.Struct("<II")   # an OOB value: (offset in the payload, length)
 _records: dict[str, type] = {}
 
 
@@ -53,42 +62,65 @@ def wire_record(cls: type) -> type:
         raise TypeError(f"wire_record needs an attrs class, not {cls!r}")
     cls.__wire_name__ = f"{cls.__module__}:{cls.__qualname__}"
     cls.__wire_fields__ = tuple(f.name for f in attrs.fields(cls))
+    # bound once, the record's hot path: its fields as a tuple, and its packed
+    # name, so only the fields pack per call
+    getter = operator.attrgetter(*cls.__wire_fields__)
+    cls.__wire_get__ = getter if len(cls.__wire_fields__) > 1 else lambda obj: (getter(obj),)
+    cls.__wire_name_packed__ = msgpack.packb(cls.__wire_name__, use_bin_type=True)
     _records[cls.__wire_name__] = cls
     return cls
 
 
 def _default(obj):
-    """msgpack's hook for values it does not know: wire records, else TypeError."""
+    """msgpack's hook for values it does not know: wire records, else TypeError.
+    A record's body is [name, fields], or [name, fields, [[field, offset,
+    length], ...]] when some of its fields went out of band (see pack_parts)."""
     cls = type(obj)
-    name = getattr(cls, "__wire_name__", None)
+    name = getattr(cls, "__wire_name_packed__", None)
     if name is None:
         raise TypeError(f"cannot send a {cls.__qualname__} in a PPC (not msgpack-able, not a wire_record)")
-    fields = [getattr(obj, f) for f in cls.__wire_fields__]
-    if getattr(_tls, "oob", None) is not None:
-        fields = [_out_of_band(v) for v in fields]
-    return msgpack.ExtType(RECORD, _pack_nested([name, fields]))
+    fields = cls.__wire_get__(obj)
+    if _tls.oob is not None:
+        fields, refs = _out_of_band(fields)
+        if refs:
+            return _ext(RECORD, b"\x93" + name + _pack_nested(fields) + _pack_nested(refs))
+    return _ext(RECORD, b"\x92" + name + _pack_nested(fields))
 
 
-def _out_of_band(value):
-    """``value``, or the OOB reference that replaces it once it joined this
-    thread's out-of-band buffers (a long bytes-like field; see pack_parts)."""
-    if type(value) not in (bytes, bytearray, memoryview):
-        return value
-    view = memoryview(value).cast("B") if type(value) is memoryview else value
-    if len(view) < OOB_MIN:
-        return value
-    oob = _tls.oob
-    oob.append(view)
-    at, _tls.oob_at = _tls.oob_at, _tls.oob_at + len(view)
-    return msgpack.ExtType(OOB, _REF.pack(at, len(view)))
+_BUFFERS = (bytes, bytearray, memoryview)
+
+
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """An ExtType built without its constructor's Python-level checks (ours are valid)."""
+    return tuple.__new__(msgpack.ExtType, (code, data))
+
+
+def _out_of_band(fields: tuple) -> tuple:
+    """Move ``fields``' long bytes-like values to this thread's out-of-band
+    buffers (see pack_parts): (the fields, None in their places; the
+    [field index, offset, length] of each, [] if none moved)."""
+    refs = []
+    for i, value in enumerate(fields):
+        if type(value) in _BUFFERS:
+            view = memoryview(value).cast("B") if type(value) is memoryview else value
+            if len(view) >= OOB_MIN:
+                _tls.oob.append(view)
+                refs.append((i, _tls.oob_at, len(view)))
+                _tls.oob_at += len(view)
+    if not refs:
+        return fields, refs
+    fields = list(fields)
+    for i, _at, _n in refs:
+        fields[i] = None
+    return fields, refs
 
 
 def _pack_nested(value) -> bytes:
     """msgpack a record's body: this thread's second Packer (its first is busy
     packing the message around the record), a fresh one for a record inside a record."""
-    if getattr(_tls, "nesting", False):
+    if _tls.nesting:
         return msgpack.packb(value, use_bin_type=True, default=_default)
-    packer = getattr(_tls, "nested", None)
+    packer = _tls.nested
     if packer is None:
         packer = _tls.nested = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
     _tls.nesting = True
@@ -99,31 +131,31 @@ def _pack_nested(value) -> bytes:
 
 
 def _ext_hook(code: int, data: bytes):
-    """Rebuild a wire record, or an OOB buffer inside the payload being decoded
-    (see unpack_parts); any other extension value is refused."""
-    if code == OOB:
-        return _in_band(data)
+    """Rebuild a wire record (its out-of-band fields as views of the payload
+    being decoded, see unpack_parts); any other extension value is refused."""
     if code != RECORD:
         raise ValueError(f"unknown msgpack extension type {code} in a message")
-    name, fields = unpackb(data)
+    name, fields, *refs = unpackb(data)
     cls = _records.get(name)
     if cls is None:
         raise ValueError(f"message holds a {name!r} record, not a registered wire_record")
+    if refs:
+        _in_band(fields, refs[0])
     return cls(*fields)
 
 
-def _in_band(ref: bytes) -> memoryview:
-    """The slice of the received payload an OOB reference names (bounds checked)."""
-    rx = getattr(_tls, "rx", None)
+def _in_band(fields: list, refs) -> None:
+    """Put the payload's slices that ``refs`` name into ``fields`` (bounds checked)."""
+    rx = _tls.rx
     if rx is None:
         raise ValueError("message refers to an out-of-band buffer but carries no payload")
-    if len(ref) != _REF.size:
-        raise ValueError(f"bad out-of-band reference of {len(ref)} bytes")
-    at, n = _REF.unpack(ref)
-    if at + n > len(rx):
-        raise ValueError(f"out-of-band buffer [{at}, {at + n}) beyond the {len(rx)}-byte payload")
-    _tls.rx_end = max(_tls.rx_end, at + n)
-    return rx[at:at + n]
+    for i, at, n in refs:
+        if not 0 <= at <= at + n <= len(rx) or not 0 <= i < len(fields):
+            raise ValueError(f"out-of-band buffer [{at}, {at + n}) of field {i} beyond the "
+                             f"{len(rx)}-byte payload or the record")
+        fields[i] = rx[at:at + n]
+        if at + n > _tls.rx_end:
+            _tls.rx_end = at + n
 
 
 # Decode a msgpack body (wire records rebuilt as their classes).
@@ -132,7 +164,7 @@ unpackb = functools.partial(msgpack.unpackb, ext_hook=_ext_hook)
 
 def pack(obj) -> bytes:
     """msgpack ``obj`` with this thread's Packer."""
-    packer = getattr(_tls, "pack", None)
+    packer = _tls.pack
     if packer is None:
         packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
     return packer(obj)
