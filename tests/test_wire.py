@@ -84,6 +84,12 @@ class TestOutOfBand:
         body, parts = pack_parts(Pair(b"x" * (OOB_MIN - 1)))
         assert parts == [] and unpackb(body) == Pair(b"x" * (OOB_MIN - 1))
 
+    def test_only_bytes_annotated_fields_leave(self):
+        """A long bytes value in a field not annotated bytes-like stays in the body."""
+        data = os.urandom(4096)
+        body, parts = pack_parts(Pair(b"", data))
+        assert parts == [] and len(body) > 4096 and unpack_parts(body, None)[0] == Pair(b"", data)
+
     def test_raw_data_follows_the_buffers(self):
         """A message's own raw data after the buffers comes back as the data part."""
         page = os.urandom(4096)

@@ -295,7 +295,8 @@ class Connection:
 
     def send(self, kind: int, rid: int, oid: int, body: bytes, payload=None, flags: int = 0) -> int:
         """Write one frame; returns its size.  ``payload`` is bytes-like or a
-        list of bytes-like parts sent one after the other.  Raises ValueError
+        list of bytes-like parts sent one after the other (the list is ours to
+        change).  Raises ValueError
         if it exceeds ``max_frame`` and OSError if the socket is broken."""
         blen = len(body)
         if payload is None or payload == []:
@@ -304,8 +305,10 @@ class Connection:
             with self._send_lock:
                 self.sock.sendall(HEADER.pack(kind, flags, 0, rid, oid, blen, 0) + body)
             return HEADER_SIZE + blen
-        parts = [p if type(p) is bytes else memoryview(p).cast("B")
-                 for p in (payload if type(payload) is list else (payload,))]
+        parts = payload if type(payload) is list else [payload]
+        for i, part in enumerate(parts):
+            if type(part) is not bytes:   # any buffer: counted and gathered as bytes
+                parts[i] = memoryview(part).cast("B")
         plen = sum(map(len, parts))
         if blen + plen > self.max_frame:
             raise ValueError(f"frame of {blen + plen} bytes exceeds max_frame={self.max_frame}")

@@ -12,8 +12,8 @@ are rebuilt as themselves from their ``__reduce__`` arguments, anything else
 becomes ``RemoteError`` carrying the type name and traceback.  Decoding
 never runs code and never imports a module on request.
 
-Out-of-band buffers: a record's bytes field of at least ``OOB_MIN`` bytes
-(a Grant's page) is not copied into the msgpack body.  ``pack_parts`` names
+Out-of-band buffers: a record's bytes field (one annotated bytes-like) of
+at least ``OOB_MIN`` bytes (a Grant's page) is not copied into the msgpack body.  ``pack_parts`` names
 it in the record's body by (field, offset, length) instead and returns the
 buffer itself beside the body, to travel raw in the frame's payload
 (gathered by ``sendmsg``, no encoding copy); ``unpack_parts`` rebuilds the
@@ -67,6 +67,9 @@ def wire_record(cls: type) -> type:
     getter = operator.attrgetter(*cls.__wire_fields__)
     cls.__wire_get__ = getter if len(cls.__wire_fields__) > 1 else lambda obj: (getter(obj),)
     cls.__wire_name_packed__ = msgpack.packb(cls.__wire_name__, use_bin_type=True)
+    # the fields that may travel out of band: those annotated bytes-like
+    cls.__wire_buffers__ = tuple(i for i, f in enumerate(attrs.fields(cls))
+                                 if any(t in str(f.type) for t in ("bytes", "bytearray", "memoryview")))
     _records[cls.__wire_name__] = cls
     return cls
 
@@ -80,10 +83,10 @@ def _default(obj):
     if name is None:
         raise TypeError(f"cannot send a {cls.__qualname__} in a PPC (not msgpack-able, not a wire_record)")
     fields = cls.__wire_get__(obj)
-    if _tls.oob is not None:
-        fields, refs = _out_of_band(fields)
-        if refs:
-            return _ext(RECORD, b"\x93" + name + _pack_nested(fields) + _pack_nested(refs))
+    if cls.__wire_buffers__ and _tls.oob is not None:
+        fields, refs = _out_of_band(fields, cls.__wire_buffers__)
+        if refs:   # [name, fields, refs]: the packed pair (fields, refs) minus its array header
+            return _ext(RECORD, b"\x93" + name + _pack_nested((fields, refs))[1:])
     return _ext(RECORD, b"\x92" + name + _pack_nested(fields))
 
 
@@ -95,22 +98,23 @@ def _ext(code: int, data: bytes) -> msgpack.ExtType:
     return tuple.__new__(msgpack.ExtType, (code, data))
 
 
-def _out_of_band(fields: tuple) -> tuple:
-    """Move ``fields``' long bytes-like values to this thread's out-of-band
-    buffers (see pack_parts): (the fields, None in their places; the
-    [field index, offset, length] of each, [] if none moved)."""
-    refs = []
-    for i, value in enumerate(fields):
-        if type(value) in _BUFFERS:
-            view = memoryview(value).cast("B") if type(value) is memoryview else value
-            if len(view) >= OOB_MIN:
-                _tls.oob.append(view)
-                refs.append((i, _tls.oob_at, len(view)))
-                _tls.oob_at += len(view)
-    if not refs:
-        return fields, refs
-    fields = list(fields)
-    for i, _at, _n in refs:
+def _out_of_band(fields: tuple, buffers: tuple) -> tuple:
+    """Move the long bytes-like values among ``fields[i]``, i in ``buffers``, to
+    this thread's out-of-band buffers (see pack_parts): (the fields, None in
+    their places; the [field index, offset, length] of each, None if none moved)."""
+    refs = None
+    for i in buffers:
+        value = fields[i]
+        if type(value) not in _BUFFERS:
+            continue
+        view = memoryview(value).cast("B") if type(value) is memoryview else value
+        if len(view) < OOB_MIN:
+            continue
+        if refs is None:
+            refs, fields = [], list(fields)
+        _tls.oob.append(view)
+        refs.append((i, _tls.oob_at, len(view)))
+        _tls.oob_at += len(view)
         fields[i] = None
     return fields, refs
 
@@ -135,12 +139,13 @@ def _ext_hook(code: int, data: bytes):
     being decoded, see unpack_parts); any other extension value is refused."""
     if code != RECORD:
         raise ValueError(f"unknown msgpack extension type {code} in a message")
-    name, fields, *refs = unpackb(data)
+    body = unpackb(data)
+    name, fields = body[0], body[1]
     cls = _records.get(name)
     if cls is None:
         raise ValueError(f"message holds a {name!r} record, not a registered wire_record")
-    if refs:
-        _in_band(fields, refs[0])
+    if len(body) > 2:
+        _in_band(fields, body[2])
     return cls(*fields)
 
 
