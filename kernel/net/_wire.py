@@ -112,6 +112,8 @@ def _out_of_band(fields: tuple, buffers: tuple) -> tuple:
             continue
         if refs is None:
             refs, fields = [], list(fields)
+        if not _tls.oob:   # the message's first buffer (pack_parts does not reset oob_at)
+            _tls.oob_at = 0
         _tls.oob.append(view)
         refs.append((i, _tls.oob_at, len(view)))
         _tls.oob_at += len(view)
@@ -169,10 +171,13 @@ unpackb = functools.partial(msgpack.unpackb, ext_hook=_ext_hook)
 
 def pack(obj) -> bytes:
     """msgpack ``obj`` with this thread's Packer."""
-    packer = _tls.pack
-    if packer is None:
-        packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
-    return packer(obj)
+    return (_tls.pack or _new_packer())(obj)
+
+
+def _new_packer():
+    """This thread's Packer's ``pack``, made at its first message."""
+    packer = _tls.pack = msgpack.Packer(use_bin_type=True, autoreset=True, default=_default).pack
+    return packer
 
 
 def pack_parts(obj) -> tuple[bytes, list]:
@@ -180,11 +185,13 @@ def pack_parts(obj) -> tuple[bytes, list]:
 
     The buffers travel first in the frame's payload, in order; the body
     refers to them by offset (``unpack_parts`` undoes it)."""
-    _tls.oob, _tls.oob_at = [], 0
+    tls = _tls
+    packer = tls.pack or _new_packer()
+    tls.oob = oob = []
     try:
-        return pack(obj), _tls.oob
+        return packer(obj), oob
     finally:
-        _tls.oob = None
+        tls.oob = None
 
 
 def unpack_parts(body, payload) -> tuple:
