@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tornado_dsm.kernel import PAGE, READ, NodeMemory
+from tornado_dsm.kernel.net._wire import pack_parts, unpack_parts
 from tornado_dsm.objects._cor import AnonymousCOR, CORClient
 from tornado_dsm.objects._directory import Directory, DirectoryClient
 from tornado_dsm.objects._frames import FrameAccount
@@ -206,6 +207,14 @@ def install(fcm, page, grant) -> bool:
             fcm._locked_end_request(page)
 
 
+def over_the_wire(grant: Grant) -> Grant:
+    """``grant`` as a requester decodes it from a reply frame: its page out of band."""
+    body, parts = pack_parts(grant)
+    assert len(parts) == 1, "a page grant's data travels out of band"
+    value, _data = unpack_parts(body, bytearray(b"".join(parts)))
+    return value
+
+
 class TestCrossingMessages:
     def test_copy_overtaken_by_invalidation_is_refused(self, backend):
         """A read copy older than an invalidation that reached the node first is not installed."""
@@ -217,6 +226,28 @@ class TestCrossingMessages:
             assert not install(h.fcms[2], 0, grant)
             assert h.fcms[2].stale_grants == 1 and h.fcms[2].access[0] == 0
             assert h.arrays[2][0] == 4                          # the retry sees the new value
+            h.check()
+
+    def test_wire_copy_overtaken_by_invalidation_is_discarded(self, backend):
+        """A copy whose page crossed the wire out of band (a view of the payload) is discarded once an invalidation overtook it."""
+        with Harness(backend=backend) as h:
+            h.arrays[0][0] = 3                                  # node 0 owns page 0
+            begin_request(h.fcms[2], 0)
+            grant = over_the_wire(h.directory.request(0, 2, READ, -1))
+            assert isinstance(grant.data, memoryview)
+            h.arrays[1][0] = 4                                  # write on node 1 invalidates node 2
+            assert not install(h.fcms[2], 0, grant)
+            assert h.fcms[2].stale_grants == 1 and h.arrays[2][0] == 4
+            h.check()
+
+    def test_wire_copy_installs_intact(self, backend):
+        """A copy whose page crossed the wire out of band installs every byte of it."""
+        with Harness(backend=backend) as h:
+            words = PAGE // 8
+            h.arrays[0][:words] = np.arange(words) * 7 + 1      # node 0 owns page 0
+            begin_request(h.fcms[2], 0)
+            assert install(h.fcms[2], 0, over_the_wire(h.directory.request(0, 2, READ, -1)))
+            assert np.array_equal(h.arrays[2][:words], np.arange(words) * 7 + 1)
             h.check()
 
     def test_invalidations_are_remembered_only_while_requested(self, backend):

@@ -7,15 +7,20 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
 from tornado_dsm.kernel import current_runtime
 from tornado_dsm.kernel.net._transport import (
-    HEADER, HELLO, MAGIC, NONCE, REQUEST, AuthenticationError, Connection, FrameError,
+    HEADER, HELLO, MAGIC, NONCE, REPLY, REQUEST, AuthenticationError, Connection, FrameError,
     FrameReader, connect, handshake_accept, handshake_connect, new_key, parse_address,
     read_key_file, write_key_file,
 )
+from tornado_dsm.kernel.net._wire import pack_parts, unpack_parts
+from tornado_dsm.objects._records import Grant
+
+PAGE = 4096
 
 KEY = b"k" * 32
 
@@ -157,6 +162,45 @@ class TestFrames:
             a.close()
             with pytest.raises(ConnectionError):
                 FrameReader(b).next()
+
+
+    def test_page_grant_arrives_intact(self):
+        """A Grant's page sent out of band arrives byte for byte, as a view of the payload."""
+        page = os.urandom(PAGE)
+        body, parts = pack_parts([Grant(5, 1, page, owner=False), 1])
+        a, b = socket.socketpair()
+        with a, b:
+            Connection(a).send(REPLY, 3, 4, body, parts)
+            _k, _f, _r, _o, got_body, payload = FrameReader(b).next()
+            (grant, owner), data = unpack_parts(got_body, payload)
+        assert bytes(grant.data) == page and grant.version == 5 and owner == 1 and data is None
+        assert len(payload) == PAGE and grant.data.obj is payload
+
+    @pytest.mark.parametrize("cuts", [(1,), (HEADER.size - 1, HEADER.size + 3), (HEADER.size + 20, 2000)])
+    def test_frame_split_across_reads(self, cuts):
+        """A frame whose bytes arrive in pieces (inside the header, body or payload) reads whole."""
+        page = os.urandom(PAGE)
+        body, parts = pack_parts([Grant(2, 1, page), 0])
+        a, b = socket.socketpair()
+        with a, b:
+            Connection(a).send(REPLY, 9, 1, body, parts)
+            wire = b.recv(1 << 16)
+            while len(wire) < HEADER.size + len(body) + PAGE:
+                wire += b.recv(1 << 16)
+        c, d = socket.socketpair()
+        with c, d:
+            def drip():
+                at = 0
+                for cut in (*cuts, len(wire)):
+                    c.sendall(wire[at:cut])
+                    at = cut
+                    time.sleep(0.02)   # let the reader see a partial frame
+            t = threading.Thread(target=drip)
+            t.start()
+            _k, _f, rid, _o, got_body, payload = FrameReader(d).next()
+            t.join()
+            (grant, _owner), _data = unpack_parts(got_body, payload)
+        assert rid == 9 and bytes(grant.data) == page
 
 
 # ---- a live node under attack ----------------------------------------------------------

@@ -55,7 +55,7 @@ import threading
 import time
 
 from ._transport import ERROR, HEADER_SIZE, REPLY, REQUEST, Connection, FrameReader
-from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack, unpackb
+from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack_parts, unpack_parts
 
 log = logging.getLogger("tornado_dsm.ppc")
 
@@ -175,7 +175,9 @@ class CallChannel:
     def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
         """Register and send one request; the caller then waits with ``result``."""
         stack = chain_stack()
-        body = pack([method, args, stack] if stack else [method, args])
+        body, parts = pack_parts([method, args, stack] if stack else [method, args])
+        if payload is not None:
+            parts.append(payload)
         call = PendingCall(self, rid, oid, method)
         self.pending[rid] = call
         if self.closed:
@@ -183,7 +185,7 @@ class CallChannel:
             raise NodeLost(f"node {self.peer} is lost: {self.reason}")
         call.t0 = time.perf_counter()
         try:
-            call.sent = self.conn.send(REQUEST, rid, oid, body, payload)
+            call.sent = self.conn.send(REQUEST, rid, oid, body, parts)
         except OSError as e:
             self.pending.pop(rid, None)
             self.fail(f"send failed: {e}")
@@ -233,9 +235,9 @@ class CallChannel:
         """Read and deliver one reply; False once the channel has failed."""
         try:
             kind, flags, rid, oid, body, payload = self.reader.next()
-            value = unpackb(body)   # decode fully before popping the call
+            value, data = unpack_parts(body, payload)   # decode fully before popping the call
             if kind == REPLY:
-                result = Payload(payload, value) if flags & F_PAYLOAD else value
+                result = Payload(data, value) if flags & F_PAYLOAD else value
                 error = None
             elif kind == ERROR and isinstance(value, dict):
                 result, error = None, decode_error(value, self.peer)
@@ -350,12 +352,12 @@ class ServeChannel:
             kind, _flags, rid, oid, body, payload = self.reader.next()
             if kind != REQUEST:
                 raise ValueError(f"frame kind {kind} on a serve channel")
-            method, args, *chain = unpackb(body)
+            (method, args, *chain), data = unpack_parts(body, payload)
             stack = chain[0] if chain else []
             if len(chain) > 1 or not isinstance(stack, list):
                 raise ValueError(f"request body of {2 + len(chain)} parts (accepted: method, args "
                                  f"and an optional call-chain list)")
-            return rid, oid, str(method), args, payload, stack
+            return rid, oid, str(method), args, data, stack
         except (ConnectionError, OSError) as e:
             self.fail(str(e) or type(e).__name__)
         except Exception as e:

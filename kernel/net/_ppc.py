@@ -6,6 +6,8 @@ A remote PPC is a REQUEST frame ``[method, args]`` (msgpack) plus an optional
 raw payload, answered by one REPLY (the result, msgpack; flag ``F_PAYLOAD``
 when the result is a ``Payload`` whose bytes follow raw) or one ERROR frame
 (the exception by name, its reduce arguments and the remote traceback).
+Either direction, a wire record's long bytes field (a Grant's page) leaves
+the body for the payload, ahead of any raw data (``_wire.pack_parts``).
 
 The caller and target sides are the call and serve channels of
 ``_channel`` (one connection per ordered node pair; no thread hop on
@@ -36,7 +38,7 @@ import time
 from ._channel import F_PAYLOAD, CallChannel, PendingCall, ServeChannel, before_blocking, monitor
 from ._stats import PPCCounters, PPCStatistics
 from ._transport import ERROR, REPLY, Connection, FrameReader
-from ._wire import NodeLost, Payload, encode_error, pack
+from ._wire import NodeLost, Payload, encode_error, pack_parts
 
 log = logging.getLogger("tornado_dsm.ppc")
 
@@ -165,7 +167,8 @@ class PPCCore:
         """Serve every incoming request with oid != 0 by ``fn(oid, method, args, payload)``.
 
         ``fn`` runs on a pool worker; ``args`` is the decoded msgpack value
-        (sequences as lists), ``payload`` a bytearray or None.  Its result
+        (sequences as lists), ``payload`` a bytearray or None (a memoryview of
+        the frame's payload when records' buffers travelled before it).  Its result
         (msgpack-able, or a ``Payload``) is the reply; its exception is
         re-raised in the caller.
         """
@@ -281,10 +284,14 @@ class PPCCore:
                                    f"(no clustered object system attached)")
             else:
                 result = self._dispatcher(oid, method, args, payload)
-            if isinstance(result, Payload):
-                conn.send(REPLY, rid, oid, pack(result.value), result.data, F_PAYLOAD)
+            if isinstance(result, Payload):   # its records' buffers first, its data after
+                body, parts = pack_parts(result.value)
+                if result.data is not None:
+                    parts.append(result.data)
+                conn.send(REPLY, rid, oid, body, parts, F_PAYLOAD)
             else:
-                conn.send(REPLY, rid, oid, pack(result))
+                body, parts = pack_parts(result)
+                conn.send(REPLY, rid, oid, body, parts)
         except BaseException as e:
             if conn.closed:
                 return

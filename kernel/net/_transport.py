@@ -20,8 +20,8 @@ shares it), not a timeout per recv, so dripping bytes cannot hold it open.
 After authentication the stream carries frames: a fixed ``struct`` header
 (kind, request id, oid, body length, payload length), a msgpack body, and an
 optional raw payload, sent without an encoding copy (the node service's
-``run_on`` uses it; the VM's pages travel as bytes inside the msgpack body
-today, in a Grant or as a plain result).  A header announcing
+``run_on`` uses it, and a Grant's page travels there as an out-of-band
+buffer of its record: see ``_wire``).  A header announcing
 more than ``max_frame`` bytes drops the connection before any body is read.
 A frame is written with one ``sendall`` (or one ``sendmsg`` for a large
 payload) under the connection's send lock, so frames from several threads
@@ -294,25 +294,30 @@ class Connection:
         self._send_lock = threading.Lock()
 
     def send(self, kind: int, rid: int, oid: int, body: bytes, payload=None, flags: int = 0) -> int:
-        """Write one frame; returns its size.  Raises ValueError if it exceeds
-        ``max_frame`` and OSError if the socket is broken."""
+        """Write one frame; returns its size.  ``payload`` is bytes-like or a
+        list of bytes-like parts sent one after the other (the list is ours to
+        change).  Raises ValueError
+        if it exceeds ``max_frame`` and OSError if the socket is broken."""
         blen = len(body)
-        if payload is None:
+        if payload is None or payload == []:
             if blen > self.max_frame:
                 raise ValueError(f"frame of {blen} bytes exceeds max_frame={self.max_frame}")
             with self._send_lock:
                 self.sock.sendall(HEADER.pack(kind, flags, 0, rid, oid, blen, 0) + body)
             return HEADER_SIZE + blen
-        payload = memoryview(payload).cast("B")
-        plen = len(payload)
+        parts = payload if type(payload) is list else [payload]
+        for i, part in enumerate(parts):
+            if type(part) is not bytes:   # any buffer: counted and gathered as bytes
+                parts[i] = memoryview(part).cast("B")
+        plen = sum(map(len, parts))
         if blen + plen > self.max_frame:
             raise ValueError(f"frame of {blen + plen} bytes exceeds max_frame={self.max_frame}")
         header = HEADER.pack(kind, flags, 0, rid, oid, blen, plen)
         with self._send_lock:
             if plen < _SMALL:
-                self.sock.sendall(b"".join((header, body, payload)))
+                self.sock.sendall(b"".join((header, body, *parts)))
             else:   # no copy of a large payload: one sendmsg gathers the parts
-                _sendmsg_all(self.sock, [header + body, payload])
+                _sendmsg_all(self.sock, [header + body, *parts])
         return HEADER_SIZE + blen + plen
 
     def close(self) -> None:
@@ -403,6 +408,10 @@ class FrameReader:
 
     def _payload(self, plen: int) -> bytearray:
         """Take ``plen`` payload bytes: what is buffered, then recv straight into it."""
+        start = self.start
+        if self.end - start >= plen:   # all buffered (a page reply): one slice copies it out
+            self.start = start + plen
+            return self.buf[start:start + plen]
         out = bytearray(plen)
         have = min(plen, self.end - self.start)
         out[:have] = self.view[self.start:self.start + have]
