@@ -260,8 +260,6 @@ class TestClosed:
         with pytest.raises(RuntimeError, match="closed"):
             c.node_set
 
-
-class TestClosed:
     @pytest.mark.parametrize("call", [
         lambda c, a: c.zeros(4), lambda c, a: c.run(len, [1]), lambda c, a: c.statistics(),
         lambda c, a: c.inspect(), lambda c, a: c.flush(a), lambda c, a: c.free(a), lambda c, a: c.lock(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import fresh_base
 from tornado_dsm import _metadata
 from tornado_dsm.kernel import DSMInternalError
 from tornado_dsm.objects._copyset import copyset_dtype, node_dtype
@@ -63,17 +64,17 @@ class TestMeasure:
     @pytest.mark.parametrize("nnodes", [2, 3])
     def test_at_most_16_bytes_per_page_per_node(self, manager, nnodes):
         """Under every manager every node keeps at most 16 bytes per page (HAT byte included)."""
-        fig = _metadata.measure(manager, nnodes, PAGES)
+        fig = _metadata.measure(manager, nnodes, PAGES, base=fresh_base())
         assert len(fig.per_node) == nnodes
         assert fig.worst <= 16, fig
 
     def test_the_centralized_table_is_on_the_manager_only(self):
         """Under the centralized manager the other nodes keep 9 bytes per page; the manager adds its 6-byte table."""
-        fig = _metadata.measure("centralized", 3, PAGES)
+        fig = _metadata.measure("centralized", 3, PAGES, base=fresh_base())
         assert fig.per_node == (15.0, 9.0, 9.0), fig
 
     def test_prefetch_keeps_invalidations_of_every_page(self):
         """A region with prefetch keeps 5 more bytes per page: every page's invalidation version and its prefetched flag."""
-        plain = _metadata.measure("dynamic", 2, PAGES)
-        fig = _metadata.measure("dynamic", 2, PAGES, prefetch=2)
+        plain = _metadata.measure("dynamic", 2, PAGES, base=fresh_base())
+        fig = _metadata.measure("dynamic", 2, PAGES, prefetch=2, base=fresh_base())
         assert np.subtract(fig.per_node, plain.per_node).tolist() == [5.0, 5.0], (plain, fig)

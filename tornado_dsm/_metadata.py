@@ -64,11 +64,13 @@ def read_all_write_mine(a: np.ndarray, nnodes: int) -> int:
 
 
 def measure(manager: str, nnodes: int = 3, npages: int = 1 << 15, backend: str | None = None,
-            prefetch: int = 0) -> MetadataFigure:
-    """Per-page state on every node for an array of ``npages`` pages under ``manager``."""
+            prefetch: int = 0, base: int | None = None) -> MetadataFigure:
+    """Per-page state on every node for an array of ``npages`` pages under ``manager``
+    (``base``: the cluster's window address, None for the default)."""
     import tornado_dsm as td
 
-    with td.Cluster(nodes=nnodes, manager=manager, backend=backend) as c:
+    where = {} if base is None else {"base": base}
+    with td.Cluster(nodes=nnodes, manager=manager, backend=backend, **where) as c:
         run_all = c.node_set.run_on_all
         run_all(start_tracing)
         before = run_all(numpy_bytes)

@@ -18,6 +18,7 @@ Frame of page v = file offset v * PAGE.  A hole in the file reads as zeros
 from __future__ import annotations
 
 import errno
+import gc
 import os
 
 import numpy as np
@@ -172,13 +173,19 @@ def _map_application_view(base: int, size: int, fd: int, writable: bool = False)
     flags = lib.MAP_SHARED | lib.MAP_FIXED_NOREPLACE | lib.MAP_NORESERVE
     prot = lib.PROT_READ | lib.PROT_WRITE if writable else lib.PROT_NONE
     p = lib.mmap(ffi.cast("void *", base), size, prot, flags, fd, 0)
+    if p == _MAP_FAILED and ffi.errno == errno.EEXIST:
+        # An earlier window at this base stays mapped while an array on it lives; one
+        # kept only by a reference cycle (a traceback's frame, say) goes at a collection.
+        gc.collect()
+        p = lib.mmap(ffi.cast("void *", base), size, prot, flags, fd, 0)
     if p == _MAP_FAILED:
         err = ffi.errno
         if err == errno.EEXIST:
             raise MemoryLayoutError(
                 errno.EEXIST,
                 f"the DSM window [{base:#x}, {base + size:#x}) collides with a mapping "
-                "already in this process; choose another address with the base= option",
+                "already in this process (an array of an earlier cluster still alive keeps its "
+                "window mapped); free it, or choose another address with the base= option",
             )
         raise MemoryLayoutError(err, f"mmap of the application view at {base:#x} failed: {os.strerror(err)}")
     if int(ffi.cast("uintptr_t", p)) != base:  # a kernel without MAP_FIXED_NOREPLACE
