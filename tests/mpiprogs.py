@@ -9,6 +9,7 @@ the test checks; a line ``BODY`` for each process that ran the code after
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -102,6 +103,26 @@ def basic() -> None:
                 "after_refusal": cluster.run(td.current_node), "key_exposed": exposed})
 
 
+def echo_page(page: bytes):
+    """The page back, with its digest as this node computed it (a payload each way)."""
+    return hashlib.sha256(page).hexdigest(), page
+
+
+def over_mpi(transport: str = "mpi") -> None:
+    """transport="mpi": nodes in the rank processes, a shared array written on every
+    node, a page-sized payload to every node and back."""
+    with td.Cluster.from_mpi(transport=transport, debug=True) as cluster:
+        print("BODY", flush=True)
+        grid = cluster.zeros((300, 1024), np.float64)
+        nodes = cluster.run(place, grid, cluster.nnodes)
+        page = np.random.default_rng(18).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        echoes = [cluster.node_set.run_on(k, echo_page, page) for k in range(1, cluster.nnodes)]
+        result({"nnodes": cluster.nnodes, "nodes": nodes, "rank0_pid": os.getpid(),
+                "total": float(grid.sum()), "sums": [float(grid[i * 100:(i + 1) * 100].sum()) for i in range(3)],
+                "echoes_intact": [d == hashlib.sha256(page).hexdigest() and p == page for d, p in echoes],
+                "transport": cluster.node_set.runtime._calls[1].conn.__class__.__name__})
+
+
 X, Y = 0, 512          # two words: on two pages ("two-pages"), or Y = 8 for "same-page"
 TESTS = {              # name: (thread programs, outcomes SC forbids: registers of both threads)
     "MP": ([[("w", "x", 1), ("w", "y", 1)], [("r", "y"), ("r", "x")]], {((), (1, 0))}),
@@ -110,9 +131,10 @@ TESTS = {              # name: (thread programs, outcomes SC forbids: registers 
 }
 
 
-def litmus(iterations: str) -> None:
-    """MP, SB and LB with thread i on node i + 1, concurrently, on one and on two pages."""
-    with td.Cluster.from_mpi(debug=True) as cluster:
+def litmus(iterations: str, transport: str = "") -> None:
+    """MP, SB and LB with thread i on node i + 1, concurrently, on one and on two pages
+    (over ``transport``, default the MPI job's default)."""
+    with td.Cluster.from_mpi(debug=True, transport=transport or None) as cluster:
         a = cluster.zeros((1024,), np.int64)
         rnd = random.Random(18)
         seen = {}

@@ -69,7 +69,8 @@ class Cluster:
     otherwise) must answer; None (default) waits as long as the nodes live.
     ``route(node, address)``: the address the other nodes dial to reach
     ``node`` (fault injection puts a `Relay` there; None: the node itself).
-    ``transport="tcp"`` with ``address`` ("HOST:PORT" node 0 listens on),
+    ``transport``: "unix" (default) or "tcp"; under ``launcher="mpi"`` "tcp" or
+    "mpi" (default: see README, "Beyond one host").  ``transport="tcp"`` with ``address`` ("HOST:PORT" node 0 listens on),
     ``key`` (the cluster secret, e.g. from `write_key_file`) and ``join=k``:
     the last k nodes join from other hosts (`join_cluster`, ``tornado-dsm
     node --join``) and the constructor returns once they have.
@@ -86,11 +87,13 @@ class Cluster:
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
-                 size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
+                 size: int = DEFAULT_WINDOW, transport: str | None = None, debug: bool = False,
                  timeout: float | None = None, route=None, address: str | None = None,
                  key: bytes | None = None, join: int = 0, launcher: str = "spawn",
                  backend: str | None = None) -> None:
         nodes, start = _launcher(launcher, nodes, join, route)
+        if launcher == "spawn" and transport is None:
+            transport = "unix"
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)

@@ -360,6 +360,8 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
 def _check_args(nnodes, transport, address, join) -> None:
     if not isinstance(nnodes, int) or nnodes < 1:
         raise ValueError(f"nnodes must be an int >= 1, got {nnodes!r}")
+    if transport == "mpi":
+        raise ValueError(_mpi_transport_refused())
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     if address is not None and transport != "tcp":
@@ -369,6 +371,18 @@ def _check_args(nnodes, transport, address, join) -> None:
                          f"got join={join!r} with transport={transport!r}")
     if address is not None:
         parse_address(address)
+
+
+def _mpi_transport_refused() -> str:
+    """Why this start cannot take transport="mpi" (the nodes it spawns are no MPI ranks)."""
+    from ._mpi import launched_by_mpi
+
+    how = ("this process runs under an MPI launcher: make the cluster with Cluster.from_mpi() "
+           "(or launcher='mpi')" if launched_by_mpi() else
+           "this process was not started by an MPI launcher: run it as `mpiexec -n N python "
+           "program.py` with Cluster.from_mpi()")
+    return (f"transport='mpi' needs every node to be an MPI rank; {how}.  Accepted here: "
+            f"{', '.join(map(repr, TRANSPORTS))}")
 
 
 def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach,
