@@ -89,7 +89,7 @@ def wrong_key_joiner(address: str) -> dict:
 def basic() -> None:
     """Shared arrays across the ranks, where the nodes run, the window, a wrong-key joiner."""
     before = mappings_in_window_area()      # MPI is up (mpi4py imported by from_mpi's job)
-    with td.Cluster.from_mpi(debug=True) as cluster:
+    with td.Cluster.from_mpi(debug=True, transport="tcp") as cluster:
         print("BODY", flush=True)
         grid = cluster.zeros((300, 1024), np.float64)
         nodes = cluster.run(place, grid, cluster.nnodes)
@@ -121,6 +121,21 @@ def over_mpi(transport: str = "mpi") -> None:
                 "total": float(grid.sum()), "sums": [float(grid[i * 100:(i + 1) * 100].sum()) for i in range(3)],
                 "echoes_intact": [d == hashlib.sha256(page).hexdigest() and p == page for d, p in echoes],
                 "transport": cluster.node_set.runtime._calls[1].conn.__class__.__name__})
+
+
+def cpu_seconds() -> float:
+    """CPU time this node's process has used so far (every thread)."""
+    return time.process_time()
+
+
+def idle_cpu(transport: str, seconds: str = "2") -> None:
+    """The CPU each node's process uses while the cluster sits idle for ``seconds``."""
+    with td.Cluster.from_mpi(transport=transport) as cluster:
+        time.sleep(0.5)   # start-up's traffic is over
+        before = cluster.run(cpu_seconds)
+        time.sleep(float(seconds))
+        used = [b - a for a, b in zip(before, cluster.run(cpu_seconds))]
+        result({"transport": transport, "seconds": float(seconds), "cpu": used})
 
 
 X, Y = 0, 512          # two words: on two pages ("two-pages"), or Y = 8 for "same-page"
@@ -170,10 +185,12 @@ def pid_and_parent():
     return os.getpid(), os.getppid()
 
 
-def kill_node(node: str) -> None:
-    """Node ``node`` is SIGKILLed during a run: rank 0 reports the NodeLost, then raises it."""
-    with td.Cluster.from_mpi() as cluster:
+def kill_node(node: str, transport: str = "tcp") -> None:
+    """Node ``node`` is SIGKILLed during a run: rank 0 reports the NodeLost, then raises it
+    (transport="mpi": the node is its rank, and the launcher ends the job instead)."""
+    with td.Cluster.from_mpi(transport=transport) as cluster:
         pids = cluster.run(pid_and_parent)
+        print("PIDS " + json.dumps(pids), flush=True)
         t0 = time.monotonic()
         try:
             cluster.run(die_on, int(node))
@@ -185,7 +202,7 @@ def kill_node(node: str) -> None:
 
 def kill_rank(rank: str) -> None:
     """The MPI process of rank ``rank`` (not its node) is SIGKILLed: the launcher ends the job."""
-    with td.Cluster.from_mpi() as cluster:
+    with td.Cluster.from_mpi(transport="tcp") as cluster:
         pids = cluster.run(pid_and_parent)
         result({"pids": pids})
         os.kill(pids[int(rank)][1], signal.SIGKILL)
@@ -197,6 +214,11 @@ def too_many(nodes: str) -> None:
     """from_mpi(nodes=...) that is not the job size."""
     with td.Cluster.from_mpi(nodes=int(nodes)):
         print("BODY", flush=True)
+
+
+def bad_transport(transport: str) -> None:
+    """from_mpi with a transport an MPI job does not take."""
+    td.Cluster.from_mpi(transport=transport)
 
 
 def fail_before() -> None:

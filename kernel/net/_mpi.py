@@ -73,7 +73,7 @@ PLACE, LOSS, CONTROL = 7100, 7102, 7101
 # transport="tcp": ranks supervise child nodes that talk TCP; "mpi": every rank is its
 # node and frames are MPI messages (_mpi_transport).  The default: see DEFAULT_TRANSPORT.
 MPI_TRANSPORTS = ("tcp", "mpi")
-DEFAULT_TRANSPORT = "tcp"
+DEFAULT_TRANSPORT = "mpi"
 POLL = 0.02                  # seconds between polls of a waiting rank
 REPORT_WAIT = 2.0            # seconds rank 0 waits for a lost node's rank to say how it ended
 SIOCGIFADDR = 0x8915

@@ -71,7 +71,9 @@ TIMED_POLL = 0.0002        # seconds between probes of a timed wait (wait_readab
 # probes, then doubling up to POLL_MAX); "block" waits in MPI_Mprobe, which MPICH
 # implements as a busy loop (a CPU per waiting reader).
 WAIT = os.environ.get("TORNADO_DSM_MPI_WAIT", "poll")
-POLL_MIN, POLL_FAST, POLL_MAX = 10e-6, 20, 1e-3
+POLL_MIN, POLL_FAST = 10e-6, 20
+POLL_MAX = float(os.environ.get("TORNADO_DSM_MPI_POLL_MAX", "1e-3"))
+POLL_YIELDS = int(os.environ.get("TORNADO_DSM_MPI_YIELDS", "200"))
 PR_SET_TIMERSLACK = 29
 _BUFSIZE = 1 << 16         # a reader's reused buffer; a larger message gets its own
 
@@ -192,9 +194,12 @@ class MPIFrameReader:
             return self.comm.Mprobe(ANY, self.tag, status)
         probes, delay = 0, POLL_MIN
         while (message := self.comm.Improbe(ANY, self.tag, status)) is None:
-            time.sleep(delay)
             probes += 1
-            if probes > POLL_FAST:
+            if probes <= POLL_YIELDS:
+                os.sched_yield()
+                continue
+            time.sleep(delay)
+            if probes > POLL_YIELDS + POLL_FAST:
                 delay = min(2 * delay, POLL_MAX)
         return message
 
