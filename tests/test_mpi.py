@@ -101,7 +101,7 @@ class TestPrograms:
 @needs_mpi
 @pytest.mark.multinode
 class TestOverMPI:
-    """transport="mpi" (the default under mpiexec): every rank is its node, frames are MPI messages."""
+    """transport="mpi": every rank is its node, frames are MPI messages."""
 
     @pytest.mark.timeout(60)
     def test_nodes_are_the_ranks_and_share_an_array(self):
@@ -134,11 +134,24 @@ class TestOverMPI:
         pids = json.loads(next(ln for ln in job.stdout.splitlines() if ln.startswith("PIDS "))[5:])
         assert all_gone([p for p, _parent in pids])
 
+    @pytest.mark.timeout(120)
+    def test_bench_ppc_measures_both_transports(self, tmp_path):
+        """`mpiexec -n 2 tornado-dsm bench ppc` gives tcp's and mpi's rows, each with its floor."""
+        out = tmp_path / "ppc.json"
+        job = mpiexec(2, TORNADO_DSM, "bench", "ppc", "--calls", "50", "--rounds", "1", "--json", str(out),
+                      timeout=100)
+        assert job.returncode == 0 and job.ranks == [("exit", 0)] * 2, job
+        names = [r["name"] for r in json.loads(out.read_text())["results"]]
+        assert "[tcp] floor: raw socket round trip (tcp)" in names, names
+        assert "[mpi] floor: raw MPI ping-pong, 16 B (Recv-blocked echo)" in names, names
+        assert {"[tcp] remote PPC, transport (node service ping)",
+                "[mpi] remote PPC, transport (node service ping)"} <= set(names), names
+
     @pytest.mark.timeout(60)
     def test_a_transport_the_job_does_not_take(self):
         """transport="unix" under mpiexec is one error naming the accepted ones; every rank exits 1."""
         job = program(3, "bad_transport", "unix")
-        assert "transport='unix' under an MPI launcher: accepted are 'tcp', 'mpi' (default 'mpi')" \
+        assert "transport='unix' under an MPI launcher: accepted are 'tcp', 'mpi' (default 'tcp')" \
             in job.stderr, job
         assert job.ranks == [("exit", 1)] * 3, job
 

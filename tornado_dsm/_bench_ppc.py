@@ -15,6 +15,16 @@ every path sees the same machine:
   (translation table lookup, entry count, direct method call), timed in
   batches because a single call is close to the clock's resolution.
 
+Under ``mpiexec -n 2`` the nodes are the job's ranks and ``--transport``
+(default ``tcp,mpi``) measures each transport in turn, rows prefixed by its
+name: "tcp" (ranks supervise child nodes that talk TCP) and "mpi" (the ranks
+are the nodes, frames are MPI messages).  The "mpi" floor is a raw mpi4py
+ping-pong of 16 bytes (and a row for 4 KiB) whose two ends wait in blocking
+calls, MPICH's busy loop: the transport's readers poll instead (see
+kernel/net/_mpi_transport.py), so the floor is what MPI could give with a CPU
+spinning per waiter.  The transports are measured one after the other, not
+interleaved: compare runs, not one row.
+
 Where the scheduler puts the two processes decides the floor: on one CPU a
 round trip is two context switches (about 5 µs here), across CPUs two
 cross-CPU wake-ups (about 40-60 µs).  ``--pin`` fixes the placement so runs

@@ -4,24 +4,27 @@ Design
 ------
 Rank 0 is node 0: it runs the program (or the scenario).  Every other rank
 serves as a node of each cluster rank 0 starts, until rank 0's program ends.
-MPI carries only the control messages; the nodes talk over the ordinary
-authenticated TCP transport, and rank k joins through the ordinary join path
-(``run_node``) with k as its node id.
+Two transports (``MPI_TRANSPORTS``):
 
-* ``mpi_job()`` (each rank, once) initializes MPI through mpi4py, and every
-  rank tells rank 0 where it runs: (boot id, network namespace) says whether
-  rank 0's 127.0.0.1 reaches it, and its IPv4 addresses let rank 0 ask its
-  routing table which of its own addresses faces that rank's host.
-* ``start_mpi_nodes`` (rank 0) listens on TCP, makes the cluster key and
-  sends each rank of the cluster a start message over MPI: the key, node 0's
-  address as that rank should dial it, and the node's settings.  The key
-  never appears on a command line, in the environment or in a file.
-* ``serve_mpi_ranks`` (rank k > 0) waits for start messages and serves each
-  cluster, until rank 0's end message, and returns the rank's exit status.
+* "tcp" (the default, ``DEFAULT_TRANSPORT``): MPI carries only the control
+  messages; rank k supervises node k as a child process, the nodes talk over
+  the ordinary authenticated TCP transport, and node k joins through the
+  ordinary join path (``run_node``) with k as its node id.  A node that dies
+  is a ``NodeLost`` on rank 0.
+* "mpi": rank k is node k, in its own process, and PPC frames are MPI
+  messages (``_mpi_transport``).  A node dying by a signal ends the whole job
+  (see below), with no ``NodeLost``.
 
-Why a rank does not serve in its own process: MPICH's launcher SIGKILLs every
-rank within about 0.1 s of one rank process dying by a signal (even with
-``-disable-auto-cleanup``), so rank 0 could not raise ``NodeLost``.  Rank k is
+Why "tcp" stays the default: measured here (README, "Beyond one host") "mpi"
+makes a lone remote PPC between two ranks faster (1.5-4x, by the load), but
+on 3 nodes sharing 2 loaded CPUs its remote read faults were as slow or
+slower and a write invalidating a reader 3x slower: MPI's shared memory must
+be polled, and polling readers compete with the work for the CPUs.  It is
+not clearly faster, and it gives up ``NodeLost``.
+
+Why, over "tcp", a rank does not serve in its own process: MPICH's launcher
+SIGKILLs every rank within about 0.1 s of one rank process dying by a signal
+(even with ``-disable-auto-cleanup``), so rank 0 could not raise ``NodeLost``.  Rank k is
 therefore a thin supervisor: it spawns its node as a child process, as
 ``start_nodes`` spawns nodes on one host, and waits for it.  A node that dies
 (a crash, the OOM killer, SIGKILL) is a child that died: rank 0 loses its
@@ -73,7 +76,7 @@ PLACE, LOSS, CONTROL = 7100, 7102, 7101
 # transport="tcp": ranks supervise child nodes that talk TCP; "mpi": every rank is its
 # node and frames are MPI messages (_mpi_transport).  The default: see DEFAULT_TRANSPORT.
 MPI_TRANSPORTS = ("tcp", "mpi")
-DEFAULT_TRANSPORT = "mpi"
+DEFAULT_TRANSPORT = "tcp"
 POLL = 0.02                  # seconds between polls of a waiting rank
 REPORT_WAIT = 2.0            # seconds rank 0 waits for a lost node's rank to say how it ended
 SIOCGIFADDR = 0x8915

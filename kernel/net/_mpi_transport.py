@@ -35,18 +35,28 @@ all make the communicator and their channels (messages that come before a
 reader exists wait in MPI's queue), each rank runs ``attach`` and calls
 node 0's ``ready``; node 0 then runs ``init`` everywhere (``_startup``).
 
-Trade-offs (README, "Beyond one host"):
+How a reader waits.  A thread blocked in an MPICH wait (``Mprobe``,
+``Recv``) busy-polls, with the GIL released: one CPU per waiting reader, and
+every node has one reader per peer waiting for requests.  Measured on a
+loaded 2-CPU machine, 3 nodes idle for 2 s used 0.76-1.23 s of CPU each that
+way; neither ``MPIR_CVAR_ENABLE_HEAVY_YIELD=1`` (0.93 s) nor
+``MPIR_CVAR_CH4_PROGRESS_THROTTLE=1`` (0.86 s) changed that much, and a 3-node
+program took 34 s instead of about 3 s.  So a reader polls (``_match``): a
+non-blocking ``Improbe``, then ``sched_yield`` between probes for the first
+POLL_YIELDS probes (a reply or the next request is usually that close, and a
+yield gives the CPU to whoever needs it), then sleeps of POLL_MIN doubling up
+to POLL_MAX, with the GIL free (a spinning Python loop would keep the node's
+other threads off the GIL for its 5 ms switch interval).  The thread's timer
+slack is set to 1 us so the short sleeps are short.  An idle node then uses
+about 4% of a CPU (1% over TCP), and a frame to a node idle for long waits
+up to POLL_MAX for its reader.  ``TORNADO_DSM_MPI_WAIT=block`` restores
+MPICH's blocking wait (fastest with a CPU free per reader; two nodes only).
 
-* A node dying by a signal ends the whole job: MPICH's launcher SIGKILLs
-  every rank within about 0.1 s of one rank process dying by a signal, so
-  rank 0 never raises ``NodeLost``; the job still ends, with a non-zero
-  status and no hang.  The default under mpiexec (supervisor ranks, TCP
-  between child nodes) keeps ``NodeLost``.
-* A thread blocked in an MPICH wait busy-polls: every reader waiting for a
-  frame (one per peer for requests, and a caller waiting for its reply)
-  spins a CPU.  ``MPIR_CVAR_ENABLE_HEAVY_YIELD=1`` makes those waits
-  nanosleep between polls (the README gives the measured CPU of an idle
-  node with and without it).
+Trade-off (README, "Beyond one host"): a node dying by a signal ends the
+whole job.  MPICH's launcher SIGKILLs every rank within about 0.1 s of one
+rank process dying by a signal, so rank 0 never raises ``NodeLost``; the job
+still ends at once, with a non-zero status and no hang.  ``transport="tcp"``
+(supervisor ranks, child nodes over TCP) keeps ``NodeLost``.
 """
 
 from __future__ import annotations
@@ -67,9 +77,10 @@ log = logging.getLogger("tornado_dsm.node")
 REQUESTS, REPLIES = 0, 1   # the direction part of a tag (see module docstring)
 TIMED_POLL = 0.0002        # seconds between probes of a timed wait (wait_readable)
 # How a reader waits for a message (TORNADO_DSM_MPI_WAIT): "poll" probes without
-# blocking and sleeps between probes (POLL_MIN seconds for the first POLL_FAST
-# probes, then doubling up to POLL_MAX); "block" waits in MPI_Mprobe, which MPICH
-# implements as a busy loop (a CPU per waiting reader).
+# blocking, yields the CPU between the first POLL_YIELDS probes, then sleeps
+# (POLL_MIN seconds for POLL_FAST probes, then doubling up to POLL_MAX); "block"
+# waits in MPI_Mprobe, which MPICH implements as a busy loop (a CPU per waiting
+# reader).  See "How a reader waits" above.
 WAIT = os.environ.get("TORNADO_DSM_MPI_WAIT", "poll")
 POLL_MIN, POLL_FAST = 10e-6, 20
 POLL_MAX = float(os.environ.get("TORNADO_DSM_MPI_POLL_MAX", "1e-3"))
