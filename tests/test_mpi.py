@@ -218,8 +218,13 @@ class TestWithoutALauncher:
             monkeypatch.delenv(name, raising=False)
         with pytest.raises(ValueError, match=r"transport='mpi' needs every node to be an MPI rank; this "
                                              r"process was not started by an MPI launcher: run it as "
-                                             r"`mpiexec -n N python program.py` .*Accepted here: 'unix', 'tcp'"):
+                                             r"`mpiexec -n N python program.py` .*Accepted with launcher='spawn': 'unix', 'tcp'"):
             td.Cluster(nodes=2, transport="mpi")
+        from tornado_dsm.kernel import start_nodes
+        with pytest.raises(ValueError, match=r"transport='mpi' needs every node to be an MPI rank: run the "
+                                             r"program as `mpiexec -n N python program.py`.*Accepted here: "
+                                             r"'unix', 'tcp'"):
+            start_nodes(2, "mpi")
 
     @pytest.mark.timeout(30)
     def test_unknown_launcher(self):

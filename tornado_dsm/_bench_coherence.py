@@ -36,7 +36,7 @@ import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
 from tornado_dsm._bench_ppc import _MPIRawPair, _RawPair, _time_each, chosen_transports, transports
-from tornado_dsm.kernel.net._mpi import launched_by_mpi
+from tornado_dsm.kernel import launched_by_mpi
 from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, PROT_READ, NodeMemory, trap
 from tornado_dsm.objects import MANAGERS
 

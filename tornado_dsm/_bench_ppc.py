@@ -46,7 +46,7 @@ import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
-from tornado_dsm.kernel.net._mpi import MPI_TRANSPORTS, launched_by_mpi
+from tornado_dsm.kernel import MPI_TRANSPORTS, launched_by_mpi
 
 HELP = "PPC latency: local and remote calls vs a raw socket round trip between the same processes"
 
@@ -74,9 +74,9 @@ def transports(text: str) -> list[str]:
     accepted = MPI_TRANSPORTS if launched_by_mpi() else ("unix", "tcp")
     bad = [t for t in names if t not in accepted]
     if not names or bad:
-        raise argparse.ArgumentTypeError(f"{text!r}: accepted are {', '.join(accepted)}"
-                                         f"{' (under mpiexec)' if launched_by_mpi() else ' (mpi: under mpiexec)'}"
-                                         f", comma-separated")
+        where = "under mpiexec" if launched_by_mpi() else "outside mpiexec; mpi needs mpiexec"
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted are {', '.join(accepted)} ({where}), "
+                                         f"comma-separated")
     return names
 
 

@@ -374,15 +374,10 @@ def _check_args(nnodes, transport, address, join) -> None:
 
 
 def _mpi_transport_refused() -> str:
-    """Why this start cannot take transport="mpi" (the nodes it spawns are no MPI ranks)."""
-    from ._mpi import launched_by_mpi
-
-    how = ("this process runs under an MPI launcher: make the cluster with Cluster.from_mpi() "
-           "(or launcher='mpi')" if launched_by_mpi() else
-           "this process was not started by an MPI launcher: run it as `mpiexec -n N python "
-           "program.py` with Cluster.from_mpi()")
-    return (f"transport='mpi' needs every node to be an MPI rank; {how}.  Accepted here: "
-            f"{', '.join(map(repr, TRANSPORTS))}")
+    """Why ``start_nodes`` cannot take transport="mpi" (the nodes it spawns are no MPI ranks)."""
+    return (f"transport='mpi' needs every node to be an MPI rank: run the program as `mpiexec -n N "
+            f"python program.py` and make the cluster with Cluster.from_mpi() (or the kernel's "
+            f"start_mpi_nodes).  Accepted here: {', '.join(map(repr, TRANSPORTS))}")
 
 
 def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach,
