@@ -50,7 +50,11 @@ other threads off the GIL for its 5 ms switch interval).  The thread's timer
 slack is set to 1 us so the short sleeps are short.  An idle node then uses
 about 4% of a CPU (1% over TCP), and a frame to a node idle for long waits
 up to POLL_MAX for its reader.  ``TORNADO_DSM_MPI_WAIT=block`` restores
-MPICH's blocking wait (fastest with a CPU free per reader; two nodes only).
+MPICH's blocking wait (fastest with a CPU free per reader; two nodes only);
+``TORNADO_DSM_MPI_YIELDS`` (200) and ``TORNADO_DSM_MPI_POLL_MAX`` (1e-3 s)
+tune the two phases (fewer yields or a shorter longest sleep measured worse
+in one pair of runs: 30 yields made a remote read fault 259 us instead of 56, a 100 us
+longest sleep made an idle node use 15% of a CPU and every fault slower).
 
 Trade-off (README, "Beyond one host"): a node dying by a signal ends the
 whole job.  MPICH's launcher SIGKILLs every rank within about 0.1 s of one
@@ -81,11 +85,26 @@ TIMED_POLL = 0.0002        # seconds between probes of a timed wait (wait_readab
 # (POLL_MIN seconds for POLL_FAST probes, then doubling up to POLL_MAX); "block"
 # waits in MPI_Mprobe, which MPICH implements as a busy loop (a CPU per waiting
 # reader).  See "How a reader waits" above.
+PR_SET_TIMERSLACK = 29
+
+
+def _env_number(name: str, default: str, kind):
+    """$name as a number >= 0 of ``kind`` (int or float), or ValueError naming it."""
+    text = os.environ.get(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name}={text!r}: expected a{'n integer' if kind is int else ' number'} >= 0 "
+                         f"(default {default})")
+    return value
+
+
 WAIT = os.environ.get("TORNADO_DSM_MPI_WAIT", "poll")
 POLL_MIN, POLL_FAST = 10e-6, 20
-POLL_MAX = float(os.environ.get("TORNADO_DSM_MPI_POLL_MAX", "1e-3"))
-POLL_YIELDS = int(os.environ.get("TORNADO_DSM_MPI_YIELDS", "200"))
-PR_SET_TIMERSLACK = 29
+POLL_MAX = _env_number("TORNADO_DSM_MPI_POLL_MAX", "1e-3", float)   # seconds
+POLL_YIELDS = _env_number("TORNADO_DSM_MPI_YIELDS", "200", int)
 _BUFSIZE = 1 << 16         # a reader's reused buffer; a larger message gets its own
 
 
