@@ -110,16 +110,19 @@ def echo_page(page: bytes):
 
 def over_mpi(transport: str = "mpi") -> None:
     """transport="mpi": nodes in the rank processes, a shared array written on every
-    node, a page-sized payload to every node and back."""
+    node, a page-sized payload to every node and back, and a 3 MiB one."""
     with td.Cluster.from_mpi(transport=transport, debug=True) as cluster:
         print("BODY", flush=True)
         grid = cluster.zeros((300, 1024), np.float64)
         nodes = cluster.run(place, grid, cluster.nnodes)
         page = np.random.default_rng(18).integers(0, 256, 4096, dtype=np.uint8).tobytes()
         echoes = [cluster.node_set.run_on(k, echo_page, page) for k in range(1, cluster.nnodes)]
+        big = os.urandom(3 << 20)   # beyond MPICH's eager limit: a rendezvous each way
+        big_echo = cluster.node_set.run_on(2, echo_page, big)
         result({"nnodes": cluster.nnodes, "nodes": nodes, "rank0_pid": os.getpid(),
                 "total": float(grid.sum()), "sums": [float(grid[i * 100:(i + 1) * 100].sum()) for i in range(3)],
                 "echoes_intact": [d == hashlib.sha256(page).hexdigest() and p == page for d, p in echoes],
+                "big_intact": big_echo[0] == hashlib.sha256(big).hexdigest() and big_echo[1] == big,
                 "transport": cluster.node_set.runtime._calls[1].conn.__class__.__name__})
 
 

@@ -106,7 +106,7 @@ class TestOverMPI:
     @pytest.mark.timeout(60)
     def test_nodes_are_the_ranks_and_share_an_array(self):
         """Node k runs in rank k's own process; an array written on every node sums right; a
-        page-sized payload reaches every node and comes back intact."""
+        page-sized payload reaches every node and comes back intact, and so does a 3 MiB one."""
         job = program(3, "over_mpi")
         assert job.returncode == 0 and job.ranks == [("exit", 0)] * 3, job
         assert job.stdout.count("BODY") == 1
@@ -116,7 +116,7 @@ class TestOverMPI:
         assert nodes[0]["pid"] == r["rank0_pid"] and all(n["mpi"] for n in nodes)
         assert len({n["parent"] for n in nodes}) == 1   # the ranks themselves: one launcher proxy
         assert r["sums"] == [102400.0, 204800.0, 307200.0] and r["total"] == 614400.0
-        assert r["echoes_intact"] == [True, True]
+        assert r["echoes_intact"] == [True, True] and r["big_intact"]
 
     @pytest.mark.timeout(60)
     def test_an_idle_node_does_not_spin(self):
