@@ -15,11 +15,11 @@ Two transports (``MPI_TRANSPORTS``):
   messages (``_mpi_transport``).  A node dying by a signal ends the whole job
   (see below), with no ``NodeLost``.
 
-Why "tcp" stays the default: measured here (README, "Beyond one host"; five
-runs each) "mpi" makes a lone remote PPC between two ranks about 1.6x faster
-(median 21 vs 35 us), but on 3 nodes sharing 2 loaded CPUs its remote read
-faults were slower in the median (182 vs 159 us) and far more variable, and a
-write invalidating a reader 3.3x slower (1213 vs 364 us): MPI's shared memory must
+Why "tcp" stays the default: measured here (README, "Beyond one host") "mpi"
+makes a lone remote PPC between two ranks about 1.6x faster (median of 5
+runs 21 vs 35 us), but on 3 nodes sharing 2 loaded CPUs its remote read
+faults were slower in the median of 15 runs (167 vs 140 us) and far more
+variable, and a write invalidating a reader 1.5x slower (519 vs 354 us): MPI's shared memory must
 be polled, and polling readers compete with the work for the CPUs.  It is
 not clearly faster, and it gives up ``NodeLost``.
 

@@ -52,9 +52,11 @@ about 4% of a CPU (1% over TCP), and a frame to a node idle for long waits
 up to POLL_MAX for its reader.  ``TORNADO_DSM_MPI_WAIT=block`` restores
 MPICH's blocking wait (fastest with a CPU free per reader; two nodes only);
 ``TORNADO_DSM_MPI_YIELDS`` (200) and ``TORNADO_DSM_MPI_POLL_MAX`` (1e-3 s)
-tune the two phases (fewer yields or a shorter longest sleep measured worse
-in one pair of runs: 30 yields made a remote read fault 259 us instead of 56, a 100 us
-longest sleep made an idle node use 15% of a CPU and every fault slower).
+tune the two phases (5 runs of ``bench coherence --nodes 3`` each with 50,
+1000, 3000 or 10000 yields, or a 0.3 ms longest sleep, did not beat these
+values; a 0.1 ms longest sleep made an idle node use 15% of a CPU).  One
+polling thread per node that wakes sleeping readers was tried too: the hop
+to the woken reader made a remote PPC 4x slower (114 vs 27 us).
 
 Trade-off (README, "Beyond one host"): a node dying by a signal ends the
 whole job.  MPICH's launcher SIGKILLs every rank within about 0.1 s of one
