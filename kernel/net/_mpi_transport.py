@@ -81,7 +81,6 @@ from ._transport import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, KINDS, FrameErro
 log = logging.getLogger("tornado_dsm.node")
 
 REQUESTS, REPLIES = 0, 1   # the direction part of a tag (see module docstring)
-TIMED_POLL = 0.0002        # seconds between probes of a timed wait (wait_readable)
 # How a reader waits for a message (TORNADO_DSM_MPI_WAIT): "poll" probes without
 # blocking, yields the CPU between the first POLL_YIELDS probes, then sleeps
 # (POLL_MIN seconds for POLL_FAST probes, then doubling up to POLL_MAX); "block"
@@ -189,15 +188,15 @@ class MPIFrameReader:
         return False
 
     # Contract: True once a message waits on our tag (a frame, or the EOF /
-    # wake of a close), False after ``timeout`` seconds.  Probes with short
-    # sleeps: a spinning probe would hold the GIL from the node's other threads.
+    # wake of a close), False after ``timeout`` seconds; paced as ``_match``.
     def wait_readable(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
+        pacing = _Backoff()
         while not self.ended and not self.comm.Iprobe(self._MPI.ANY_SOURCE, self.tag):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            time.sleep(TIMED_POLL if left is None else min(left, TIMED_POLL))
+            pacing.pause(left)
         return True
 
     # Contract: the next frame (see class docstring).  FrameError on a header
@@ -224,15 +223,9 @@ class MPIFrameReader:
         ANY = self._MPI.ANY_SOURCE
         if WAIT == "block":
             return self.comm.Mprobe(ANY, self.tag, status)
-        probes, delay = 0, POLL_MIN
+        pacing = _Backoff()
         while (message := self.comm.Improbe(ANY, self.tag, status)) is None:
-            probes += 1
-            if probes <= POLL_YIELDS:
-                os.sched_yield()
-                continue
-            time.sleep(delay)
-            if probes > POLL_YIELDS + POLL_FAST:
-                delay = min(2 * delay, POLL_MAX)
+            pacing.pause()
         return message
 
     # Contract: the frame's payload message, received into a bytearray of its own.
@@ -244,6 +237,26 @@ class MPIFrameReader:
         if status.Get_count(MPI.BYTE) != plen:
             raise FrameError(f"payload of {status.Get_count(MPI.BYTE)} bytes, header said {plen}")
         return out
+
+
+class _Backoff:
+    """The pauses between a polling reader's probes: POLL_YIELDS yields of the CPU,
+    then POLL_FAST sleeps of POLL_MIN, then sleeps doubling up to POLL_MAX."""
+
+    __slots__ = ("probes", "delay")
+
+    def __init__(self) -> None:
+        self.probes, self.delay = 0, POLL_MIN
+
+    # Contract: one pause, never longer than ``left`` seconds (None: no limit).
+    def pause(self, left: float | None = None) -> None:
+        self.probes += 1
+        if self.probes <= POLL_YIELDS:
+            os.sched_yield()
+            return
+        time.sleep(self.delay if left is None else min(self.delay, left))
+        if self.probes > POLL_YIELDS + POLL_FAST:
+            self.delay = min(2 * self.delay, POLL_MAX)
 
 
 # Contract: (kind, flags, rid, oid, body length, payload length) of a message
