@@ -119,10 +119,17 @@ def over_mpi(transport: str = "mpi") -> None:
         echoes = [cluster.node_set.run_on(k, echo_page, page) for k in range(1, cluster.nnodes)]
         big = os.urandom(3 << 20)   # beyond MPICH's eager limit: a rendezvous each way
         big_echo = cluster.node_set.run_on(2, echo_page, big)
+        timed = cluster.node_set.runtime.call(2, 0, "ping", None, timeout=10.0)
+        try:
+            cluster.node_set.run_on(1, time.sleep, 1.0, timeout=0.2)
+            timed_out = "no timeout"
+        except td.PPCTimeout as e:
+            timed_out = str(e)
         result({"nnodes": cluster.nnodes, "nodes": nodes, "rank0_pid": os.getpid(),
                 "total": float(grid.sum()), "sums": [float(grid[i * 100:(i + 1) * 100].sum()) for i in range(3)],
                 "echoes_intact": [d == hashlib.sha256(page).hexdigest() and p == page for d, p in echoes],
                 "big_intact": big_echo[0] == hashlib.sha256(big).hexdigest() and big_echo[1] == big,
+                "timed_ping": timed, "timed_out": timed_out,
                 "transport": cluster.node_set.runtime._calls[1].conn.__class__.__name__})
 
 

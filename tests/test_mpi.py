@@ -106,7 +106,8 @@ class TestOverMPI:
     @pytest.mark.timeout(60)
     def test_nodes_are_the_ranks_and_share_an_array(self):
         """Node k runs in rank k's own process; an array written on every node sums right; a
-        page-sized payload reaches every node and comes back intact, and so does a 3 MiB one."""
+        page-sized payload reaches every node and comes back intact, and so does a 3 MiB one; a
+        call with a timeout answers, one that takes longer raises PPCTimeout."""
         job = program(3, "over_mpi")
         assert job.returncode == 0 and job.ranks == [("exit", 0)] * 3, job
         assert job.stdout.count("BODY") == 1
@@ -117,6 +118,7 @@ class TestOverMPI:
         assert len({n["parent"] for n in nodes}) == 1   # the ranks themselves: one launcher proxy
         assert r["sums"] == [102400.0, 204800.0, 307200.0] and r["total"] == 614400.0
         assert r["echoes_intact"] == [True, True] and r["big_intact"]
+        assert r["timed_ping"] == 2 and "PPC 'run_on' on oid 0x0 at node 1 did not answer within" in r["timed_out"], r
 
     @pytest.mark.timeout(60)
     def test_an_idle_node_does_not_spin(self):
