@@ -118,7 +118,8 @@ class TestOverMPI:
         assert len({n["parent"] for n in nodes}) == 1   # the ranks themselves: one launcher proxy
         assert r["sums"] == [102400.0, 204800.0, 307200.0] and r["total"] == 614400.0
         assert r["echoes_intact"] == [True, True] and r["big_intact"]
-        assert r["timed_ping"] == 2 and "PPC 'run_on' on oid 0x0 at node 1 did not answer within" in r["timed_out"], r
+        assert r["timed_ping"] == 2, r
+        assert "PPC 'run_on' on oid 0x0 at node 1 did not answer within" in r["timed_out"], r
 
     @pytest.mark.timeout(60)
     def test_an_idle_node_does_not_spin(self):
