@@ -21,7 +21,7 @@ from .machine import (
 from .net import (
     LOST, MPIJob, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
     RemoteError, before_blocking, current_runtime, new_key, parse_address, peek_count,
-    read_key_file, run_node, launched_by_mpi, mpi_job, serve_mpi_ranks, wire_record, write_key_file, AuthenticationError, check_key, connect, handshake_accept, listen,
+    read_key_file, run_node, launched_by_mpi, MPI_TRANSPORTS, mpi_job, serve_mpi_ranks, wire_record, write_key_file, AuthenticationError, check_key, connect, handshake_accept, listen,
 )
 from .cobj import (
     COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
@@ -38,7 +38,7 @@ __all__ = [
     "atomic", "log2_percentile", "trap", "view_at",
     "LOST", "MPIJob", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
-    "parse_address", "peek_count", "read_key_file", "run_node", "launched_by_mpi", "mpi_job", "serve_mpi_ranks", "wire_record", "write_key_file",
+    "parse_address", "peek_count", "read_key_file", "run_node", "launched_by_mpi", "MPI_TRANSPORTS", "mpi_job", "serve_mpi_ranks", "wire_record", "write_key_file",
     "AuthenticationError", "check_key", "connect", "handshake_accept", "listen",
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",

@@ -9,6 +9,7 @@ the test checks; a line ``BODY`` for each process that ran the code after
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -88,7 +89,7 @@ def wrong_key_joiner(address: str) -> dict:
 def basic() -> None:
     """Shared arrays across the ranks, where the nodes run, the window, a wrong-key joiner."""
     before = mappings_in_window_area()      # MPI is up (mpi4py imported by from_mpi's job)
-    with td.Cluster.from_mpi(debug=True) as cluster:
+    with td.Cluster.from_mpi(debug=True, transport="tcp") as cluster:
         print("BODY", flush=True)
         grid = cluster.zeros((300, 1024), np.float64)
         nodes = cluster.run(place, grid, cluster.nnodes)
@@ -102,6 +103,51 @@ def basic() -> None:
                 "after_refusal": cluster.run(td.current_node), "key_exposed": exposed})
 
 
+def echo_page(page: bytes):
+    """The page back, with its digest as this node computed it (a payload each way)."""
+    return hashlib.sha256(page).hexdigest(), page
+
+
+def over_mpi(transport: str = "mpi") -> None:
+    """transport="mpi": nodes in the rank processes, a shared array written on every
+    node, a page-sized payload to every node and back, and a 3 MiB one."""
+    with td.Cluster.from_mpi(transport=transport, debug=True) as cluster:
+        print("BODY", flush=True)
+        grid = cluster.zeros((300, 1024), np.float64)
+        nodes = cluster.run(place, grid, cluster.nnodes)
+        page = np.random.default_rng(18).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        echoes = [cluster.node_set.run_on(k, echo_page, page) for k in range(1, cluster.nnodes)]
+        big = os.urandom(3 << 20)   # beyond MPICH's eager limit: a rendezvous each way
+        big_echo = cluster.node_set.run_on(2, echo_page, big)
+        timed = cluster.node_set.runtime.call(2, 0, "ping", None, timeout=10.0)
+        try:
+            cluster.node_set.run_on(1, time.sleep, 1.0, timeout=0.2)
+            timed_out = "no timeout"
+        except td.PPCTimeout as e:
+            timed_out = str(e)
+        result({"nnodes": cluster.nnodes, "nodes": nodes, "rank0_pid": os.getpid(),
+                "total": float(grid.sum()), "sums": [float(grid[i * 100:(i + 1) * 100].sum()) for i in range(3)],
+                "echoes_intact": [d == hashlib.sha256(page).hexdigest() and p == page for d, p in echoes],
+                "big_intact": big_echo[0] == hashlib.sha256(big).hexdigest() and big_echo[1] == big,
+                "timed_ping": timed, "timed_out": timed_out,
+                "transport": cluster.node_set.runtime._calls[1].conn.__class__.__name__})
+
+
+def cpu_seconds() -> float:
+    """CPU time this node's process has used so far (every thread)."""
+    return time.process_time()
+
+
+def idle_cpu(transport: str, seconds: str = "2") -> None:
+    """The CPU each node's process uses while the cluster sits idle for ``seconds``."""
+    with td.Cluster.from_mpi(transport=transport) as cluster:
+        time.sleep(0.5)   # start-up's traffic is over
+        before = cluster.run(cpu_seconds)
+        time.sleep(float(seconds))
+        used = [b - a for a, b in zip(before, cluster.run(cpu_seconds))]
+        result({"transport": transport, "seconds": float(seconds), "cpu": used})
+
+
 X, Y = 0, 512          # two words: on two pages ("two-pages"), or Y = 8 for "same-page"
 TESTS = {              # name: (thread programs, outcomes SC forbids: registers of both threads)
     "MP": ([[("w", "x", 1), ("w", "y", 1)], [("r", "y"), ("r", "x")]], {((), (1, 0))}),
@@ -110,9 +156,10 @@ TESTS = {              # name: (thread programs, outcomes SC forbids: registers 
 }
 
 
-def litmus(iterations: str) -> None:
-    """MP, SB and LB with thread i on node i + 1, concurrently, on one and on two pages."""
-    with td.Cluster.from_mpi(debug=True) as cluster:
+def litmus(iterations: str, transport: str = "") -> None:
+    """MP, SB and LB with thread i on node i + 1, concurrently, on one and on two pages
+    (over ``transport``, default the MPI job's default)."""
+    with td.Cluster.from_mpi(debug=True, transport=transport or None) as cluster:
         a = cluster.zeros((1024,), np.int64)
         rnd = random.Random(18)
         seen = {}
@@ -148,10 +195,12 @@ def pid_and_parent():
     return os.getpid(), os.getppid()
 
 
-def kill_node(node: str) -> None:
-    """Node ``node`` is SIGKILLed during a run: rank 0 reports the NodeLost, then raises it."""
-    with td.Cluster.from_mpi() as cluster:
+def kill_node(node: str, transport: str = "tcp") -> None:
+    """Node ``node`` is SIGKILLed during a run: rank 0 reports the NodeLost, then raises it
+    (transport="mpi": the node is its rank, and the launcher ends the job instead)."""
+    with td.Cluster.from_mpi(transport=transport) as cluster:
         pids = cluster.run(pid_and_parent)
+        print("PIDS " + json.dumps(pids), flush=True)
         t0 = time.monotonic()
         try:
             cluster.run(die_on, int(node))
@@ -163,7 +212,7 @@ def kill_node(node: str) -> None:
 
 def kill_rank(rank: str) -> None:
     """The MPI process of rank ``rank`` (not its node) is SIGKILLed: the launcher ends the job."""
-    with td.Cluster.from_mpi() as cluster:
+    with td.Cluster.from_mpi(transport="tcp") as cluster:
         pids = cluster.run(pid_and_parent)
         result({"pids": pids})
         os.kill(pids[int(rank)][1], signal.SIGKILL)
@@ -175,6 +224,11 @@ def too_many(nodes: str) -> None:
     """from_mpi(nodes=...) that is not the job size."""
     with td.Cluster.from_mpi(nodes=int(nodes)):
         print("BODY", flush=True)
+
+
+def bad_transport(transport: str) -> None:
+    """from_mpi with a transport an MPI job does not take."""
+    td.Cluster.from_mpi(transport=transport)
 
 
 def fail_before() -> None:

@@ -82,9 +82,10 @@ class TestPrograms:
         assert all_gone([n["pid"] for n in nodes[1:]])
 
     @pytest.mark.timeout(90)
-    def test_litmus_on_the_ranks(self):
+    @pytest.mark.parametrize("transport", ["tcp", "mpi"])
+    def test_litmus_on_the_ranks(self, transport):
         """MP, SB and LB on nodes 1 and 2 (two ranks) never show an outcome SC forbids, on 1 or 2 pages."""
-        r = program(3, "litmus", "15", timeout=80).result()
+        r = program(3, "litmus", "15", transport, timeout=80).result()
         assert len(r) == 6
         assert all(v["forbidden_seen"] == [] for v in r.values()), r
 
@@ -94,6 +95,67 @@ class TestPrograms:
         job = program(3, "too_many", "4")
         assert "Cluster.from_mpi(nodes=4) in an MPI job of 3 ranks" in job.stderr, job
         assert "BODY" not in job.stdout
+        assert job.ranks == [("exit", 1)] * 3, job
+
+
+@needs_mpi
+@pytest.mark.multinode
+class TestOverMPI:
+    """transport="mpi": every rank is its node, frames are MPI messages."""
+
+    @pytest.mark.timeout(60)
+    def test_nodes_are_the_ranks_and_share_an_array(self):
+        """Node k runs in rank k's own process; an array written on every node sums right; a
+        page-sized payload reaches every node and comes back intact, and so does a 3 MiB one; a
+        call with a timeout answers, one that takes longer raises PPCTimeout."""
+        job = program(3, "over_mpi")
+        assert job.returncode == 0 and job.ranks == [("exit", 0)] * 3, job
+        assert job.stdout.count("BODY") == 1
+        r = job.result()
+        nodes = r["nodes"]
+        assert r["transport"] == "MPIConnection" and [n["node"] for n in nodes] == [0, 1, 2]
+        assert nodes[0]["pid"] == r["rank0_pid"] and all(n["mpi"] for n in nodes)
+        assert len({n["parent"] for n in nodes}) == 1   # the ranks themselves: one launcher proxy
+        assert r["sums"] == [102400.0, 204800.0, 307200.0] and r["total"] == 614400.0
+        assert r["echoes_intact"] == [True, True] and r["big_intact"]
+        assert r["timed_ping"] == 2, r
+        assert "PPC 'run_on' on oid 0x0 at node 1 did not answer within" in r["timed_out"], r
+
+    @pytest.mark.timeout(60)
+    def test_an_idle_node_does_not_spin(self):
+        """An idle cluster's nodes sleep between probes: far less than a CPU each (MPICH's
+        blocking waits would spin one per waiting reader)."""
+        r = program(3, "idle_cpu", "mpi", "2").result()
+        assert all(cpu < 0.5 for cpu in r["cpu"]), r
+
+    @pytest.mark.timeout(60)
+    def test_a_killed_node_ends_the_job(self):
+        """A node SIGKILLed under transport="mpi" is a rank dying: the launcher ends the whole
+        job at once, non-zero, no process left (the trade-off: no NodeLost)."""
+        job = program(3, "kill_node", "2", "mpi", timeout=50)
+        assert job.returncode != 0 and job.seconds < 30, job
+        pids = json.loads(next(ln for ln in job.stdout.splitlines() if ln.startswith("PIDS "))[5:])
+        assert all_gone([p for p, _parent in pids])
+
+    @pytest.mark.timeout(120)
+    def test_bench_ppc_measures_both_transports(self, tmp_path):
+        """`mpiexec -n 2 tornado-dsm bench ppc` gives tcp's and mpi's rows, each with its floor."""
+        out = tmp_path / "ppc.json"
+        job = mpiexec(2, TORNADO_DSM, "bench", "ppc", "--calls", "50", "--rounds", "1", "--json", str(out),
+                      timeout=100)
+        assert job.returncode == 0 and job.ranks == [("exit", 0)] * 2, job
+        names = [r["name"] for r in json.loads(out.read_text())["results"]]
+        assert "[tcp] floor: raw socket round trip (tcp)" in names, names
+        assert "[mpi] floor: raw MPI ping-pong, 16 B (Recv-blocked echo)" in names, names
+        assert {"[tcp] remote PPC, transport (node service ping)",
+                "[mpi] remote PPC, transport (node service ping)"} <= set(names), names
+
+    @pytest.mark.timeout(60)
+    def test_a_transport_the_job_does_not_take(self):
+        """transport="unix" under mpiexec is one error naming the accepted ones; every rank exits 1."""
+        job = program(3, "bad_transport", "unix")
+        assert "transport='unix' under an MPI launcher: accepted are 'tcp', 'mpi' (default 'tcp')" \
+            in job.stderr, job
         assert job.ranks == [("exit", 1)] * 3, job
 
 
@@ -151,6 +213,21 @@ class TestWithoutALauncher:
             monkeypatch.delenv(name, raising=False)
         with pytest.raises(RuntimeError, match=r"not started by an MPI launcher .*mpiexec -n N"):
             td.Cluster.from_mpi()
+
+    @pytest.mark.timeout(30)
+    def test_transport_mpi_needs_a_launcher(self, monkeypatch):
+        """transport="mpi" outside mpiexec: one error saying how to run it and what is accepted."""
+        for name in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+            monkeypatch.delenv(name, raising=False)
+        with pytest.raises(ValueError, match=r"transport='mpi' needs every node to be an MPI rank; this "
+                                             r"process was not started by an MPI launcher: run it as "
+                                             r"`mpiexec -n N python program.py` .*Accepted with launcher='spawn': 'unix', 'tcp'"):
+            td.Cluster(nodes=2, transport="mpi")
+        from tornado_dsm.kernel import start_nodes
+        with pytest.raises(ValueError, match=r"transport='mpi' needs every node to be an MPI rank: run the "
+                                             r"program as `mpiexec -n N python program.py`.*Accepted here: "
+                                             r"'unix', 'tcp'"):
+            start_nodes(2, "mpi")
 
     @pytest.mark.timeout(30)
     def test_unknown_launcher(self):

@@ -76,7 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one benchmark, print its table, optionally write its JSON."""
+    """Run one benchmark, print its table, optionally write its JSON.  Under an MPI
+    launcher rank 0 runs it and the other ranks serve as its clusters' nodes."""
+    from ._mpi import run_command
+
+    return run_command(lambda a, _launcher, _size: _run(a), args)
+
+
+def _run(args: argparse.Namespace) -> int:
     module = importlib.import_module(BENCHES[args.bench])
     results = module.measure(args)
     print(render_table(args.bench, results))

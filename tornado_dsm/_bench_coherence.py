@@ -5,7 +5,8 @@ One run, with the floors measured beside the paths:
 * floor (C): a fault the trap resolves in C (mprotect), on a scratch window;
   the zero-fill floor is the same fault on a page that is a hole, so the
   kernel allocates and zeroes its frame as in a DSM zero fill;
-* floor (network): a raw Python socket round trip between node 0 and node 1,
+* floor (network): a raw Python socket round trip between node 0 and node 1
+  (transport "mpi": a raw mpi4py ping-pong of 16 bytes, see ``bench ppc``),
   and beside it (for context, not a floor) a remote PPC to node 1's node
   service, which is what a remote fault's message costs before any VM work;
 * context: the kernel's share of an IVY read fault, each part timed alone:
@@ -34,7 +35,8 @@ import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
-from tornado_dsm._bench_ppc import _RawPair, _time_each
+from tornado_dsm._bench_ppc import _MPIRawPair, _RawPair, _time_each, chosen_transports, transports
+from tornado_dsm.kernel import launched_by_mpi
 from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, PROT_READ, NodeMemory, trap
 from tornado_dsm.objects import MANAGERS
 
@@ -47,15 +49,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
     parser.add_argument("--nodes", type=int, default=5, help="nodes (>= 3; readers up to nodes-2; default 5)")
     parser.add_argument("--manager", choices=MANAGERS, default="dynamic")
+    parser.add_argument("--transport", type=transports, default=None,
+                        help="transport(s) between the nodes, comma-separated, measured one after "
+                             "the other: unix, tcp; under mpiexec (-n >= --nodes) tcp, mpi "
+                             "(default unix; under mpiexec tcp,mpi)")
 
 
 def measure(args: argparse.Namespace) -> list[BenchResult]:
-    """Run every path; floors first, each path with its ratio to its floor."""
+    """Run every path over each transport; floors first, each path with its ratio to its floor."""
     if args.pages < 1 or args.rounds < 1 or args.nodes < 3:
         raise SystemExit(f"--pages and --rounds must be >= 1 and --nodes >= 3 "
                          f"(got {args.pages}, {args.rounds}, {args.nodes})")
-    s = _collect_ivy(args)
-    s.update(_collect_migrate(args))
+    names = chosen_transports(args)
+    out = []
+    for transport in names:
+        rows = _measure_one(args, transport)
+        out += [attrs.evolve(r, name=f"[{transport}] {r.name}") for r in rows] if len(names) > 1 else rows
+    return out
+
+
+def _cluster_options(transport: str) -> dict:
+    """Cluster arguments for ``transport``: under mpiexec the nodes are the job's ranks."""
+    return {"transport": transport, **({"launcher": "mpi"} if launched_by_mpi() else {})}
+
+
+def _measure_one(args: argparse.Namespace, transport: str) -> list[BenchResult]:
+    """The rows of one transport."""
+    s = _collect_ivy(args, transport)
+    s.update(_collect_migrate(args, transport))
     out = _floors(s)
     c_floor, zero_floor, net, remote_floor, kernel = out
     zf = summarize("local zero-fill fault", s["local zero-fill fault"], zero_floor)
@@ -81,6 +102,9 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
             note += f"; {r.median_us / write_kernel.median_us:.2f}x its kernel work (target <= 2x)"
         out.append(BenchResult(r.name, r.median_us, r.p90_us, r.ratio_to_floor, r.samples, note))
     out.append(summarize("migrate ping-pong fault", s["migrate"], remote_floor))
+    if transport == "mpi":   # its network floor is an MPI ping-pong, not a socket
+        out = [attrs.evolve(r, name=r.name.replace("raw socket round trip", "raw MPI ping-pong, 16 B"))
+               for r in out]
     return out
 
 
@@ -154,14 +178,14 @@ def _kernel_work(pages: int) -> dict:
             "owner's downgrade mprotect": downgrade}
 
 
-def _collect_ivy(args) -> dict:
+def _collect_ivy(args, transport: str) -> dict:
     import tornado_dsm as td
     from tornado_dsm import _benchprogs as progs
 
     samples: dict = {}
     add = lambda k, v: samples.setdefault(k, []).append(v)  # noqa: E731
-    with td.Cluster(nodes=args.nodes, manager=args.manager, size=1 << 30) as c:
-        raw = _RawPair(c.node_set, "unix")
+    with td.Cluster(nodes=args.nodes, manager=args.manager, size=1 << 30, **_cluster_options(transport)) as c:
+        raw = _MPIRawPair(c.node_set) if transport == "mpi" else _RawPair(c.node_set, transport)
         rt = c.node_set.runtime
         ping = lambda: rt.call(1, 0, "ping", None)  # noqa: E731
         try:
@@ -173,7 +197,7 @@ def _collect_ivy(args) -> dict:
                     add("zero floor", zero)
                     for name, ns in _kernel_work(args.pages).items():
                         add(name, ns)
-                add("raw", _time_each(raw.round_trip, args.pages)) if keep else None
+                add("raw", raw.time(args.pages)["raw"]) if keep else None
                 add("ppc", _time_each(ping, args.pages)) if keep else None
                 fresh = c.zeros((args.pages * PAGE,), np.uint8)
                 zero_fill = _touch(fresh, 0)
@@ -202,13 +226,13 @@ def _collect_ivy(args) -> dict:
     return {k: np.concatenate(v) for k, v in samples.items()}
 
 
-def _collect_migrate(args) -> dict:
+def _collect_migrate(args, transport: str) -> dict:
     import tornado_dsm as td
     from tornado_dsm import _benchprogs as progs
 
     runs = []
     with td.Cluster(nodes=2, protocol="migrate", manager="centralized", size=1 << 30,
-                    base=DEFAULT_BASE + (8 << 30)) as c:
+                    base=DEFAULT_BASE + (8 << 30), **_cluster_options(transport)) as c:
         a = c.zeros((args.pages * PAGE,), np.uint8)
         for r in range(args.rounds + 1):
             c.run(progs.touch_pages, a, 1, on=1, threads=1)

@@ -15,6 +15,16 @@ every path sees the same machine:
   (translation table lookup, entry count, direct method call), timed in
   batches because a single call is close to the clock's resolution.
 
+Under ``mpiexec -n 2`` the nodes are the job's ranks and ``--transport``
+(default ``tcp,mpi``) measures each transport in turn, rows prefixed by its
+name: "tcp" (ranks supervise child nodes that talk TCP) and "mpi" (the ranks
+are the nodes, frames are MPI messages).  The "mpi" floor is a raw mpi4py
+ping-pong of 16 bytes (and a row for 4 KiB) whose two ends wait in blocking
+calls, MPICH's busy loop: the transport's readers poll instead (see
+kernel/net/_mpi_transport.py), so the floor is what MPI could give with a CPU
+spinning per waiter.  The transports are measured one after the other, not
+interleaved: compare runs, not one row.
+
 Where the scheduler puts the two processes decides the floor: on one CPU a
 round trip is two context switches (about 5 µs here), across CPUs two
 cross-CPU wake-ups (about 40-60 µs).  ``--pin`` fixes the placement so runs
@@ -32,13 +42,16 @@ import tempfile
 import threading
 import time
 
+import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
+from tornado_dsm.kernel import MPI_TRANSPORTS, launched_by_mpi
 
 HELP = "PPC latency: local and remote calls vs a raw socket round trip between the same processes"
 
 _MSG = 64
+ECHO_TAG = 30000   # the raw MPI ping-pong's tags (the transport's are 2 * node + 0/1)
 _BATCH = 200   # local calls per timed batch
 
 
@@ -46,32 +59,74 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bench ppc``."""
     parser.add_argument("--calls", type=int, default=2000, help="round trips per path per round (default 2000)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument("--transport", choices=("unix", "tcp"), default="unix",
-                        help="transport between the two nodes (default unix)")
+    parser.add_argument("--transport", type=transports, default=None,
+                        help="transport(s) between the two nodes, comma-separated, measured one "
+                             "after the other: unix, tcp; under mpiexec tcp, mpi (default unix; "
+                             "under mpiexec tcp,mpi)")
     parser.add_argument("--pin", choices=("none", "same", "split"), default="none",
                         help="CPU placement: leave it to the scheduler (default), both nodes on "
                              "CPU 0 (same), or node 0 on CPU 0 and node 1 on CPU 1 (split)")
 
 
+def transports(text: str) -> list[str]:
+    """``--transport``'s value: a comma-separated list of transports, checked."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    accepted = MPI_TRANSPORTS if launched_by_mpi() else ("unix", "tcp")
+    bad = [t for t in names if t not in accepted]
+    if not names or bad:
+        where = "under mpiexec" if launched_by_mpi() else "outside mpiexec; mpi needs mpiexec"
+        raise argparse.ArgumentTypeError(f"{text!r}: accepted are {', '.join(accepted)} ({where}), "
+                                         f"comma-separated")
+    return names
+
+
+def chosen_transports(args: argparse.Namespace) -> list[str]:
+    """The transports to measure: ``--transport``, or every one this launch allows."""
+    if args.transport is not None:
+        return args.transport
+    return list(MPI_TRANSPORTS) if launched_by_mpi() else ["unix"]
+
+
+def two_nodes(transport: str):
+    """A two-node cluster over ``transport`` (the ranks of an MPI job under mpiexec)."""
+    from tornado_dsm.kernel import start_mpi_nodes, start_nodes
+
+    if launched_by_mpi():
+        return start_mpi_nodes(2, transport=transport)
+    return start_nodes(2, transport=transport)
+
+
 def measure(args: argparse.Namespace) -> list[BenchResult]:
-    """Run the benchmark: the floor first, then each path with its ratio to it."""
+    """Run the benchmark over each transport: the floor first, then each path with its ratio."""
     if args.calls < 1 or args.rounds < 1:
         raise SystemExit(f"--calls and --rounds must be >= 1 (got {args.calls}, {args.rounds})")
-    from tornado_dsm.kernel import start_nodes
+    names = chosen_transports(args)
+    out = []
+    for transport in names:
+        rows = _measure_one(args, transport)
+        out += [attrs.evolve(r, name=f"[{transport}] {r.name}") for r in rows] if len(names) > 1 else rows
+    return out
 
-    with start_nodes(2, transport=args.transport) as nodes:
+
+def _measure_one(args: argparse.Namespace, transport: str) -> list[BenchResult]:
+    with two_nodes(transport) as nodes:
         saved = os.sched_getaffinity(0)
         try:
             if args.pin != "none":
                 pin_process(0)
                 nodes.run_on(1, pin_process, 0 if args.pin == "same" else 1)
-            samples = _collect(nodes, args.calls, args.rounds, args.transport)
+            samples = _collect(nodes, args.calls, args.rounds, transport)
         finally:
             pin_process(saved)
     where = "" if args.pin == "none" else f", pinned {args.pin}"
-    floor = summarize(f"floor: raw socket round trip ({args.transport}{where})", samples["raw"])
+    if transport == "mpi":
+        floor = summarize(f"floor: raw MPI ping-pong, 16 B (Recv-blocked echo{where})", samples["raw"])
+        extra = [summarize("raw MPI ping-pong, 4 KiB", samples["raw 4k"], floor)]
+    else:
+        floor = summarize(f"floor: raw socket round trip ({transport}{where})", samples["raw"])
+        extra = []
     return [
-        floor,
+        floor, *extra,
         summarize("remote PPC, transport (node service ping)", samples["ppc"], floor,
                   note="target: <= 1.5x floor"),
         summarize("remote PPC through the COS (singleton stub)", samples["cos-remote"], floor,
@@ -87,22 +142,24 @@ def _collect(nodes, calls: int, rounds: int, transport: str) -> dict:
     rt, cos = nodes.runtime, current_cos()
     local_oid = _create_null()
     remote_oid = nodes.run_on(1, _create_null)
-    raw = _RawPair(nodes, transport)
+    raw = _MPIRawPair(nodes) if transport == "mpi" else _RawPair(nodes, transport)
     paths = {
-        "raw": raw.round_trip,
         "ppc": lambda: rt.call(1, 0, "ping", None),
         "cos-remote": lambda: cos.call(remote_oid, "nop"),
     }
-    samples: dict = {name: [] for name in (*paths, "cos-local")}
+    samples: dict = {}
     try:
         for r in range(rounds + 1):   # round 0 warms up (misses, pool threads, caches)
+            for name, ns in raw.time(calls).items():
+                if r:
+                    samples.setdefault(name, []).append(ns)
             for name, fn in paths.items():
                 ns = _time_each(fn, calls)
                 if r:
-                    samples[name].append(ns)
+                    samples.setdefault(name, []).append(ns)
             ns = _time_batches(lambda: cos.call(local_oid, "nop"), max(1, calls // 10))
             if r:
-                samples["cos-local"].append(ns)
+                samples.setdefault("cos-local", []).append(ns)
     finally:
         raw.close()
     return {k: np.concatenate(v) for k, v in samples.items()}
@@ -168,6 +225,10 @@ class _RawPair:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.msg = b"x" * _MSG
 
+    def time(self, calls: int) -> dict:
+        """{"raw": ns of ``calls`` round trips}."""
+        return {"raw": _time_each(self.round_trip, calls)}
+
     def round_trip(self) -> None:
         """One message there and back."""
         self.sock.sendall(self.msg)
@@ -179,6 +240,56 @@ class _RawPair:
         """Close the socket (the echo thread sees EOF and ends)."""
         self.sock.close()
         os.rmdir(self._dir) if not os.listdir(self._dir) else _unlink_all(self._dir)
+
+
+class _MPIRawPair:
+    """Raw mpi4py ping-pong between node 0 (this thread) and a thread of node 1, on the
+    cluster's communicator (tags of its own).  Both ends wait in blocking calls,
+    MPICH's busy loop: the best latency MPI offers, at a CPU per waiter, so the echo
+    thread runs only while its round trips are timed (``time``), never beside the
+    other paths."""
+
+    def __init__(self, nodes) -> None:
+        self.nodes = nodes
+        self.comm = nodes.runtime._calls[1].conn.comm
+
+    def time(self, calls: int) -> dict:
+        """{"raw": ns of 16-byte round trips, "raw 4k": of 4 KiB ones}."""
+        from mpi4py import MPI
+
+        out = {}
+        for name, size in (("raw", 16), ("raw 4k", 4096)):
+            self.nodes.run_on(1, _start_mpi_echo, size)
+            ping, pong = bytearray(size), bytearray(size)
+            out[name] = _time_each(lambda: self._round_trip(ping, pong), calls)
+            self.comm.Send([bytearray(0), MPI.BYTE], 1, ECHO_TAG)   # ends the echo thread
+        return out
+
+    def _round_trip(self, ping, pong) -> None:
+        self.comm.Send(ping, 1, ECHO_TAG)
+        self.comm.Recv(pong, 1, ECHO_TAG + 1)
+
+    def close(self) -> None:
+        """Nothing to close: each echo thread ended with its timing."""
+
+
+def _start_mpi_echo(size: int) -> None:
+    """On node 1: echo ``size``-byte MPI messages from node 0 on a thread, until an empty one."""
+    from tornado_dsm.kernel import current_runtime
+
+    comm = current_runtime()._calls[0].conn.comm
+    threading.Thread(target=_mpi_echo, args=(comm, size), daemon=True, name="bench-mpi-echo").start()
+
+
+def _mpi_echo(comm, size: int) -> None:
+    from mpi4py import MPI
+
+    buf, status = bytearray(size), MPI.Status()
+    while True:
+        comm.Recv(buf, 0, ECHO_TAG, status)
+        if status.Get_count(MPI.BYTE) == 0:
+            return
+        comm.Send(buf, 0, ECHO_TAG + 1)
 
 
 def _unlink_all(path: str) -> None:

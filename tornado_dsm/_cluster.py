@@ -23,7 +23,8 @@ import warnings
 import attrs
 import numpy as np
 
-from tornado_dsm.kernel import DEFAULT_BASE, PAGE, check_backend, current_cos, new_key, start_nodes
+from tornado_dsm.kernel import (DEFAULT_BASE, PAGE, check_backend, current_cos, launched_by_mpi, new_key,
+                                start_nodes)
 from tornado_dsm.objects import (
     check_prefetch, VirtualMemory, VMConfig, drop_mappings, lost_pages, node_backend, set_process, start_node, stop_node,
 )
@@ -56,6 +57,20 @@ def _launcher(launcher: str, nodes, join: int, route):
     return (size if nodes is None else nodes), _mpi.start_nodes
 
 
+def _spawn_transport(transport):
+    """The transport of nodes this process spawns (None: "unix"); transport="mpi" is
+    refused with what to do instead, as the process was or was not started by mpiexec."""
+    if transport != "mpi":
+        return "unix" if transport is None else transport
+    if launched_by_mpi():
+        how = "this process runs under an MPI launcher: make the cluster with Cluster.from_mpi()"
+    else:
+        how = ("this process was not started by an MPI launcher: run it as `mpiexec -n N python "
+               "program.py` with Cluster.from_mpi()")
+    raise ValueError(f"transport='mpi' needs every node to be an MPI rank; {how} (or launcher='mpi').  "
+                     f"Accepted with launcher='spawn': 'unix', 'tcp'")
+
+
 class Cluster:
     """A shared address space over ``nodes`` processes.  Use as a context manager.
 
@@ -70,7 +85,9 @@ class Cluster:
     otherwise) must answer; None (default) waits as long as the nodes live.
     ``route(node, address)``: the address the other nodes dial to reach
     ``node`` (fault injection puts a `Relay` there; None: the node itself).
-    ``transport="tcp"`` with ``address`` ("HOST:PORT" node 0 listens on),
+    ``transport``: "unix" (default) or "tcp"; under ``launcher="mpi"`` "tcp"
+    (default) or "mpi" (README, "Beyond one host").  ``transport="tcp"`` with
+    ``address`` ("HOST:PORT" node 0 listens on),
     ``key`` (the cluster secret, e.g. from `write_key_file`) and ``join=k``:
     the last k nodes join from other hosts (`join_cluster`, ``tornado-dsm
     node --join``) and the constructor returns once they have.
@@ -87,11 +104,13 @@ class Cluster:
     def __init__(self, nodes: int = 2, threads_per_node: int = 1, protocol: str = "ivy",
                  manager: str = "dynamic", policies: dict | None = None,
                  memory_per_node: int | None = None, base: int = DEFAULT_BASE,
-                 size: int = DEFAULT_WINDOW, transport: str = "unix", debug: bool = False,
+                 size: int = DEFAULT_WINDOW, transport: str | None = None, debug: bool = False,
                  timeout: float | None = None, route=None, address: str | None = None,
                  key: bytes | None = None, join: int = 0, launcher: str = "spawn",
                  backend: str | None = None) -> None:
         nodes, start = _launcher(launcher, nodes, join, route)
+        if launcher == "spawn":
+            transport = _spawn_transport(transport)
         self.policies, frames = check_cluster_args(nodes, threads_per_node, protocol, manager,
                                                    policies, memory_per_node, base, size)
         self.timeout = check_timeout("timeout", timeout)

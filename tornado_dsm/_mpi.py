@@ -33,9 +33,10 @@ def from_mpi_nodes(nodes) -> int:
 def start_nodes(nodes: int, *, transport=None, init=None, init_args=(), timeout=None, route=None,
                 address=None, key=None, join=0):
     """``Cluster``'s node start under ``launcher="mpi"`` (the arguments of ``start_nodes``;
-    the nodes always talk TCP, and every node is a rank: no route, no joiners)."""
-    return start_mpi_nodes(nodes, init=init, init_args=init_args, timeout=timeout, address=address,
-                           key=key)
+    ``transport`` "tcp", "mpi" or None for the default, and every node is a rank: no
+    route, no joiners)."""
+    return start_mpi_nodes(nodes, transport=transport, init=init, init_args=init_args,
+                           timeout=timeout, address=address, key=key)
 
 
 def run_command(body, args) -> int:

@@ -12,7 +12,7 @@ node its object system through the ``attach`` hook of ``start_nodes``.
 """
 
 from ._channel import before_blocking, chain_stack, in_chain
-from ._mpi import MPIJob, launched_by_mpi, mpi_job, serve_mpi_ranks, start_mpi_nodes
+from ._mpi import MPI_TRANSPORTS, MPIJob, launched_by_mpi, mpi_job, serve_mpi_ranks, start_mpi_nodes
 from ._ppc import LOST
 from ._runtime import NodeRuntime, NodeStartupError, current_runtime
 from ._startup import NodeSet, run_node, start_nodes
@@ -23,7 +23,7 @@ from ._transport import (
 from ._wire import NodeLost, Payload, PPCTimeout, RemoteError, wire_record
 
 __all__ = [
-    "MPIJob", "launched_by_mpi", "mpi_job", "serve_mpi_ranks", "start_mpi_nodes",
+    "MPI_TRANSPORTS", "MPIJob", "launched_by_mpi", "mpi_job", "serve_mpi_ranks", "start_mpi_nodes",
     "LOST", "before_blocking", "NodeRuntime", "NodeStartupError", "current_runtime", "NodeSet", "run_node",
     "start_nodes", "PPCCounter", "PPCStatistics", "peek_count", "new_key", "parse_address",
     "read_key_file", "write_key_file", "AuthenticationError", "check_key", "connect", "handshake_accept", "listen", "NodeLost", "Payload", "PPCTimeout", "RemoteError", "wire_record",

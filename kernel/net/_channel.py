@@ -50,7 +50,6 @@ no call can slip between).
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 
@@ -169,8 +168,6 @@ class CallChannel:
         self.token = threading.Lock()
         self.closed = False
         self.reason = ""
-        self._poll = select.poll()
-        self._poll.register(conn.sock.fileno(), select.POLLIN)
 
     def start(self, rid: int, oid: int, method: str, args, payload) -> PendingCall:
         """Register and send one request; the caller then waits with ``result``."""
@@ -226,7 +223,7 @@ class CallChannel:
         while not call.done:
             if deadline is not None and not reader.has_frame():
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._poll.poll(left * 1000.0):
+                if left <= 0 or not reader.wait_readable(left):
                     return
             if not self._read_one():
                 return

@@ -4,24 +4,28 @@ Design
 ------
 Rank 0 is node 0: it runs the program (or the scenario).  Every other rank
 serves as a node of each cluster rank 0 starts, until rank 0's program ends.
-MPI carries only the control messages; the nodes talk over the ordinary
-authenticated TCP transport, and rank k joins through the ordinary join path
-(``run_node``) with k as its node id.
+Two transports (``MPI_TRANSPORTS``):
 
-* ``mpi_job()`` (each rank, once) initializes MPI through mpi4py, and every
-  rank tells rank 0 where it runs: (boot id, network namespace) says whether
-  rank 0's 127.0.0.1 reaches it, and its IPv4 addresses let rank 0 ask its
-  routing table which of its own addresses faces that rank's host.
-* ``start_mpi_nodes`` (rank 0) listens on TCP, makes the cluster key and
-  sends each rank of the cluster a start message over MPI: the key, node 0's
-  address as that rank should dial it, and the node's settings.  The key
-  never appears on a command line, in the environment or in a file.
-* ``serve_mpi_ranks`` (rank k > 0) waits for start messages and serves each
-  cluster, until rank 0's end message, and returns the rank's exit status.
+* "tcp" (the default, ``DEFAULT_TRANSPORT``): MPI carries only the control
+  messages; rank k supervises node k as a child process, the nodes talk over
+  the ordinary authenticated TCP transport, and node k joins through the
+  ordinary join path (``run_node``) with k as its node id.  A node that dies
+  is a ``NodeLost`` on rank 0.
+* "mpi": rank k is node k, in its own process, and PPC frames are MPI
+  messages (``_mpi_transport``).  A node dying by a signal ends the whole job
+  (see below), with no ``NodeLost``.
 
-Why a rank does not serve in its own process: MPICH's launcher SIGKILLs every
-rank within about 0.1 s of one rank process dying by a signal (even with
-``-disable-auto-cleanup``), so rank 0 could not raise ``NodeLost``.  Rank k is
+Why "tcp" stays the default: measured here (README, "Beyond one host") "mpi"
+makes a lone remote PPC between two ranks about 1.6x faster (median of 5
+runs 21 vs 35 us), but on 3 nodes sharing 2 loaded CPUs its remote read
+faults were slower in the median of 15 runs (167 vs 140 us) and far more
+variable, and a write invalidating a reader 1.5x slower (519 vs 354 us): MPI's shared memory must
+be polled, and polling readers compete with the work for the CPUs.  It is
+not clearly faster, and it gives up ``NodeLost``.
+
+Why, over "tcp", a rank does not serve in its own process: MPICH's launcher
+SIGKILLs every rank within about 0.1 s of one rank process dying by a signal
+(even with ``-disable-auto-cleanup``), so rank 0 could not raise ``NodeLost``.  Rank k is
 therefore a thin supervisor: it spawns its node as a child process, as
 ``start_nodes`` spawns nodes on one host, and waits for it.  A node that dies
 (a crash, the OOM killer, SIGKILL) is a child that died: rank 0 loses its
@@ -60,6 +64,7 @@ import threading
 import time
 
 from ._loss import describe_end
+from ._mpi_transport import serve_over_mpi, start_over_mpi
 from ._startup import cleanup_dir, spawned_main, start_nodes
 from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
 
@@ -69,6 +74,10 @@ from ._transport import DEFAULT_MAX_FRAME, check_key, new_key, parse_address
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")
 # MPI tags: rank k -> rank 0 (where it runs; how its node ended), rank 0 -> rank k (start, end)
 PLACE, LOSS, CONTROL = 7100, 7102, 7101
+# transport="tcp": ranks supervise child nodes that talk TCP; "mpi": every rank is its
+# node and frames are MPI messages (_mpi_transport).  The default: see DEFAULT_TRANSPORT.
+MPI_TRANSPORTS = ("tcp", "mpi")
+DEFAULT_TRANSPORT = "tcp"
 POLL = 0.02                  # seconds between polls of a waiting rank
 REPORT_WAIT = 2.0            # seconds rank 0 waits for a lost node's rank to say how it ended
 SIOCGIFADDR = 0x8915
@@ -249,27 +258,56 @@ def _source_toward(address: str) -> str:
 
 # ---- rank 0 ---------------------------------------------------------------------------
 
-def start_mpi_nodes(nnodes: int | None = None, *, address: str | None = None, key: bytes | None = None,
+def start_mpi_nodes(nnodes: int | None = None, *, transport: str | None = None,
+                    address: str | None = None, key: bytes | None = None,
                     attach=None, timeout: float | None = None, start_timeout: float = 60.0,
                     max_frame: int = DEFAULT_MAX_FRAME, log_level: int = logging.WARNING,
                     **options):
     """On rank 0: a cluster of ``nnodes`` nodes (default: the job size), node k on MPI rank k.
 
-    ``address``: "HOST:PORT" node 0 listens on (default 127.0.0.1 when every
-    rank of the cluster shares rank 0's host and network, else 0.0.0.0, port
-    chosen by the kernel).  ``key``: the cluster secret (default: a fresh
-    one, sent to the ranks over MPI).  ``options``: the other ``start_nodes``
-    arguments (init, init_args).  Returns a ``NodeSet``.
+    ``transport``: "tcp" (rank k supervises node k as a child process; the
+    nodes talk TCP, and a node that dies is a ``NodeLost``) or "mpi" (rank k
+    is node k; frames are MPI messages, see ``_mpi_transport``); None:
+    ``DEFAULT_TRANSPORT``.  ``address`` (tcp): "HOST:PORT" node 0 listens on
+    (default 127.0.0.1 when every rank of the cluster shares rank 0's host
+    and network, else 0.0.0.0, port chosen by the kernel).  ``key``: the
+    cluster secret (default: a fresh one, sent to the ranks over MPI).
+    ``options``: the other ``start_nodes`` arguments (init, init_args).
+    Returns a ``NodeSet``.
     """
     job = mpi_job()
     nnodes = job.size if nnodes is None else nnodes
     _check_rank0(job, nnodes)
+    transport = _check_transport(transport, address)
     key = new_key() if key is None else check_key(key)
-    ranks = range(1, nnodes)
-    listen = address or ("127.0.0.1:0" if all(job.local(r) for r in ranks) else "0.0.0.0:0")
     cluster = next(job.clusters)
     node = {"key": key, "attach": attach, "timeout": timeout, "start_timeout": start_timeout,
             "max_frame": max_frame, "log_level": log_level}
+    if transport == "mpi":
+        nodes = start_over_mpi(job, nnodes, cluster, node, **options)
+    else:
+        nodes = _start_tcp(job, nnodes, cluster, node, address, **options)
+    rt = nodes.runtime
+    rt.add_node_lost_listener(lambda peer, reason: _lost(job, rt))
+    return nodes
+
+
+def _check_transport(transport, address) -> str:
+    """The transport of an MPI job's cluster, checked (None: the default)."""
+    transport = DEFAULT_TRANSPORT if transport is None else transport
+    if transport not in MPI_TRANSPORTS:
+        raise ValueError(f"transport={transport!r} under an MPI launcher: accepted are "
+                         f"{', '.join(map(repr, MPI_TRANSPORTS))} (default {DEFAULT_TRANSPORT!r})")
+    if address is not None and transport != "tcp":
+        raise ValueError(f"address={address!r} needs transport='tcp' (the nodes of transport="
+                         f"{transport!r} listen on nothing)")
+    return transport
+
+
+def _start_tcp(job: MPIJob, nnodes: int, cluster: int, node: dict, address, **options):
+    """Rank 0's side of transport="tcp": node 0 listens, rank k spawns node k, which joins."""
+    ranks = range(1, nnodes)
+    listen = address or ("127.0.0.1:0" if all(job.local(r) for r in ranks) else "0.0.0.0:0")
 
     def announce(where: str) -> None:
         host, port = parse_address(where)
@@ -277,12 +315,8 @@ def start_mpi_nodes(nnodes: int | None = None, *, address: str | None = None, ke
             listen_at = [host if host != "0.0.0.0" else "127.0.0.1", 0] if job.local(r) else None
             job.send_start(r, cluster, dict(node, address=[job.node0_host(r, host), port], listen=listen_at))
 
-    nodes = start_nodes(nnodes, "tcp", address=listen, key=key, join=nnodes - 1, announce=announce,
-                        attach=attach, timeout=timeout, start_timeout=start_timeout,
-                        max_frame=max_frame, log_level=log_level, **options)
-    rt = nodes.runtime
-    rt.describe_loss = lambda peer: job.describe_loss(cluster, peer)
-    rt.add_node_lost_listener(lambda peer, reason: _lost(job, rt))
+    nodes = start_nodes(nnodes, "tcp", address=listen, join=nnodes - 1, announce=announce, **node, **options)
+    nodes.runtime.describe_loss = lambda peer: job.describe_loss(cluster, peer)
     return nodes
 
 
@@ -320,7 +354,10 @@ def serve_mpi_ranks() -> int:
 
 
 def _serve(job: MPIJob, message: dict) -> bool:
-    """Run this rank's node of one cluster in a child process; False if it ended badly."""
+    """Run this rank's node of one cluster (transport="tcp": in a child process,
+    "mpi": in this process); False if it ended badly."""
+    if message["config"].get("transport") == "mpi":
+        return serve_over_mpi(job, message)
     rundir = tempfile.mkdtemp(prefix="tornado-dsm-")
     try:
         config = dict(message["config"], node=job.rank, crash_log=os.path.join(rundir, "node.crash"))

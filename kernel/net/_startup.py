@@ -360,6 +360,8 @@ def start_nodes(nnodes: int, transport: str = "unix", *, address: str | None = N
 def _check_args(nnodes, transport, address, join) -> None:
     if not isinstance(nnodes, int) or nnodes < 1:
         raise ValueError(f"nnodes must be an int >= 1, got {nnodes!r}")
+    if transport == "mpi":
+        raise ValueError(_mpi_transport_refused())
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     if address is not None and transport != "tcp":
@@ -369,6 +371,13 @@ def _check_args(nnodes, transport, address, join) -> None:
                          f"got join={join!r} with transport={transport!r}")
     if address is not None:
         parse_address(address)
+
+
+def _mpi_transport_refused() -> str:
+    """Why ``start_nodes`` cannot take transport="mpi" (the nodes it spawns are no MPI ranks)."""
+    return (f"transport='mpi' needs every node to be an MPI rank: run the program as `mpiexec -n N "
+            f"python program.py` and make the cluster with Cluster.from_mpi() (or the kernel's "
+            f"start_mpi_nodes).  Accepted here: {', '.join(map(repr, TRANSPORTS))}")
 
 
 def _start(cluster: NodeSet, transport, address, join, start_timeout, announce, log_level, attach,

@@ -40,6 +40,7 @@ import hmac
 import logging
 import os
 import secrets
+import select
 import socket
 import stat
 import struct
@@ -359,6 +360,7 @@ class FrameReader:
         # Set while an unauthenticated-so-far connection's HELLO is read: all its
         # recvs share the handshake's deadline.  None for every later frame.
         self.deadline: Deadline | None = None
+        self._poll = None   # select.poll of the socket, for wait_readable
 
     def _fill(self, need: int) -> None:
         """Make at least ``need`` bytes available from ``start``."""
@@ -382,6 +384,16 @@ class FrameReader:
             return False
         _k, _f, _p, _r, _o, blen, plen = HEADER.unpack_from(self.buf, self.start)
         return n >= HEADER_SIZE + blen + plen
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        """Whether a frame is buffered or the socket has bytes to read, waiting up to
+        ``timeout`` seconds (None: as long as it takes)."""
+        if self.has_frame():
+            return True
+        if self._poll is None:   # made once: a poll object costs less than a select per wait
+            self._poll = select.poll()
+            self._poll.register(self.sock.fileno(), select.POLLIN)
+        return bool(self._poll.poll(None if timeout is None else timeout * 1000.0))
 
     def next(self):
         """The next frame (see class docstring)."""
