@@ -25,6 +25,7 @@ MAGIC = {"png": (b"\x89PNG\r\n\x1a\n",), "pdf": (b"%PDF",), "svg": (b"<?xml", b"
 # What each shipped scenario's description (or, for ivy-managers, its comment: "Compare
 # messages, invalidations and forwards") says it compares, and the metrics that show it.
 PROMISED = {
+    "adaptive": ("faults/s", "process.rppc/fault", "region.rppc/fault"),  # throughput; who pays the PPCs
     "barriers": ("us/episode", "msgs/ep", "rmw/ep", "rounds", "pages"),   # µs, traffic, RMWs, rounds, space
     "false-sharing": ("us/access", "faults/access"),                    # the page moves at every write
     "infault-multiprogrammed": ("faults/s", "us/access", "process.rppc/fault", "region.rppc/fault"),

@@ -19,8 +19,7 @@ import json
 from pathlib import Path
 
 from . import _report_phases, _report_sync
-from tornado_dsm.kernel.cobj._inspect import history_lines
-
+from .kernel import history_lines
 from ._scenario_run import RunResult, backends_label
 
 SCHEMA_VERSION = 1

@@ -23,27 +23,11 @@ import tornado_dsm as td
 from tornado_dsm.kernel import PAGE
 
 from . import _workloads_sync as _sync
+from ._workloads_base import WORDS, ThreadResult, _me
+from ._workloads_phases import drive_phases
 from ._workloads_sync import drive_barrier, drive_lock
 
-WORDS = 512  # int64/float64 words per 4 KiB page
 SPIN_TIMEOUT_S = 60.0
-
-
-@attrs.frozen
-class ThreadResult:
-    """What one thread did in one measured step: accesses, seconds, a checksum."""
-
-    node: int
-    thread: int
-    ops: int
-    seconds: float
-    checksum: float = 0.0
-
-
-def _me(tpn: int) -> tuple[int, int, int]:
-    """(node, thread, global thread index) of the calling thread."""
-    node, thread = td.current_node(), td.current_thread()
-    return node, thread, node * tpn + thread
 
 
 def page_plan(pages: int, pattern: str, stride: int, write_fraction: float, seed: int):
@@ -362,12 +346,6 @@ def drive_matmul(ctx, s) -> None:
         ctx.step(matmul_blocks, ctx.params(), a, b, c, label=f"multiply {r + 1}")
     if not np.allclose(np.asarray(c), np.asarray(a) @ np.asarray(b)):
         raise AssertionError("matmul: the shared product differs from numpy's")
-
-
-def drive_phases(ctx, s) -> None:
-    """The phases workload (_workloads_phases, imported here: it builds on this module)."""
-    from ._workloads_phases import drive_phases as drive
-    drive(ctx, s)
 
 
 DRIVERS = {

@@ -30,7 +30,7 @@ import attrs
 from tornado_dsm.kernel import PAGE, current_cos, parse_policy
 from tornado_dsm.objects import Process, drop_mappings
 
-from ._workloads import WORDS, ThreadResult, _me
+from ._workloads_base import WORDS, ThreadResult, _me
 
 PHASES = ("read", "churn")
 BIN = 0.1  # seconds per timeline bin

@@ -11,7 +11,7 @@ Its ``start_nodes`` is the net layer's with the COS attached on every node.
 """
 
 from ._cos import COS_OID, ClusteredObjectSystem, attach, current_cos, home_of, start_mpi_nodes, start_nodes
-from ._inspect import EntryView, ObjectView, ReplicationView
+from ._inspect import EntryView, ObjectView, ReplicationView, history_lines
 from ._lock import ObjectLock
 from ._null import NullObject, local_ppc_seconds
 from ._policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
@@ -21,7 +21,7 @@ from ._table import DrainTimeout, ObjectDestroyed
 
 __all__ = [
     "COS_OID", "ClusteredObjectSystem", "attach", "current_cos", "home_of", "start_mpi_nodes", "start_nodes",
-    "EntryView", "ObjectView", "ReplicationView", "ObjectLock", "NullObject", "local_ppc_seconds",
+    "EntryView", "ObjectView", "ReplicationView", "history_lines", "ObjectLock", "NullObject", "local_ppc_seconds",
     "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "Interface", "ObjectRef", "TypedRef",
     "interface_methods", "DrainTimeout",
     "ObjectDestroyed", "SwapFailed",

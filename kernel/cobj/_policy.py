@@ -33,6 +33,7 @@ import attrs
 
 from ..machine import DSMInternalError
 from ..net import LOST
+from ._adaptive_params import parse_params
 from ._lock import ObjectLock
 
 POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k", "adaptive[:key=value,...]")
@@ -74,13 +75,12 @@ def group_leader(node: int, home: int, k: int) -> int:
 
 def parse_policy(text: str, nnodes: int) -> Policy:
     """Parse ``singleton``, ``per_node``, ``partitioned``, ``group:k`` (1 <= k <= nnodes)
-    or ``adaptive[:key=value,...]`` (the keys: _adaptive.DEFAULTS)."""
+    or ``adaptive[:key=value,...]`` (the keys: _adaptive_params.DEFAULTS)."""
     if not isinstance(text, str):
         raise TypeError(f"policy must be a string, one of {POLICY_NAMES}, not {text!r}")
     if text in ("singleton", "per_node", "partitioned"):
         return Policy(text)
     if text == "adaptive" or text.startswith("adaptive:"):
-        from ._adaptive import parse_params  # not at the top: _adaptive imports _swap, which imports us
         return Policy("adaptive", params=parse_params(text))
     if text.startswith("group:"):
         digits = text[len("group:"):]

@@ -135,8 +135,12 @@ class MPIConnection:
 
     # Contract: one frame to ``dest``; returns its size.  ValueError beyond
     # max_frame; ConnectionError (an OSError, as a broken socket) once closed
-    # or if MPI fails.  The payload is sent from the caller's buffer.
+    # or if MPI fails.  The payload (bytes-like, or a list of parts as for
+    # Connection.send, joined only when there are several) is sent from the
+    # caller's buffer.
     def send(self, kind: int, rid: int, oid: int, body: bytes, payload=None, flags: int = 0) -> int:
+        if isinstance(payload, list):  # parts, as for Connection.send: one MPI message for all
+            payload = None if not payload else payload[0] if len(payload) == 1 else b"".join(payload)
         payload = None if payload is None else memoryview(payload).cast("B")
         blen, plen = len(body), (0 if payload is None else len(payload))
         if blen + plen > self.max_frame:
