@@ -213,10 +213,10 @@ def expected_words(a: np.ndarray, counts: list) -> bool:
     return True
 
 
-def churn_while(c, a, stop, work) -> list:
-    """Run churn_pages on every node while ``work()`` runs on node 0; the writes made."""
+def churn_while(c, a, stop, work, program=progs.churn_pages) -> list:
+    """Run ``program`` (churn_pages) on every node while ``work()`` runs on node 0; the writes made."""
     out = []
-    runner = threading.Thread(target=lambda: out.append(c.run(progs.churn_pages, a, stop, threads=1)))
+    runner = threading.Thread(target=lambda: out.append(c.run(program, a, stop, threads=1)))
     runner.start()
     try:
         await_writers(c, a)
@@ -268,16 +268,7 @@ def expected_private(a: np.ndarray, counts: list) -> bool:
 
 def churn_mixed_while(c, a, stop, work) -> list:
     """Run churn_mixed on every node while ``work()`` runs on node 0; the writes made."""
-    out = []
-    runner = threading.Thread(target=lambda: out.append(c.run(churn_mixed, a, stop, threads=1)))
-    runner.start()
-    try:
-        await_writers(c, a)
-        work()
-    finally:
-        stop[0] = 1
-        runner.join(120)
-    return out[0]
+    return churn_while(c, a, stop, work, churn_mixed)
 
 
 POLICY_OF = {"centralized": "singleton", "fixed": "partitioned"}  # a directory's policy by manager

@@ -66,25 +66,32 @@ class TestSetPolicy:
             assert c.run(progs.sum_pages, a, on=[1], threads=1) == [7]
 
 
+def _swapping(c, target, policies) -> tuple[threading.Thread, list]:
+    """A started thread swapping ``target`` through ``policies`` five times, until done or
+    destroyed, and the list of any other error it met."""
+    errors: list = []
+
+    def swap():
+        try:
+            for policy in policies * 5:
+                c.set_policy(target, policy)
+        except td.ObjectDestroyed:
+            pass
+        except Exception as exc:  # noqa: BLE001 -- reported by the test
+            errors.append(exc)
+
+    t = threading.Thread(target=swap)
+    t.start()
+    return t, errors
+
+
 class TestSwapRacingDestroy:
     def test_free_during_swaps(self):
         """Freeing an array while its Region is being swapped leaves no half-moved object."""
         with new_cluster(2) as c:
             a = c.zeros((512,), np.int64)
             region = c._arrays.allocation(a)[0].region
-            errors = []
-
-            def swap():
-                try:
-                    for policy in ("singleton", "per_node") * 5:
-                        c.set_policy(region, policy)
-                except td.ObjectDestroyed:
-                    pass
-                except Exception as exc:  # noqa: BLE001 -- reported below
-                    errors.append(exc)
-
-            t = threading.Thread(target=swap)
-            t.start()
+            t, errors = _swapping(c, region, ("singleton", "per_node"))
             c.free(a)
             t.join(60)
             assert not errors and not t.is_alive()
@@ -101,19 +108,7 @@ class TestSwapRacingDestroy:
             a = c.zeros((4 * 512,), np.int64)
             c.run(progs.write_pages, a, 2, on=[1, 2], threads=1)
             directory = c._arrays.allocation(a)[0].directory  # the array's name dies with free
-            errors = []
-
-            def swap():
-                try:
-                    for policy in ("partitioned", "singleton") * 5:
-                        c.set_policy(directory, policy)
-                except td.ObjectDestroyed:
-                    pass
-                except Exception as exc:  # noqa: BLE001 -- reported below
-                    errors.append(exc)
-
-            t = threading.Thread(target=swap)
-            t.start()
+            t, errors = _swapping(c, directory, ("partitioned", "singleton"))
             time.sleep(0.01)
             c.free(a)
             t.join(60)

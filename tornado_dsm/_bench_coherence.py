@@ -35,7 +35,7 @@ import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
-from tornado_dsm._bench_ppc import _MPIRawPair, _RawPair, _time_each, chosen_transports, transports
+from tornado_dsm._bench_ppc import _MPIRawPair, _RawPair, _time_each, over_transports, transports
 from tornado_dsm.kernel import launched_by_mpi
 from tornado_dsm.kernel import DEFAULT_BASE, MODE_FLOOR, PAGE, PROT_READ, NodeMemory, trap
 from tornado_dsm.objects import MANAGERS
@@ -60,12 +60,7 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     if args.pages < 1 or args.rounds < 1 or args.nodes < 3:
         raise SystemExit(f"--pages and --rounds must be >= 1 and --nodes >= 3 "
                          f"(got {args.pages}, {args.rounds}, {args.nodes})")
-    names = chosen_transports(args)
-    out = []
-    for transport in names:
-        rows = _measure_one(args, transport)
-        out += [attrs.evolve(r, name=f"[{transport}] {r.name}") for r in rows] if len(names) > 1 else rows
-    return out
+    return over_transports(args, _measure_one)
 
 
 def _cluster_options(transport: str) -> dict:

@@ -87,6 +87,17 @@ def chosen_transports(args: argparse.Namespace) -> list[str]:
     return list(MPI_TRANSPORTS) if launched_by_mpi() else ["unix"]
 
 
+def over_transports(args: argparse.Namespace, measure_one) -> list[BenchResult]:
+    """``measure_one(args, transport)`` for each chosen transport; with more than one,
+    every row's name starts with its transport in brackets."""
+    names = chosen_transports(args)
+    out = []
+    for transport in names:
+        rows = measure_one(args, transport)
+        out += [attrs.evolve(r, name=f"[{transport}] {r.name}") for r in rows] if len(names) > 1 else rows
+    return out
+
+
 def two_nodes(transport: str):
     """A two-node cluster over ``transport`` (the ranks of an MPI job under mpiexec)."""
     from tornado_dsm.kernel import start_mpi_nodes, start_nodes
@@ -100,12 +111,7 @@ def measure(args: argparse.Namespace) -> list[BenchResult]:
     """Run the benchmark over each transport: the floor first, then each path with its ratio."""
     if args.calls < 1 or args.rounds < 1:
         raise SystemExit(f"--calls and --rounds must be >= 1 (got {args.calls}, {args.rounds})")
-    names = chosen_transports(args)
-    out = []
-    for transport in names:
-        rows = _measure_one(args, transport)
-        out += [attrs.evolve(r, name=f"[{transport}] {r.name}") for r in rows] if len(names) > 1 else rows
-    return out
+    return over_transports(args, _measure_one)
 
 
 def _measure_one(args: argparse.Namespace, transport: str) -> list[BenchResult]:
