@@ -93,8 +93,8 @@ def home_of(oid: int) -> int:
 class _RootRecord:
     """The miss-handler table's entry for one object (on its home)."""
 
-    def __init__(self, root, info: dict, policy) -> None:
-        self.root, self.info, self.policy = root, info, policy
+    def __init__(self, root, info: dict) -> None:
+        self.root, self.info = root, info
         self.stubs: set[int] = set()
         self.destroyed = False
         self.generation = 0          # bumped by every committed swap (_swap)
@@ -102,6 +102,11 @@ class _RootRecord:
         self.arriving = False  # imported by a migration to this home, not yet settled
         self.history: list[dict] = []  # every swap and migration: time, from, to, figures
         self.adaptive = None  # the _adaptive.Monitor switching its policy, if it has one
+
+    @property
+    def policy(self):
+        """The policy in force: the root's (set at creation, by a swap, by a migration's import)."""
+        return self.root.policy
 
 
 class ClusteredObjectSystem:
@@ -233,7 +238,7 @@ class ClusteredObjectSystem:
         info = {"name": name, "cls": cls.__qualname__, "path": path, "policy": str(policy), "home": self.node}
         root = instantiate(cls, self, oid, self.node, name, self.node, "root", args, policy)
         with self._lock:
-            record = self._roots[oid] = _RootRecord(root, info, policy)
+            record = self._roots[oid] = _RootRecord(root, info)
         _adaptive.watch(self, oid, record, monitor)
         return oid
 

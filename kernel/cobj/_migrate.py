@@ -155,7 +155,7 @@ def import_root(cos, oid: int, package: dict) -> None:
     with root.lock:
         root.migrate_import(package["root"])
         root.swap_import(package["reps"])
-    record = cos.RootRecord(root, info, root.policy)
+    record = cos.RootRecord(root, info)
     record.generation, record.history = package["generation"], list(package["history"])
     record.swap_done, record.arriving = threading.Event(), True
     with cos._lock:

@@ -260,7 +260,7 @@ def swap_home(cos, oid: int, policy_text: str, timeout: float, reason: str = "se
             record.root.swap_import([s for s in states if s is not LOST and s is not None])
             record.root._reps.clear()
             record.stubs.clear()
-            record.policy, record.info["policy"] = new, str(new)
+            record.info["policy"] = str(new)
             record.generation += 1
         waits = cos._all_nodes("swap_commit", [oid, record.generation])
     finally:
