@@ -26,7 +26,7 @@ from .net import (
 from .cobj import (
     COS_OID, ClusteredObjectSystem, ClusteredRep, ClusteredRoot, DrainTimeout, EntryView, Interface, NullObject,
     ObjectDestroyed, ObjectLock, ObjectRef, ObjectView, Policy, ReplicationView, TypedRef, attach, current_cos,
-    history_lines, home_of, local_ppc_seconds, parse_policy, start_mpi_nodes, start_nodes, SwapFailed,
+    history_lines, home_of, is_adaptive, local_ppc_seconds, parse_policy, start_mpi_nodes, start_nodes, SwapFailed,
 )
 
 __all__ = [
@@ -42,6 +42,6 @@ __all__ = [
     "AuthenticationError", "check_key", "connect", "handshake_accept", "listen",
     "COS_OID", "ClusteredObjectSystem", "ClusteredRep", "ClusteredRoot", "DrainTimeout", "EntryView", "Interface",
     "NullObject", "ObjectDestroyed", "ObjectLock", "ObjectRef", "ObjectView", "Policy",
-    "ReplicationView", "TypedRef", "attach", "current_cos", "history_lines", "home_of", "local_ppc_seconds", "parse_policy",
+    "ReplicationView", "TypedRef", "attach", "current_cos", "history_lines", "home_of", "is_adaptive", "local_ppc_seconds", "parse_policy",
     "start_mpi_nodes", "start_nodes", "SwapFailed",
 ]

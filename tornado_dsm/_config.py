@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tornado_dsm.kernel import PAGE, parse_policy
+from tornado_dsm.kernel import PAGE, is_adaptive, parse_policy
 from tornado_dsm.objects import MANAGERS, MAX_NODES, PROTOCOLS
 
 PROCESS_POLICIES = ("per_node", "singleton", "adaptive[:key=value,...]")
@@ -46,11 +46,6 @@ def check_region_policy(text, nodes: int) -> None:
             and not (isinstance(text, str) and text.startswith("group:")):
         _one_of("region policy", text, REGION_POLICIES)   # raises, naming the accepted ones
     parse_policy(text, nodes)   # group:k: k from 1 to nodes
-
-
-def is_adaptive(text) -> bool:
-    """Whether ``text`` names the adaptive policy (kernel/cobj/_adaptive.py), with or without parameters."""
-    return isinstance(text, str) and (text == "adaptive" or text.startswith("adaptive:"))
 
 
 def check_cluster_args(nodes, threads_per_node, protocol, manager, policies, memory_per_node,

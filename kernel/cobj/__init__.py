@@ -12,6 +12,7 @@ Its ``start_nodes`` is the net layer's with the COS attached on every node.
 
 from ._cos import COS_OID, ClusteredObjectSystem, attach, current_cos, home_of, start_mpi_nodes, start_nodes
 from ._inspect import EntryView, ObjectView, ReplicationView, history_lines
+from ._adaptive_params import is_adaptive
 from ._lock import ObjectLock
 from ._null import NullObject, local_ppc_seconds
 from ._policy import ClusteredRep, ClusteredRoot, Policy, parse_policy
@@ -23,6 +24,6 @@ __all__ = [
     "COS_OID", "ClusteredObjectSystem", "attach", "current_cos", "home_of", "start_mpi_nodes", "start_nodes",
     "EntryView", "ObjectView", "ReplicationView", "history_lines", "ObjectLock", "NullObject", "local_ppc_seconds",
     "ClusteredRep", "ClusteredRoot", "Policy", "parse_policy", "Interface", "ObjectRef", "TypedRef",
-    "interface_methods", "DrainTimeout",
+    "interface_methods", "DrainTimeout", "is_adaptive",
     "ObjectDestroyed", "SwapFailed",
 ]

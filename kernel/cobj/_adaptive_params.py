@@ -14,6 +14,11 @@ TARGETS = ("singleton", "per_node")
 DEFAULTS = {"up": 200.0, "down": 20.0, "ratio": 2.0, "dwell": 0.5, "period": 0.1, "start": "singleton"}
 
 
+def is_adaptive(text) -> bool:
+    """Whether ``text`` names the adaptive policy, with or without parameters."""
+    return isinstance(text, str) and (text == ADAPTIVE or text.startswith(ADAPTIVE + ":"))
+
+
 def _usage(text: str) -> str:
     return (f"in policy {text!r}: expected 'adaptive' or 'adaptive:KEY=VALUE,...' with KEY one of "
             f"{', '.join(DEFAULTS)} (start: {' or '.join(TARGETS)}; the others numbers >= 0)")

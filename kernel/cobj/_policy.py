@@ -33,7 +33,7 @@ import attrs
 
 from ..machine import DSMInternalError
 from ..net import LOST
-from ._adaptive_params import parse_params
+from ._adaptive_params import is_adaptive, parse_params
 from ._lock import ObjectLock
 
 POLICY_NAMES = ("singleton", "per_node", "partitioned", "group:k", "adaptive[:key=value,...]")
@@ -80,7 +80,7 @@ def parse_policy(text: str, nnodes: int) -> Policy:
         raise TypeError(f"policy must be a string, one of {POLICY_NAMES}, not {text!r}")
     if text in ("singleton", "per_node", "partitioned"):
         return Policy(text)
-    if text == "adaptive" or text.startswith("adaptive:"):
+    if is_adaptive(text):
         return Policy("adaptive", params=parse_params(text))
     if text.startswith("group:"):
         digits = text[len("group:"):]
