@@ -27,7 +27,7 @@ from time import perf_counter
 
 import attrs
 
-from tornado_dsm.kernel import PAGE, current_cos, parse_policy
+from tornado_dsm.kernel import PAGE, current_cos, is_adaptive, parse_policy
 from tornado_dsm.objects import Process, drop_mappings
 
 from ._workloads_base import WORDS, ThreadResult, _me
@@ -143,7 +143,7 @@ def _policy_times(ctx, target, t0: float) -> dict:
     history = ctx.history(target)
     key = "policies.process" if isinstance(target, str) else "policies.region"
     policy = ctx.s[key]
-    adaptive = policy.startswith("adaptive")
+    adaptive = is_adaptive(policy)
     first = history[0]["from"] if history else policy
     if adaptive and not history:  # never switched: still under the policy it started with
         first = dict(parse_policy(policy, 1).params).get("start", "singleton")
