@@ -16,7 +16,8 @@ from .machine import (
     BACKENDS, DEFAULT_BASE, DEFAULT_SIZE, HAT, MODE_FLOOR, MODE_PYTHON, PAGE, PROT_NONE, PROT_READ, PROT_WRITE,
     check_backend, uffd_support,
     READ, USER_SPACE_END, WRITE, DSMInternalError, FaultRefused, HATStatistics, KernelPager,
-    MemoryLayoutError, NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, trap, view_at,
+    MemoryLayoutError, NodeMemory, PagerStatistics, SegmentationFault, atomic, log2_percentile, spin_readable, trap,
+    view_at,
 )
 from .net import (
     LOST, MPIJob, NodeLost, NodeRuntime, NodeSet, NodeStartupError, Payload, PPCCounter, PPCStatistics, PPCTimeout,
@@ -35,7 +36,7 @@ __all__ = [
     "PROT_READ", "PROT_WRITE", "READ", "USER_SPACE_END", "WRITE", "DSMInternalError", "FaultRefused",
     "HATStatistics",
     "KernelPager", "MemoryLayoutError", "NodeMemory", "PagerStatistics", "SegmentationFault",
-    "atomic", "log2_percentile", "trap", "view_at",
+    "atomic", "log2_percentile", "spin_readable", "trap", "view_at",
     "LOST", "MPIJob", "NodeLost", "NodeRuntime", "NodeSet", "NodeStartupError", "Payload", "PPCCounter",
     "PPCStatistics", "PPCTimeout", "RemoteError", "before_blocking", "current_runtime", "new_key",
     "parse_address", "peek_count", "read_key_file", "run_node", "launched_by_mpi", "MPI_TRANSPORTS", "mpi_job", "serve_mpi_ranks", "wire_record", "write_key_file",

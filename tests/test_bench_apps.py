@@ -37,6 +37,11 @@ class TestMeasure:
         with pytest.raises(SystemExit, match="--matmul-n must be a multiple of --block"):
             main(["bench", "apps", "--matmul-n", "100", "--block", "32"])
 
+    def test_bad_barrier_is_refused(self):
+        """A barrier kind the cluster does not have is refused naming the accepted kinds."""
+        with pytest.raises(SystemExit, match=r"--barrier must be one of .*server.*, not .ring."):
+            main(["bench", "apps", "--barrier", "ring"])
+
 
 class TestBand:
     def test_bands_cover_the_rows_once(self):

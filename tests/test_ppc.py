@@ -296,7 +296,7 @@ class TestNodeLost:
 class TestBenchPPC:
     @pytest.mark.timeout(120)
     def test_json_shape(self, tmp_path):
-        """bench ppc writes the shared JSON shape: the floor, remote paths with ratios, local PPC."""
+        """bench ppc writes the shared JSON shape: the floors, remote paths with ratios, local PPC."""
         import json
 
         from tornado_dsm._cli import main
@@ -305,6 +305,7 @@ class TestBenchPPC:
         assert main(["bench", "ppc", "--calls", "50", "--rounds", "1", "--json", str(out)]) == 0
         doc = json.loads(out.read_text())
         results = {r["name"]: r for r in doc["results"]}
-        assert doc["bench"] == "ppc" and len(results) == 4
+        assert doc["bench"] == "ppc" and len(results) == 5
         assert all(r["median_us"] > 0 for r in results.values())
-        assert sum(r["ratio_to_floor"] is not None for r in results.values()) == 2
+        assert sum(r["ratio_to_floor"] is not None for r in results.values()) == 3
+        assert "the polled round trip" in results["remote PPC through the COS (singleton stub)"]["note"]

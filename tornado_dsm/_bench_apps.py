@@ -5,6 +5,11 @@
 * blocked matrix multiply: C = A B, 1024 x 1024, a band of C's rows per node,
   128 x 128 tiles.
 
+The barrier between sweeps is a ``server`` barrier by default (a clustered
+object on node 0: one PPC per wait, about 60 us here) rather than one on
+DSM words (a tree barrier is three faults in a row per episode, about 1 ms
+here); ``--barrier`` picks another kind to compare.
+
 Each is run on a 1-node and a 2-node cluster and its result checked against
 numpy (a wrong result is an error, not a row).  A row's ``median_us`` is the
 median over rounds of the computation's time (the slowest node's, timed on
@@ -48,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per row (default 3)")
     parser.add_argument("--prefetch", type=int, default=0,
                         help="pages a read fault brings beyond the missing one (default 0)")
+    parser.add_argument("--barrier", default="server",
+                        help="barrier kind between sweeps: server (one PPC per wait; default), "
+                             "tree, counter, mcs, tournament, dissemination (on DSM words)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (a smoke run: 256 grid, 4 sweeps, 128 matrix, 1 round)")
     parser.add_argument("--no-mpi", action="store_true", help="skip the mpi4py comparison")
@@ -82,6 +90,9 @@ def _check(args) -> None:
         raise SystemExit(f"--n must be >= 4, --sweeps and --rounds >= 1 (got {args.n}, {args.sweeps}, {args.rounds})")
     if args.block < 1 or args.matmul_n < args.block or args.matmul_n % args.block:
         raise SystemExit(f"--matmul-n must be a multiple of --block, both >= 1 (got {args.matmul_n}, {args.block})")
+    from tornado_dsm._barriers import KINDS
+    if args.barrier not in KINDS:
+        raise SystemExit(f"--barrier must be one of {', '.join(KINDS)}, not {args.barrier!r}")
     if args.prefetch < 0:
         raise SystemExit(f"--prefetch must be >= 0 pages, not {args.prefetch}")
 
@@ -102,7 +113,8 @@ def _app_rows(app: str, args, bar, once, steps: int) -> list[BenchResult]:
         note = (f"{1e3 * median / steps:.2f} ms per {per}, speedup {single / median:.2f}x over 1 node; "
                 f"per {per}: "
                 f"{stats.total.faults / steps:.0f} faults ({stats.total.coherence_faults / steps:.0f} coherence), "
-                f"{stats.total.bytes / steps / 1024:.0f} KiB moved, {stats.total.messages / steps:.0f} messages")
+                f"{stats.total.bytes / steps / 1024:.0f} KiB moved, {stats.total.messages / steps:.0f} messages; "
+                f"{args.barrier} barrier")
         rows.append(BenchResult(f"{app}, {nodes} node{'s' if nodes > 1 else ''}", 1e6 * median,
                                 1e6 * max(seconds), single / median, len(runs), note))
     return rows
@@ -119,7 +131,7 @@ def _jacobi_once(nodes: int, args) -> tuple:
     with _cluster(nodes) as c:
         g0, g1 = (c.zeros((n, n), prefetch=args.prefetch) if args.prefetch else c.zeros((n, n))
                   for _ in range(2))
-        barrier = c.barrier(nodes)
+        barrier = c.barrier(nodes, kind=args.barrier)
         c.run(_apps.jacobi_setup, g0, g1, barrier)
         with c.measure() as m:
             seconds = max(c.run(_apps.jacobi_sweeps, g0, g1, barrier, args.sweeps))
@@ -135,7 +147,7 @@ def _matmul_once(nodes: int, args) -> tuple:
     with _cluster(nodes) as c:
         a, b, cc = (c.zeros((n, n), prefetch=args.prefetch) if args.prefetch else c.zeros((n, n))
                     for _ in range(3))
-        barrier = c.barrier(nodes)
+        barrier = c.barrier(nodes, kind=args.barrier)
         c.run(_apps.matmul_setup, a, b, cc, barrier, seed, block)
         with c.measure() as m:
             seconds = max(c.run(_apps.matmul_band, a, b, cc, barrier, block))

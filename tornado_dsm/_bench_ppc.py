@@ -6,7 +6,9 @@ every path sees the same machine:
 
 * the floor: a raw Python socket round trip between the same two processes
   (64 bytes each way; node 1 echoes on one thread blocked in ``recv``, as the
-  runtime's reader thread is);
+  runtime's reader thread is), and beside it the same round trip with each
+  end polling its socket up to 200 us before it sleeps in ``recv``, as the
+  channels' readers do (kernel/net/_spinwait.py): the floor of a polled call;
 * remote PPC, transport level: ``runtime.call(1, 0, "ping", None)``, served
   by node 1's node service on a pool worker;
 * remote PPC through the COS: a call on a singleton NullObject homed on node
@@ -46,13 +48,14 @@ import attrs
 import numpy as np
 
 from tornado_dsm._bench import BenchResult, summarize
-from tornado_dsm.kernel import MPI_TRANSPORTS, launched_by_mpi
+from tornado_dsm.kernel import MPI_TRANSPORTS, launched_by_mpi, spin_readable
 
 HELP = "PPC latency: local and remote calls vs a raw socket round trip between the same processes"
 
 _MSG = 64
 ECHO_TAG = 30000   # the raw MPI ping-pong's tags (the transport's are 2 * node + 0/1)
 _BATCH = 200   # local calls per timed batch
+_POLL = 200e-6   # the polled floor: each end polls this long before it sleeps in recv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,16 +133,26 @@ def _measure_one(args: argparse.Namespace, transport: str) -> list[BenchResult]:
         extra = [summarize("raw MPI ping-pong, 4 KiB", samples["raw 4k"], floor)]
     else:
         floor = summarize(f"floor: raw socket round trip ({transport}{where})", samples["raw"])
-        extra = []
+        extra = [summarize("raw round trip, both ends polling", samples["raw polled"], floor,
+                           note=f"each end polls up to {_POLL * 1e6:.0f} us before it sleeps in recv, "
+                                f"as the channels do (TORNADO_DSM_SPIN_US)")]
     return [
         floor, *extra,
-        summarize("remote PPC, transport (node service ping)", samples["ppc"], floor,
-                  note="target: <= 1.5x floor"),
-        summarize("remote PPC through the COS (singleton stub)", samples["cos-remote"], floor,
-                  note="target: <= 1.5x floor"),
+        _vs_floors("remote PPC, transport (node service ping)", samples["ppc"], floor, extra),
+        _vs_floors("remote PPC through the COS (singleton stub)", samples["cos-remote"], floor, extra),
         summarize("local PPC through the COS (translation table)", samples["cos-local"],
                   note=f"target: <= 2 us; timed in batches of {_BATCH}"),
     ]
+
+
+def _vs_floors(name: str, ns, floor: BenchResult, extra: list) -> BenchResult:
+    """A remote PPC row: its ratio to the floor (target <= 1.25x), and to the
+    polled round trip where there is one."""
+    row = summarize(name, ns, floor)
+    polled = [r for r in extra if r.name.startswith("raw round trip, both ends polling")]
+    note = "target: <= 1.25x floor" + (f"; {row.median_us / polled[0].median_us:.2f}x the polled round trip"
+                                        if polled else "")
+    return attrs.evolve(row, note=note)
 
 
 def _collect(nodes, calls: int, rounds: int, transport: str) -> dict:
@@ -224,27 +237,38 @@ class _RawPair:
             server.bind(("127.0.0.1", 0))
             address = list(server.getsockname())
         server.listen(1)
-        nodes.run_on(1, _start_echo, address)
-        self.sock, _ = server.accept()
+        self.sock, self.polled = (self._echo_connection(nodes, server, address, polled, transport)
+                                  for polled in (False, True))
         server.close()
-        if transport == "tcp":
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.msg = b"x" * _MSG
 
-    def time(self, calls: int) -> dict:
-        """{"raw": ns of ``calls`` round trips}."""
-        return {"raw": _time_each(self.round_trip, calls)}
+    @staticmethod
+    def _echo_connection(nodes, server, address, polled: bool, transport: str) -> socket.socket:
+        nodes.run_on(1, _start_echo, address, polled)
+        sock, _ = server.accept()
+        if transport == "tcp":
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
-    def round_trip(self) -> None:
-        """One message there and back."""
-        self.sock.sendall(self.msg)
+    def time(self, calls: int) -> dict:
+        """{"raw": ns of ``calls`` round trips, each end blocked in recv;
+        "raw polled": the same with each end polling first, as the channels do}."""
+        return {"raw": _time_each(lambda: self.round_trip(self.sock, 0.0), calls),
+                "raw polled": _time_each(lambda: self.round_trip(self.polled, _POLL), calls)}
+
+    def round_trip(self, sock: socket.socket, poll: float) -> None:
+        """One message there and back; with ``poll`` > 0 s, poll that long before each recv."""
+        sock.sendall(self.msg)
         got = 0
         while got < _MSG:
-            got += len(self.sock.recv(_MSG - got))
+            if poll:
+                spin_readable(sock.fileno(), poll)
+            got += len(sock.recv(_MSG - got))
 
     def close(self) -> None:
-        """Close the socket (the echo thread sees EOF and ends)."""
+        """Close both sockets (each echo thread sees EOF and ends)."""
         self.sock.close()
+        self.polled.close()
         os.rmdir(self._dir) if not os.listdir(self._dir) else _unlink_all(self._dir)
 
 
@@ -304,18 +328,24 @@ def _unlink_all(path: str) -> None:
     os.rmdir(path)
 
 
-def _start_echo(address) -> None:
-    """On node 1: connect to ``address`` and echo everything back, on a thread."""
+def _start_echo(address, polled: bool = False) -> None:
+    """On node 1: connect to ``address`` and echo everything back, on a thread
+    (``polled``: polling before each recv, as a channel's reader does)."""
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(address)
     else:
         sock = socket.create_connection(tuple(address))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    threading.Thread(target=_echo, args=(sock,), daemon=True, name="bench-echo").start()
+    threading.Thread(target=_echo, args=(sock, polled), daemon=True, name="bench-echo").start()
 
 
-def _echo(sock: socket.socket) -> None:
+def _echo(sock: socket.socket, polled: bool) -> None:
     with sock:
-        while data := sock.recv(65536):
+        while True:
+            if polled:
+                spin_readable(sock.fileno(), _POLL)
+            data = sock.recv(65536)
+            if not data:
+                return
             sock.sendall(data)

@@ -18,6 +18,7 @@ from ._memory import DEFAULT_BASE, DEFAULT_SIZE, USER_SPACE_END, NodeMemory, vie
 from ._pager import KernelPager, PagerStatistics
 from ._trap import READ, WRITE, MODE_FLOOR, MODE_PYTHON, FaultRefused
 from ._histogram import log2_percentile
+from ._spin import spin_readable
 from . import _atomic as atomic
 from . import _trap as trap
 
@@ -26,5 +27,5 @@ __all__ = [
     "PROT_NONE", "PROT_READ", "PROT_WRITE", "DEFAULT_BASE", "DEFAULT_SIZE", "USER_SPACE_END", "NodeMemory",
     "view_at", "BACKENDS", "check_backend", "uffd_support",
     "KernelPager", "PagerStatistics", "READ", "WRITE", "MODE_FLOOR", "MODE_PYTHON", "FaultRefused",
-    "log2_percentile", "atomic", "trap",
+    "log2_percentile", "spin_readable", "atomic", "trap",
 ]

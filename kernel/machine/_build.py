@@ -76,6 +76,8 @@ uint64_t td_cas64(uintptr_t a, uint64_t expected, uint64_t desired);
 uint32_t td_tas32(uintptr_t a);
 uint64_t td_tas64(uintptr_t a);
 void td_fadd_loop64(uintptr_t a, uint64_t n);
+
+int td_spin_readable(int fd, int64_t max_ns);
 """
 
 PRELUDE = """
@@ -86,6 +88,7 @@ PRELUDE = """
 #include "_trap.c"
 #include "_uffd.c"
 #include "_atomic.c"
+#include "_spin.c"
 """
 
 ffibuilder = FFI()
@@ -94,7 +97,8 @@ ffibuilder.set_source(
     "tornado_dsm.kernel.machine._core",
     PRELUDE,
     include_dirs=[str(HERE)],
-    depends=[str(HERE / "_trap.c"), str(HERE / "_uffd.c"), str(HERE / "_atomic.c"), str(HERE / "_interrupt.c")],
+    depends=[str(HERE / "_trap.c"), str(HERE / "_uffd.c"), str(HERE / "_atomic.c"), str(HERE / "_interrupt.c"),
+             str(HERE / "_spin.c")],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
 )
 

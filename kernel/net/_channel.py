@@ -53,6 +53,7 @@ import logging
 import threading
 import time
 
+from . import _spinwait
 from ._transport import ERROR, HEADER_SIZE, REPLY, REQUEST, Connection, FrameReader
 from ._wire import NodeLost, Payload, PPCTimeout, decode_error, pack_parts, unpack_parts
 
@@ -221,10 +222,8 @@ class CallChannel:
     def _read_until(self, call: PendingCall, deadline: float | None) -> None:
         reader = self.reader
         while not call.done:
-            if deadline is not None and not reader.has_frame():
-                left = deadline - time.monotonic()
-                if left <= 0 or not reader.wait_readable(left):
-                    return
+            if not reader.has_frame() and not _frame_soon(reader, deadline):
+                return
             if not self._read_one():
                 return
 
@@ -293,6 +292,18 @@ class CallChannel:
             call.complete(None, NodeLost(f"node {self.peer} is lost: {self.reason}"), 0)
 
 
+def _frame_soon(reader, deadline: float | None) -> bool:
+    """Whether to read now: poll up to the call bound first (a reply is due
+    soon, see _spinwait), then wait up to ``deadline``; False once it passed."""
+    spin = _spinwait.CALL
+    if spin and reader.spin(spin if deadline is None else max(0.0, min(spin, deadline - time.monotonic()))):
+        return True
+    if deadline is None:
+        return True   # ``next`` blocks until a frame comes
+    left = deadline - time.monotonic()
+    return left > 0 and reader.wait_readable(left)
+
+
 class ServeChannel:
     """This node's end of the connection ``peer`` dialed: requests in, replies out."""
 
@@ -319,6 +330,8 @@ class ServeChannel:
         """Hold the reading role: read a request, run it inline, repeat while we keep the role."""
         serve, role = self.core.serve, self._role
         while True:
+            if _spinwait.SERVE and self.seq:   # after a request: poll for the next of a burst
+                self.reader.spin(_spinwait.SERVE)
             request = self._read_request()
             if request is None:
                 return

@@ -191,6 +191,11 @@ class MPIFrameReader:
     def has_frame(self) -> bool:
         return False
 
+    # Contract: False at once: this reader's waits poll already (``_match``),
+    # so a channel's spin before blocking (see _spinwait) has nothing to add.
+    def spin(self, seconds: float) -> bool:
+        return False
+
     # Contract: True once a message waits on our tag (a frame, or the EOF /
     # wake of a close), False after ``timeout`` seconds; paced as ``_match``.
     def wait_readable(self, timeout: float | None) -> bool:

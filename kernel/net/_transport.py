@@ -47,6 +47,8 @@ import struct
 import threading
 import time
 
+from ..machine import spin_readable
+
 log = logging.getLogger("tornado_dsm.transport")
 
 MAGIC = b"TDSM\x01"
@@ -394,6 +396,12 @@ class FrameReader:
             self._poll = select.poll()
             self._poll.register(self.sock.fileno(), select.POLLIN)
         return bool(self._poll.poll(None if timeout is None else timeout * 1000.0))
+
+    def spin(self, seconds: float) -> bool:
+        """Whether a frame is buffered or bytes arrive within ``seconds`` of polling
+        (GIL released, CPU yielded between polls): a reader expecting a frame soon
+        spins, then blocks in ``next``, and so skips a sleeping thread's wake-up."""
+        return self.has_frame() or spin_readable(self.sock.fileno(), seconds)
 
     def next(self):
         """The next frame (see class docstring)."""
