@@ -12,7 +12,9 @@ import pytest
 
 from tornado_dsm.kernel.machine import spin_readable
 from tornado_dsm.kernel.net import _spinwait
-from tornado_dsm.kernel.net._transport import HEADER, REPLY, FrameReader
+from tornado_dsm.kernel.net._channel import ServeChannel
+from tornado_dsm.kernel.net._transport import HEADER, REPLY, REQUEST, FrameReader
+from tornado_dsm.kernel.net._wire import pack_parts
 
 from helpers import new_cluster
 
@@ -80,6 +82,54 @@ class TestFrameReaderSpin:
             reader = FrameReader(a)
             reader.next()   # reads both frames into the buffer, returns the first
             assert reader.has_frame() and reader.spin(0.0)
+
+
+class _CountingReader(FrameReader):
+    """A FrameReader that counts its polls."""
+
+    spins = 0
+
+    def spin(self, seconds: float) -> bool:
+        self.spins += 1
+        return super().spin(seconds)
+
+
+class TestServeBurst:
+    def _channel(self):
+        a, b = socket.socketpair()
+        channel = ServeChannel.__new__(ServeChannel)   # the reading half only: no core, no pool
+        channel.reader, channel.replied, channel.burst = _CountingReader(a), -1e9, False
+        channel.closed, channel.core, channel.peer = False, None, 1
+        return channel, a, b
+
+    def _request(self, b):
+        body, _ = pack_parts(["ping", None])
+        b.sendall(HEADER.pack(REQUEST, 0, 0, 1, 0, len(body), 0) + body)
+
+    def test_a_request_soon_after_a_reply_is_polled_for_next_time(self, monkeypatch):
+        """A request arriving within twice the serve bound of the last reply makes the reader poll for the next one."""
+        monkeypatch.setattr(_spinwait, "SERVE", 0.05)
+        channel, a, b = self._channel()
+        with a, b:
+            channel.replied = time.perf_counter()
+            self._request(b)
+            assert channel._next_request()[2] == "ping" and channel.burst
+            self._request(b)
+            channel._next_request()
+            assert channel.reader.spins == 1
+
+    def test_a_lone_request_is_not_followed_by_a_poll(self, monkeypatch):
+        """A request long after the last reply (an invalidation, say) leaves the next read unpolled."""
+        monkeypatch.setattr(_spinwait, "SERVE", 0.005)
+        channel, a, b = self._channel()
+        with a, b:
+            channel.replied = time.perf_counter() - 1.0
+            self._request(b)
+            channel._next_request()
+            assert not channel.burst
+            self._request(b)
+            channel._next_request()
+            assert channel.reader.spins == 0
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -312,6 +312,8 @@ class ServeChannel:
         conn.peer = peer
         self.closed = False
         self.seq = 0          # requests read so far (only the reading worker writes it)
+        self.replied = -1e9   # perf_counter when the last request's handler returned
+        self.burst = False    # whether requests come in a burst now (see _next_request)
         # {0: seq} while the reading worker runs request seq inline.  Whoever pops
         # the entry first decides (dict.pop is atomic under the GIL): the worker
         # keeps reading, or a promoter hands reading to a new worker.
@@ -330,9 +332,7 @@ class ServeChannel:
         """Hold the reading role: read a request, run it inline, repeat while we keep the role."""
         serve, role = self.core.serve, self._role
         while True:
-            if _spinwait.SERVE and self.seq:   # after a request: poll for the next of a burst
-                self.reader.spin(_spinwait.SERVE)
-            request = self._read_request()
+            request = self._next_request()
             if request is None:
                 return
             self.seq += 1
@@ -342,8 +342,22 @@ class ServeChannel:
                 serve(self.conn, *request[:-1])
             finally:
                 _tls.serving, _chain.stack = None, []
+                self.replied = time.perf_counter()
             if role.pop(0, None) is None:
                 return   # promoted away while running: another worker reads now
+
+    def _next_request(self):
+        """``_read_request``, polling first while this channel's requests come in a
+        burst: the last one came within twice the serve bound of our reply before
+        it (a wake-up from ``recv`` adds about one bound to the gap it measures).
+        So a fault stream's next request is polled for, while a lone request (an
+        invalidation, a barrier's wait) never leaves a CPU polling after it."""
+        bound = _spinwait.SERVE
+        if bound and self.burst:
+            self.reader.spin(bound)
+        request = self._read_request()
+        self.burst = time.perf_counter() - self.replied < 2 * bound
+        return request
 
     def promote(self, seq: int | None = None) -> None:
         """Give the reading role to a new worker if the reader is running

@@ -15,8 +15,12 @@ came within the bound:
 * a caller leading its channel (``CallChannel``) expects its reply within a
   fault's service time: it polls up to ``CALL`` seconds (default 200 us);
 * a serving reader (``ServeChannel``) that has just answered a request
-  expects the next one of a burst (a fault stream, a fan-out's next round):
-  it polls up to ``SERVE`` seconds (default 50 us) before it sleeps.
+  expects the next one of a burst (a fault stream): while its requests come
+  within twice ``SERVE`` of its replies it polls up to ``SERVE`` seconds
+  (default 50 us) before it sleeps; a lone request (an invalidation, a
+  barrier's wait) is not followed by a poll, so on a machine with more
+  nodes than CPUs the readers that have nothing coming do not compete with
+  the ones that work.
 
 A node that has nothing to do polls at most these bounds after its last
 frame and then sleeps: idle nodes use no CPU.  The cost is CPU while
