@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from hypothesis import Phase, settings
@@ -18,6 +19,15 @@ from tornado_dsm.kernel.cobj import _lock as _cobj_lockdebug  # noqa: E402
 from helpers import BACKEND_PARAMS, NNODES, fresh_base, process_gone  # noqa: E402
 
 _cobj_lockdebug.refresh()
+
+# ---- session: Ctrl-C as a terminal delivers it ----------------------------------------
+# A runner that starts pytest with SIGINT ignored (a background job of a shell without job
+# control) would pass that on to every program the Ctrl-C tests start: an ignored signal
+# stays ignored across exec, so their SIGINT would never arrive.  A handler does not
+# survive exec (it becomes the default), so catching SIGINT here gives the programs the
+# terminal's disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ---- hypothesis: no deadline (node processes on 2 shared cores are slow at times,
 # and a slow example is not a wrong one), and no "explain" phase, whose patch
