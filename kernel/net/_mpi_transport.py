@@ -76,7 +76,7 @@ import time
 import traceback
 
 from ._runtime import NodeRuntime, NodeStartupError, _set_current
-from ._transport import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, KINDS, FrameError
+from ._transport import DEFAULT_MAX_FRAME, HEADER, HEADER_SIZE, FrameError, read_header
 
 log = logging.getLogger("tornado_dsm.node")
 
@@ -273,13 +273,9 @@ class _Backoff:
 def _check_header(buf, n: int, max_frame: int) -> tuple:
     if n < HEADER_SIZE:
         raise FrameError(f"message of {n} bytes is shorter than a frame header ({HEADER_SIZE})")
-    kind, flags, _pad, rid, oid, blen, plen = HEADER.unpack_from(buf, 0)
-    if kind not in KINDS:
-        raise FrameError(f"unknown frame kind {kind}")
+    kind, flags, rid, oid, blen, plen = read_header(buf, 0, max_frame)
     if HEADER_SIZE + blen != n:
         raise FrameError(f"header says a body of {blen} bytes, the message holds {n - HEADER_SIZE}")
-    if blen + plen > max_frame:
-        raise FrameError(f"frame of {blen + plen} bytes exceeds max_frame={max_frame}")
     return kind, flags, rid, oid, blen, plen
 
 

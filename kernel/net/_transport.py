@@ -344,6 +344,18 @@ def _sendmsg_all(sock: socket.socket, parts: list) -> None:
             views[0] = views[0][sent:]
 
 
+def read_header(buf, at: int, max_frame: int) -> tuple:
+    """(kind, flags, rid, oid, body length, payload length) of the header at
+    ``buf[at:]``; FrameError for an unknown kind or a frame beyond ``max_frame``
+    (checked before any body is read, by every transport's reader)."""
+    kind, flags, _pad, rid, oid, blen, plen = HEADER.unpack_from(buf, at)
+    if kind not in KINDS:
+        raise FrameError(f"unknown frame kind {kind}")
+    if blen + plen > max_frame:
+        raise FrameError(f"frame of {blen + plen} bytes exceeds max_frame={max_frame}")
+    return kind, flags, rid, oid, blen, plen
+
+
 class FrameReader:
     """Reads frames from one socket with a buffer: ``next()`` returns
     (kind, flags, rid, oid, body memoryview, payload bytearray | None).
@@ -409,11 +421,7 @@ class FrameReader:
         if self.end - start < HEADER_SIZE:
             self._fill(HEADER_SIZE)
             start = self.start
-        kind, flags, _pad, rid, oid, blen, plen = HEADER.unpack_from(self.buf, start)
-        if kind not in KINDS:
-            raise FrameError(f"unknown frame kind {kind}")
-        if blen + plen > self.max_frame:
-            raise FrameError(f"frame of {blen + plen} bytes exceeds max_frame={self.max_frame}")
+        kind, flags, rid, oid, blen, plen = read_header(self.buf, start, self.max_frame)
         if HEADER_SIZE + blen > len(self.buf):  # a large body gets its own buffer
             self.start += HEADER_SIZE
             body = memoryview(self._payload(blen))
