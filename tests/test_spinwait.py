@@ -138,6 +138,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.multinode
+@pytest.mark.timeout(120)
 class TestNodes:
     def test_idle_nodes_sleep_after_a_burst(self):
         """After thousands of PPCs the polling stops: idle nodes use under 0.15 s of CPU in 1 s."""

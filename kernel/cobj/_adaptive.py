@@ -137,7 +137,7 @@ class Monitor:
         """One window: sample every node; swap if the rule says so and dwell has passed.
         The switch's history record, or None."""
         record = cos._roots.get(oid)
-        if record is None or record.destroyed or getattr(record, "adaptive", None) is not self:
+        if record is None or record.destroyed or record.adaptive is not self:
             self.stopped = True  # destroyed, moved, or set_policy made it fixed
             return None
         rows = cos._all_nodes("adaptive_figures", [oid], timeout=FIGURES_TIMEOUT)
@@ -265,7 +265,7 @@ def swap_home(cos, oid: int, policy_text: str, timeout: float) -> dict:
 
 def status(record) -> dict | None:
     """The monitor of ``record`` for inspection: its policy text, last figures and error."""
-    m = getattr(record, "adaptive", None)
+    m = record.adaptive
     if m is None:
         return None
     return {"policy": m.text, "figures": dict(m.figures), "last_error": m.last_error}

@@ -178,8 +178,9 @@ class RepEntry(Entry):
             rep = self.rep
             if rep is None:
                 return self.gone(method, args, False)
-            stack = chain_stack()  # the chain is inside this object while the call runs
-            stack.append(self.oid)  # (pushed once the call holds the rep: see net.in_chain)
+            # net.in_chain, inline: this is the local PPC's path, where a call more shows
+            stack = chain_stack()
+            stack.append(self.oid)
             try:
                 return (self._methods.get(method) or self.bind(rep, method))(*args)
             finally:

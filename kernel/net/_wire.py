@@ -112,8 +112,6 @@ def _out_of_band(fields: tuple, buffers: tuple) -> tuple:
             continue
         if refs is None:
             refs, fields = [], list(fields)
-        if not _tls.oob:   # the message's first buffer (pack_parts does not reset oob_at)
-            _tls.oob_at = 0
         _tls.oob.append(view)
         refs.append((i, _tls.oob_at, len(view)))
         _tls.oob_at += len(view)
@@ -187,7 +185,7 @@ def pack_parts(obj) -> tuple[bytes, list]:
     refers to them by offset (``unpack_parts`` undoes it)."""
     tls = _tls
     packer = tls.pack or _new_packer()
-    tls.oob = oob = []
+    tls.oob, tls.oob_at = (oob := []), 0
     try:
         return packer(obj), oob
     finally:
