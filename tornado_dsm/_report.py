@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from . import _report_phases, _report_sync
+from ._columns import ruled
 from .kernel import history_lines
 from ._scenario_run import RunResult, backends_label
 
@@ -160,14 +161,10 @@ def _fault_table(scenario, runs: list[RunResult]) -> str:
     """One row per run of the fault figures (every kind but lock and barrier)."""
     varied = [k for k, _ in _vary_keys(runs)]
     head = [k.rpartition(".")[2] for k in varied if k != "cluster.nodes"] + list(COLUMNS)
-    rows = [head] + [_table_row(r, n, varied) for r, n in zip(runs, normalized_costs(runs))]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    rows = [_table_row(r, n, varied) for r, n in zip(runs, normalized_costs(runs))]
     lines = [f"scenario {scenario.name}: {scenario['workload.kind']} "
              f"({len(runs)} run{'s' if len(runs) != 1 else ''}; fault backend {backends_label(runs)})"]
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += ruled(head, rows)
     lines.append("rPPC/f: remote PPCs to the object per measured fault on the nodes other than its home; "
                  "norm.cost: µs/access over the fewest-nodes run of the same settings")
     return "\n".join(lines)

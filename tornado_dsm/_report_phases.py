@@ -13,6 +13,8 @@ way in every phase and comes within TARGET of the better one over the run.
 
 from __future__ import annotations
 
+from ._columns import ruled
+
 TARGET = 1.2
 
 
@@ -26,14 +28,6 @@ def way(r) -> str:
     parameters), else process/region."""
     names = [r.values[k].partition(":")[0] for k in ("policies.process", "policies.region")]
     return names[0] if names[0] == names[1] else "/".join(names)
-
-
-def _table(head: tuple, rows: list) -> list[str]:
-    """Text lines of a right-aligned table with a rule under ``head``."""
-    rows = [head] + rows
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
-    return lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]
 
 
 def whole_run_seconds(runs) -> list[float]:
@@ -52,12 +46,12 @@ def render(runs) -> str:
         rows = [(way(r), str(p["ops"]), f"{p['seconds']:.2f}", f"{p['throughput']:.0f}",
                  f"{best / p['throughput']:.2f}x" if p["throughput"] else "-")
                 for r in runs for p in (r.sync["phases"][i],)]
-        lines += [f"phase {i + 1}: {phase['phase']}"] + _table(("way", "ops", "seconds", "ops/s", "vs best"), rows)
+        lines += [f"phase {i + 1}: {phase['phase']}"] + ruled(("way", "ops", "seconds", "ops/s", "vs best"), rows)
     seconds = whole_run_seconds(runs)
     rows = [(way(r), str(sum(p["ops"] for p in r.sync["phases"])), f"{t:.2f}", f"{t / min(seconds):.2f}x",
              _switches(r)) for r, t in zip(runs, seconds)]
     lines += ["whole run (seconds: the time to do the best way's work of every phase; ops: all phases)"]
-    lines += _table(("way", "ops", "seconds", "vs best", "switches"), rows)
+    lines += ruled(("way", "ops", "seconds", "vs best", "switches"), rows)
     return "\n".join(lines + verdict(runs, seconds))
 
 

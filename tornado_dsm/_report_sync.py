@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import attrs
 
+from ._columns import ruled
 from ._scenario_run import RunResult, backends_label
 
 SYNC_KINDS = ("lock", "barrier")
@@ -167,18 +168,14 @@ def render_table(scenario, runs: list[RunResult]) -> str:
         cols = columns(kind)
         varied = [k for k in _vary_keys(mine) if k != "cluster.nodes"]
         head = [k.rpartition(".")[2] for k in varied] + ["nodes"] + [c.head for c in cols]
-        rows = [head]
+        rows = []
         for r in mine:
             f = figures(r)
             rows.append([_show(r.params.get(k, r.values.get(k))) for k in varied]
                         + [str(r.values["cluster.nodes"])] + [c.show(f) for c in cols])
-        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         out.append(f"scenario {scenario.name}: {kind} ({len(mine)} run{'s' if len(mine) != 1 else ''}; "
                    f"fault backend {backends_label(mine)})")
-        for i, row in enumerate(rows):
-            out.append("  ".join(c.rjust(w) for c, w in zip(row, widths)))
-            if i == 0:
-                out.append("  ".join("-" * w for w in widths))
+        out += ruled(head, rows)
         out.append(LEGEND[kind])
         out.append(render_winners(mine))
     return "\n".join(out)

@@ -30,6 +30,8 @@ import msgpack
 
 from tornado_dsm.kernel import connect, handshake_accept, listen, read_key_file, write_key_file
 
+from ._columns import ruled
+
 SOCKET, KEY = "watch.sock", "watch.key"
 MAX_WATCHERS = 8
 _LENGTH = struct.Struct("!I")
@@ -82,20 +84,12 @@ def rates(before: dict, after: dict) -> WatchView:
     return WatchView(dt, tuple(nodes), tuple(objects))
 
 
-def _table(header: list, rows: list) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
 def _node_table(nodes) -> str:
     header = ["node", "read/s", "write/s", "in-core/s", "coher./s", "PPC loc/s", "PPC rem/s", "msgs/s",
               "KiB/s", "resident"]
     rows = [[str(n["node"]), *(f"{n[k + '_per_s']:.0f}" for k in _NODE_COUNTERS[:7]),
              f"{n['bytes_per_s'] / 1024:.0f}", str(n["resident"])] for n in nodes]
-    return _table(header, rows)
+    return "\n".join(ruled(header, rows))
 
 
 def _object_table(objects) -> str:
@@ -103,7 +97,7 @@ def _object_table(objects) -> str:
     rows = [[o["name"], o["cls"], o["policy"], str(o["home"]), str(o["reps"]), str(o["stubs"]),
              f"{o['local_per_s']:.0f}", f"{o['remote_per_s']:.0f}", f"{o['misses_per_s']:.0f}"]
             for o in objects]
-    return _table(header, rows)
+    return "\n".join(ruled(header, rows))
 
 
 # ---- the watch socket (node 0) ------------------------------------------------------
